@@ -1,0 +1,43 @@
+"""marts: what analysts read. SQL files run by DuckDB over the staging tables."""
+
+from __future__ import annotations
+
+from assets.flights.staging import (
+    staging_airlines,
+    staging_airports,
+    staging_flights,
+    staging_planes,
+    staging_weather,
+)
+from checks.flights import CarrierDailyPerformance, FlightFacts, RouteDaily
+from pipelines.factory import sql_asset
+
+flight_facts = sql_asset(
+    "marts.flight_facts",
+    sql="sql/flight_facts.sql",
+    inputs=[staging_flights, staging_weather, staging_airlines, staging_planes, staging_airports],
+    contract=FlightFacts,
+    daily_on="flight_date",
+    key_columns=["flight_id"],
+    relative_to=__file__,
+)
+
+carrier_daily_performance = sql_asset(
+    "marts.carrier_daily_performance",
+    sql="sql/carrier_daily_performance.sql",
+    inputs=[flight_facts],
+    contract=CarrierDailyPerformance,
+    daily_on="flight_date",
+    key_columns=["flight_date", "carrier"],
+    relative_to=__file__,
+)
+
+route_daily = sql_asset(
+    "marts.route_daily",
+    sql="sql/route_daily.sql",
+    inputs=[flight_facts],
+    contract=RouteDaily,
+    daily_on="flight_date",
+    key_columns=["flight_date", "origin", "dest"],
+    relative_to=__file__,
+)

@@ -1,0 +1,39 @@
+-- One row per staging flight, with its airline, plane, airports and departure-hour weather.
+-- Weather joins on the UTC scheduled hour; a quarantined observation is flagged, not used.
+SELECT
+    f.flight_id,
+    f.flight_date,
+    f.carrier,
+    a.name AS airline_name,
+    f.flight,
+    f.tailnum,
+    p.manufacturer AS plane_manufacturer,
+    p.model AS plane_model,
+    p.year AS plane_year,
+    f.origin,
+    o.name AS origin_name,
+    f.dest,
+    d.name AS dest_name,
+    f.scheduled_departure,
+    f.actual_departure,
+    f.cancelled,
+    f.diverted,
+    f.dep_delay,
+    f.arr_delay,
+    f.distance,
+    w.temp,
+    w.wind_speed,
+    w.precip,
+    w.visib,
+    w.origin IS NOT NULL AS has_weather,
+    q.origin IS NOT NULL AS weather_quarantined
+FROM staging.flights AS f
+LEFT JOIN staging.airlines AS a ON a.carrier = f.carrier
+LEFT JOIN staging.planes AS p ON p.tailnum = f.tailnum
+LEFT JOIN staging.airports AS o ON o.faa = f.origin
+LEFT JOIN staging.airports AS d ON d.faa = f.dest
+LEFT JOIN staging.weather AS w
+    ON w.origin = f.origin AND w.time_hour = f.time_hour AND w.obs_date = $partition_date
+LEFT JOIN quarantine.staging_weather AS q
+    ON q.origin = f.origin AND q.time_hour = f.time_hour AND q.obs_date = $partition_date
+WHERE f.flight_date = $partition_date

@@ -1,0 +1,393 @@
+"""The contracts of the nycflights13 pipeline: one pandera DataFrameModel per asset.
+
+Each model is the asset's documentation (field descriptions feed the Dagster column schema and
+the OpenLineage schema facet) and its quality contract. Every rule is ERROR (blocking) unless
+its column metadata or the model's Config.metadata says otherwise; see checks/rules.py for the
+vocabulary (severity, quarantine, references, drift).
+
+The rules are written to catch the real defects of nycflights13 (2013, three NYC airports):
+cancelled flights (no dep_time), diverted flights (departure, no arrival), tail numbers missing
+from `planes`, destinations missing from `airports`, one wind-speed reading of 1048 mph,
+hours with no weather observation, planes with no year of manufacture.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from checks.rules import QUARANTINE, WARN, reference
+
+NYC_ORIGINS = ["EWR", "JFK", "LGA"]
+Int = pd.Int64Dtype
+Float = pd.Float64Dtype
+Str = pd.StringDtype
+Bool = bool  # flags are never null; pandera does not coerce numpy bool to "boolean"
+Timestamp = pd.Timestamp
+
+
+class _Contract:
+    coerce = True
+    strict = True
+    metadata: dict | None = None
+
+
+# --- raw: the source tables as delivered, typed ---------------------------------------------
+
+
+class RawAirlines(pa.DataFrameModel):
+    """Carrier codes and names, as delivered."""
+
+    carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (IATA).")
+    name: Series[Str] = pa.Field(description="Full carrier name.")
+
+    class Config(_Contract):
+        pass
+
+
+class RawAirports(pa.DataFrameModel):
+    """FAA airport metadata, as delivered."""
+
+    faa: Series[Str] = pa.Field(unique=True, description="FAA airport code.")
+    name: Series[Str] = pa.Field(description="Usual name of the airport.")
+    lat: Series[Float] = pa.Field(in_range={"min_value": -90, "max_value": 90}, description="Latitude, degrees.")
+    lon: Series[Float] = pa.Field(in_range={"min_value": -180, "max_value": 180}, description="Longitude, degrees.")
+    alt: Series[Int] = pa.Field(description="Altitude, feet.")
+    tz: Series[Int] = pa.Field(in_range={"min_value": -12, "max_value": 14}, description="Offset from GMT, hours.")
+    dst: Series[Str] = pa.Field(nullable=True, description="Daylight saving time zone (A, U, N).")
+    tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
+
+    class Config(_Contract):
+        pass
+
+
+class RawPlanes(pa.DataFrameModel):
+    """Aircraft registry (FAA), as delivered."""
+
+    tailnum: Series[Str] = pa.Field(unique=True, description="Tail number.")
+    year: Series[Int] = pa.Field(
+        nullable=True, in_range={"min_value": 1900, "max_value": 2014},
+        description="Year manufactured; 70 planes have none.",
+    )
+    type: Series[Str] = pa.Field(nullable=True, description="Type of plane.")
+    manufacturer: Series[Str] = pa.Field(nullable=True, description="Manufacturer.")
+    model: Series[Str] = pa.Field(nullable=True, description="Model.")
+    engines: Series[Int] = pa.Field(ge=0, description="Number of engines.")
+    seats: Series[Int] = pa.Field(ge=0, description="Number of seats.")
+    speed: Series[Float] = pa.Field(nullable=True, ge=0, description="Average cruising speed, mph.")
+    engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
+
+    class Config(_Contract):
+        pass
+
+
+class RawFlights(pa.DataFrameModel):
+    """On-time data for all flights that departed NYC (EWR, JFK, LGA) in 2013, as delivered."""
+
+    year: Series[Int] = pa.Field(description="Year of departure (local).")
+    month: Series[Int] = pa.Field(in_range={"min_value": 1, "max_value": 12}, description="Month of departure.")
+    day: Series[Int] = pa.Field(in_range={"min_value": 1, "max_value": 31}, description="Day of departure.")
+    dep_time: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 2400},
+        description="Actual departure time, HHMM local; null when cancelled.",
+    )
+    sched_dep_time: Series[Int] = pa.Field(
+        in_range={"min_value": 0, "max_value": 2400}, description="Scheduled departure time, HHMM local."
+    )
+    dep_delay: Series[Float] = pa.Field(nullable=True, description="Departure delay, minutes.")
+    arr_time: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 2400}, description="Actual arrival time, HHMM local."
+    )
+    sched_arr_time: Series[Int] = pa.Field(
+        in_range={"min_value": 0, "max_value": 2400}, description="Scheduled arrival time, HHMM local."
+    )
+    arr_delay: Series[Float] = pa.Field(nullable=True, description="Arrival delay, minutes.")
+    carrier: Series[Str] = pa.Field(description="Two-letter carrier code.")
+    flight: Series[Int] = pa.Field(ge=0, description="Flight number.")
+    tailnum: Series[Str] = pa.Field(nullable=True, description="Plane tail number; 2,512 flights have none.")
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Origin airport (FAA code).")
+    dest: Series[Str] = pa.Field(description="Destination airport (FAA code).")
+    air_time: Series[Float] = pa.Field(nullable=True, ge=0, description="Time in the air, minutes.")
+    distance: Series[Int] = pa.Field(gt=0, description="Distance between airports, miles.")
+    hour: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 23}, description="Scheduled hour.")
+    minute: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 59}, description="Scheduled minute.")
+    time_hour: Series[Str] = pa.Field(description="Scheduled hour, ISO 8601 UTC.")
+
+    class Config(_Contract):
+        pass
+
+
+class RawWeather(pa.DataFrameModel):
+    """Hourly weather at the three NYC airports, as delivered."""
+
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Weather station (FAA code).")
+    year: Series[Int] = pa.Field(description="Year (local).")
+    month: Series[Int] = pa.Field(in_range={"min_value": 1, "max_value": 12}, description="Month (local).")
+    day: Series[Int] = pa.Field(in_range={"min_value": 1, "max_value": 31}, description="Day (local).")
+    hour: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 23}, description="Hour (local).")
+    temp: Series[Float] = pa.Field(nullable=True, description="Temperature, F.")
+    dewp: Series[Float] = pa.Field(nullable=True, description="Dewpoint, F.")
+    humid: Series[Float] = pa.Field(nullable=True, description="Relative humidity, %.")
+    wind_dir: Series[Float] = pa.Field(nullable=True, description="Wind direction, degrees.")
+    wind_speed: Series[Float] = pa.Field(nullable=True, description="Wind speed, mph.")
+    wind_gust: Series[Float] = pa.Field(nullable=True, description="Gust speed, mph.")
+    precip: Series[Float] = pa.Field(nullable=True, description="Precipitation, inches.")
+    pressure: Series[Float] = pa.Field(nullable=True, description="Sea level pressure, millibars.")
+    visib: Series[Float] = pa.Field(nullable=True, description="Visibility, miles.")
+    time_hour: Series[Str] = pa.Field(description="Observation hour, ISO 8601 UTC.")
+
+    class Config(_Contract):
+        pass
+
+
+# --- staging: typed, cleaned, keyed ----------------------------------------------------------
+
+
+class StagingAirlines(pa.DataFrameModel):
+    """One row per carrier."""
+
+    carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (key).")
+    name: Series[Str] = pa.Field(description="Full carrier name, trimmed.")
+
+    class Config(_Contract):
+        pass
+
+
+class StagingAirports(pa.DataFrameModel):
+    """One row per FAA airport."""
+
+    faa: Series[Str] = pa.Field(unique=True, description="FAA airport code (key).")
+    name: Series[Str] = pa.Field(description="Usual name of the airport.")
+    lat: Series[Float] = pa.Field(in_range={"min_value": -90, "max_value": 90}, description="Latitude, degrees.")
+    lon: Series[Float] = pa.Field(in_range={"min_value": -180, "max_value": 180}, description="Longitude, degrees.")
+    alt: Series[Int] = pa.Field(description="Altitude, feet.")
+    tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
+
+    class Config(_Contract):
+        pass
+
+
+class StagingPlanes(pa.DataFrameModel):
+    """One row per aircraft."""
+
+    tailnum: Series[Str] = pa.Field(unique=True, description="Tail number (key).")
+    year: Series[Int] = pa.Field(
+        nullable=False, in_range={"min_value": 1900, "max_value": 2014},
+        description="Year manufactured. 70 planes have none: WARN, kept.",
+        metadata={"severity": WARN},
+    )
+    type: Series[Str] = pa.Field(nullable=True, description="Type of plane.")
+    manufacturer: Series[Str] = pa.Field(nullable=True, description="Manufacturer.")
+    model: Series[Str] = pa.Field(nullable=True, description="Model.")
+    engines: Series[Int] = pa.Field(ge=0, description="Number of engines.")
+    seats: Series[Int] = pa.Field(ge=0, description="Number of seats.")
+    engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
+
+    class Config(_Contract):
+        pass
+
+
+class StagingFlights(pa.DataFrameModel):
+    """One row per scheduled flight, typed and keyed; partitioned by local departure date."""
+
+    flight_id: Series[Str] = pa.Field(
+        unique=True, str_length={"min_value": 16, "max_value": 16},
+        description="Deterministic key: hash of date, carrier, flight, origin, scheduled departure.",
+    )
+    flight_date: Series[Timestamp] = pa.Field(
+        description="Local departure date (the partition).", metadata={"sql_type": "DATE"}
+    )
+    carrier: Series[Str] = pa.Field(description="Two-letter carrier code.")
+    flight: Series[Int] = pa.Field(ge=0, description="Flight number.")
+    tailnum: Series[Str] = pa.Field(
+        nullable=False, description="Tail number; null for 2,512 flights (WARN), 50,094 not in planes (WARN).",
+        metadata={"severity": WARN},
+    )
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Origin airport (FAA code).")
+    dest: Series[Str] = pa.Field(description="Destination airport (FAA code).")
+    sched_dep_time: Series[Int] = pa.Field(
+        in_range={"min_value": 0, "max_value": 2400}, description="Scheduled departure, HHMM local."
+    )
+    dep_time: Series[Int] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 2400}, description="Actual departure, HHMM local."
+    )
+    dep_delay: Series[Float] = pa.Field(nullable=True, description="Departure delay, minutes.")
+    sched_arr_time: Series[Int] = pa.Field(
+        in_range={"min_value": 0, "max_value": 2400}, description="Scheduled arrival, HHMM local."
+    )
+    arr_time: Series[Int] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 2400}, description="Actual arrival, HHMM local."
+    )
+    arr_delay: Series[Float] = pa.Field(nullable=True, description="Arrival delay, minutes.")
+    air_time: Series[Float] = pa.Field(nullable=True, ge=0, description="Time in the air, minutes.")
+    distance: Series[Int] = pa.Field(gt=0, description="Distance, miles.")
+    scheduled_departure: Series[Timestamp] = pa.Field(description="Scheduled departure, local timestamp.")
+    actual_departure: Series[Timestamp] = pa.Field(
+        nullable=True, description="Actual departure, local timestamp (scheduled + dep_delay); null when cancelled."
+    )
+    time_hour: Series[Timestamp] = pa.Field(description="Scheduled departure hour, UTC (weather join key).")
+    cancelled: Series[Bool] = pa.Field(description="True when the flight never departed (dep_time is null).")
+    diverted: Series[Bool] = pa.Field(
+        description="True when the flight departed but has no arrival time (diverted).",
+    )
+
+    @pa.dataframe_check(name="cancelled_iff_no_dep_time")
+    def cancelled_iff_no_dep_time(cls, df: pd.DataFrame) -> Series[bool]:
+        """`cancelled` must equal `dep_time is null`: a cancelled flight is expected, not an error."""
+        return df["cancelled"] == df["dep_time"].isna()
+
+    @pa.dataframe_check(name="departed_flight_has_arrival")
+    def departed_flight_has_arrival(cls, df: pd.DataFrame) -> Series[bool]:
+        """A flight that departed should arrive; 458 did not (diverted): WARN."""
+        return df["cancelled"] | df["arr_time"].notna()
+
+    class Config(_Contract):
+        metadata = {
+            "warn": ["departed_flight_has_arrival"],
+            "references": [
+                reference("tailnum", "staging.planes", "tailnum", severity=WARN),
+                reference("dest", "staging.airports", "faa", severity=WARN),
+                reference("carrier", "staging.airlines", "carrier"),
+            ],
+        }
+
+
+class StagingWeather(pa.DataFrameModel):
+    """One row per airport and UTC hour; partitioned by local observation date."""
+
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Weather station (FAA code).")
+    time_hour: Series[Timestamp] = pa.Field(description="Observation hour, UTC (key with origin).")
+    obs_date: Series[Timestamp] = pa.Field(
+        description="Local observation date (the partition).", metadata={"sql_type": "DATE"}
+    )
+    hour: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 23}, description="Local hour.")
+    temp: Series[Float] = pa.Field(nullable=True, in_range={"min_value": -60, "max_value": 130}, description="Temperature, F.")
+    dewp: Series[Float] = pa.Field(nullable=True, description="Dewpoint, F.")
+    humid: Series[Float] = pa.Field(nullable=True, in_range={"min_value": 0, "max_value": 100}, description="Relative humidity, %.")
+    wind_dir: Series[Float] = pa.Field(nullable=True, in_range={"min_value": 0, "max_value": 360}, description="Wind direction, degrees.")
+    wind_speed: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 200},
+        description="Wind speed, mph. One reading of 1048 mph is quarantined.",
+        metadata={"on_fail": QUARANTINE},
+    )
+    wind_gust: Series[Float] = pa.Field(nullable=True, ge=0, description="Gust speed, mph.")
+    precip: Series[Float] = pa.Field(nullable=True, ge=0, description="Precipitation, inches.")
+    pressure: Series[Float] = pa.Field(nullable=True, description="Sea level pressure, millibars.")
+    visib: Series[Float] = pa.Field(nullable=True, ge=0, description="Visibility, miles.")
+
+    @pa.dataframe_check(name="one_observation_per_station_hour")
+    def one_observation_per_station_hour(cls, df: pd.DataFrame) -> Series[bool]:
+        """(origin, time_hour) is the key."""
+        return ~df.duplicated(["origin", "time_hour"], keep=False)
+
+    class Config(_Contract):
+        pass
+
+
+# --- marts: what analysts read ---------------------------------------------------------------
+
+
+class FlightFacts(pa.DataFrameModel):
+    """One row per staging flight, with airline, plane, airports and departure-hour weather."""
+
+    flight_id: Series[Str] = pa.Field(unique=True, description="Flight key (staging.flights.flight_id).")
+    flight_date: Series[Timestamp] = pa.Field(
+        description="Local departure date (the partition).", metadata={"sql_type": "DATE"}
+    )
+    carrier: Series[Str] = pa.Field(description="Two-letter carrier code.")
+    airline_name: Series[Str] = pa.Field(nullable=True, description="Carrier name (staging.airlines).")
+    flight: Series[Int] = pa.Field(ge=0, description="Flight number.")
+    tailnum: Series[Str] = pa.Field(nullable=True, description="Tail number.")
+    plane_manufacturer: Series[Str] = pa.Field(nullable=True, description="Manufacturer (staging.planes).")
+    plane_model: Series[Str] = pa.Field(nullable=True, description="Model (staging.planes).")
+    plane_year: Series[Int] = pa.Field(nullable=True, description="Year manufactured (staging.planes).")
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Origin airport code.")
+    origin_name: Series[Str] = pa.Field(nullable=True, description="Origin airport name.")
+    dest: Series[Str] = pa.Field(description="Destination airport code.")
+    dest_name: Series[Str] = pa.Field(
+        nullable=True, description="Destination airport name; null for SJU, PSE, BQN, STT (not in airports)."
+    )
+    scheduled_departure: Series[Timestamp] = pa.Field(description="Scheduled departure, local.")
+    actual_departure: Series[Timestamp] = pa.Field(nullable=True, description="Actual departure, local.")
+    cancelled: Series[Bool] = pa.Field(description="Never departed.")
+    diverted: Series[Bool] = pa.Field(description="Departed, never arrived.")
+    dep_delay: Series[Float] = pa.Field(nullable=True, description="Departure delay, minutes.")
+    arr_delay: Series[Float] = pa.Field(nullable=True, description="Arrival delay, minutes.")
+    distance: Series[Int] = pa.Field(gt=0, description="Distance, miles.")
+    temp: Series[Float] = pa.Field(nullable=True, description="Temperature at origin in the departure hour, F.")
+    wind_speed: Series[Float] = pa.Field(nullable=True, description="Wind speed at origin in the departure hour, mph.")
+    precip: Series[Float] = pa.Field(nullable=True, description="Precipitation at origin in the departure hour.")
+    visib: Series[Float] = pa.Field(nullable=True, description="Visibility at origin in the departure hour, miles.")
+    has_weather: Series[Bool] = pa.Field(description="A valid observation exists at origin and departure hour.")
+    weather_quarantined: Series[Bool] = pa.Field(
+        description="The observation at origin and departure hour exists but was quarantined (invalid reading).",
+    )
+
+    @pa.dataframe_check(name="weather_coverage")
+    def weather_coverage(cls, df: pd.DataFrame) -> Series[bool]:
+        """Every flight should have a weather observation at its origin and scheduled hour
+        (1,556 flights in 2013 have none): WARN."""
+        return df["has_weather"] | df["weather_quarantined"]
+
+    @pa.dataframe_check(name="weather_not_quarantined")
+    def weather_not_quarantined(cls, df: pd.DataFrame) -> Series[bool]:
+        """The departure-hour observation was not quarantined upstream: WARN."""
+        return ~df["weather_quarantined"]
+
+    class Config(_Contract):
+        metadata = {
+            "warn": ["weather_coverage", "weather_not_quarantined"],
+            "row_count_matches": "staging.flights",
+        }
+
+
+class CarrierDailyPerformance(pa.DataFrameModel):
+    """Carrier x day: volume, cancellations, punctuality."""
+
+    flight_date: Series[Timestamp] = pa.Field(
+        description="Local departure date (the partition).", metadata={"sql_type": "DATE"}
+    )
+    carrier: Series[Str] = pa.Field(description="Two-letter carrier code.")
+    airline_name: Series[Str] = pa.Field(nullable=True, description="Carrier name.")
+    flights: Series[Int] = pa.Field(ge=0, description="Scheduled flights.")
+    cancelled: Series[Int] = pa.Field(ge=0, description="Cancelled flights.")
+    on_time_rate: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 1},
+        description="Share of arrived flights with arrival delay <= 15 minutes.",
+    )
+    mean_dep_delay: Series[Float] = pa.Field(nullable=True, description="Mean departure delay, minutes.")
+    mean_arr_delay: Series[Float] = pa.Field(nullable=True, description="Mean arrival delay, minutes.")
+
+    @pa.dataframe_check(name="one_row_per_carrier_day")
+    def one_row_per_carrier_day(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df.duplicated(["flight_date", "carrier"], keep=False)
+
+    @pa.dataframe_check(name="cancelled_at_most_flights")
+    def cancelled_at_most_flights(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["cancelled"] <= df["flights"]
+
+    class Config(_Contract):
+        pass
+
+
+class RouteDaily(pa.DataFrameModel):
+    """Origin x destination x day."""
+
+    flight_date: Series[Timestamp] = pa.Field(
+        description="Local departure date (the partition).", metadata={"sql_type": "DATE"}
+    )
+    origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Origin airport code.")
+    dest: Series[Str] = pa.Field(description="Destination airport code.")
+    flights: Series[Int] = pa.Field(ge=0, description="Scheduled flights.")
+    cancelled: Series[Int] = pa.Field(ge=0, description="Cancelled flights.")
+    carriers: Series[Int] = pa.Field(ge=0, description="Distinct carriers flying the route that day.")
+    mean_arr_delay: Series[Float] = pa.Field(nullable=True, description="Mean arrival delay, minutes.")
+    distance: Series[Int] = pa.Field(gt=0, description="Route distance, miles.")
+
+    @pa.dataframe_check(name="one_row_per_route_day")
+    def one_row_per_route_day(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df.duplicated(["flight_date", "origin", "dest"], keep=False)
+
+    class Config(_Contract):
+        pass

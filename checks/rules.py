@@ -1,0 +1,120 @@
+"""The rule vocabulary shared by every contract in checks/.
+
+A contract is a pandera DataFrameModel. Each of its checks becomes one named rule (a Dagster
+asset check) with a severity:
+
+- column checks (`nullable=False`, `unique=True`, `ge=`, `isin=`, ...) are named
+  `<column>_<check>`; `Field(metadata={"severity": WARN})` makes them warnings and
+  `Field(metadata={"on_fail": QUARANTINE})` moves failing rows to `quarantine.<table>`
+  instead of failing the write;
+- dataframe checks (`@pa.dataframe_check(name=...)`) keep their name; list them in
+  `Config.metadata["warn"]` or `["quarantine"]` to change how they act;
+- `Config.metadata["references"]`: referential integrity against another warehouse table;
+- `Config.metadata["row_count_matches"]`: the output has exactly one row per row of that
+  input partition;
+- `Config.metadata["drift"]`: severity of a column added, removed or retyped since the
+  previous version (WARN by default);
+- `schema`: columns present with parseable types; always ERROR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandera.pandas as pa
+
+Severity = Literal["error", "warn"]
+ERROR: Severity = "error"
+WARN: Severity = "warn"
+QUARANTINE = "quarantine"
+
+SCHEMA_RULE = "schema"
+DRIFT_RULE = "schema_drift"
+
+# pandera's names for its built-in checks -> the suffix of our rule name
+_CHECK_SUFFIX = {
+    "greater_than": "gt",
+    "greater_than_or_equal_to": "ge",
+    "less_than": "lt",
+    "less_than_or_equal_to": "le",
+    "in_range": "in_range",
+    "isin": "isin",
+    "notin": "notin",
+    "str_length": "length",
+    "str_matches": "matches",
+    "equal_to": "eq",
+    "not_equal_to": "ne",
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    column: str
+    table: str
+    table_column: str
+    severity: Severity = ERROR
+
+    @property
+    def rule(self) -> str:
+        return f"{self.column}_in_{self.table.replace('.', '_')}"
+
+
+def reference(column: str, table: str, table_column: str, severity: Severity = ERROR) -> Reference:
+    """`column` values must exist in `table.table_column` (nulls are not checked here)."""
+    return Reference(column, table, table_column, severity)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    severity: Severity
+    description: str
+    column: str | None = None
+    quarantine: bool = False
+    """Failing rows go to quarantine instead of failing the write."""
+    row_level: bool = True
+    """False for rules about the table as a whole (schema, drift, row count)."""
+
+
+def column_check_rule(column: str, check: pa.Check) -> str:
+    return f"{column}_{_CHECK_SUFFIX.get(check.name, check.name)}"
+
+
+def _describe(check: pa.Check) -> str:
+    stats = ", ".join(f"{k}={v}" for k, v in (check.statistics or {}).items())
+    return f"{check.name}({stats})" if stats else str(check.name)
+
+
+def contract_metadata(model: type[pa.DataFrameModel]) -> dict:
+    return (model.get_metadata() or {}).get(model.__name__, {}).get("dataframe") or {}
+
+
+def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
+    """Every rule of a contract, in a stable order, so Dagster can list them before any run."""
+    schema = model.to_schema()
+    meta = contract_metadata(model)
+    warn, quarantined = set(meta.get("warn", [])), set(meta.get("quarantine", []))
+    rules = [Rule(SCHEMA_RULE, ERROR, "Every declared column is present and parses as its type.", row_level=False)]
+    for name, column in schema.columns.items():
+        cmeta = column.metadata or {}
+        severity: Severity = cmeta.get("severity", ERROR)
+        quarantine = cmeta.get("on_fail") == QUARANTINE
+        if not column.nullable:
+            rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine))
+        if column.unique:
+            rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name))
+        for check in column.checks:
+            rules.append(Rule(column_check_rule(name, check), severity, f"{name}: {_describe(check)}", name, quarantine))
+    for check in schema.checks:
+        doc = getattr(getattr(model, check.name, None), "__doc__", None) or check.name
+        severity = WARN if check.name in warn else ERROR
+        rules.append(Rule(check.name, severity, " ".join(doc.split()), quarantine=check.name in quarantined))
+    for ref in meta.get("references", []):
+        rules.append(Rule(ref.rule, ref.severity, f"{ref.column} exists in {ref.table}.{ref.table_column}.", ref.column))
+    if table := meta.get("row_count_matches"):
+        rules.append(Rule(f"row_count_matches_{table.replace('.', '_')}", ERROR,
+                          f"Exactly one row per row of {table} for the partition.", row_level=False))
+    rules.append(Rule(DRIFT_RULE, meta.get("drift", WARN),
+                      "Columns and types are those of the previous version.", row_level=False))
+    return rules

