@@ -374,6 +374,7 @@ def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs)
     body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
     return {
         "dagster/row_count": receipt.row_count,
+        "dagster/column_schema": column_schema(spec),
         "content_hash": receipt.content_hash,
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,

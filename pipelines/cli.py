@@ -1,0 +1,102 @@
+"""The `provline` command.
+
+    provline run --date 2013-01-15            reference tables, then one day of flights
+    provline run --start 2013-01-01 --end 2013-01-31
+    provline status                           what the warehouse holds (version log)
+
+Runs go through Dagster (`materialize`) on the instance of DAGSTER_HOME when it is set, so they
+show in `dagster dev`; the two `dagster asset materialize` forms in the README do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date, timedelta
+
+import dagster as dg
+
+from pipelines.settings import get_settings
+
+
+def _instance() -> dg.DagsterInstance:
+    try:
+        return dg.DagsterInstance.get()
+    except dg.DagsterInvariantViolationError:  # no DAGSTER_HOME: an ephemeral instance
+        return dg.DagsterInstance.ephemeral()
+
+
+def _days(args: argparse.Namespace) -> list[str]:
+    if args.date:
+        return [args.date]
+    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end or args.start)
+    if end < start:
+        raise SystemExit(f"--end {end} is before --start {start}")
+    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.definitions import all_assets
+
+    instance = _instance()
+    print(f"warehouse: {get_settings().warehouse_path}")
+    if not args.skip_reference:
+        result = dg.materialize(all_assets, selection=dg.AssetSelection.groups("reference"),
+                                instance=instance, raise_on_error=False)
+        print(f"reference tables: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+        if not result.success:
+            return 1
+    failed = 0
+    for day in _days(args):
+        result = dg.materialize(all_assets, selection=dg.AssetSelection.groups("flights"), partition_key=day,
+                                instance=instance, raise_on_error=False)
+        failed += not result.success
+        print(f"flights {day}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.warehouse import Warehouse
+
+    with Warehouse().connect() as con:
+        rows = con.execute(
+            """SELECT asset, count(DISTINCT partition) AS partitions, sum(row_count) FILTER (WHERE latest) AS rows,
+                      max(written_at) AS last_written
+               FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1
+                     AS latest FROM provline.version_log)
+               GROUP BY asset ORDER BY asset"""
+        ).fetchall()
+    if args.json:
+        print(json.dumps([dict(zip(("asset", "partitions", "rows", "last_written"), map(str, r))) for r in rows]))
+    else:
+        for asset, partitions, n, last in rows:
+            print(f"{asset:35} {partitions:>4} partition(s) {n:>9} rows  last written {last}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="provline", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="materialize reference tables and daily flights partitions")
+    when = run.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="one day, YYYY-MM-DD (2013-01-01..2013-12-31)")
+    when.add_argument("--start", help="first day of a range")
+    run.add_argument("--end", help="last day of the range (inclusive)")
+    run.add_argument("--skip-reference", action="store_true", help="do not rebuild the reference tables")
+    run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

