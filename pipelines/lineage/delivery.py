@@ -225,6 +225,15 @@ def pending(queue: Path) -> list[Path]:
         return []
 
 
+def has_pending(queue: Path) -> bool:
+    """Cheaper than ``pending`` on a long queue: stops at the first event file."""
+    try:
+        with os.scandir(queue) as entries:
+            return any(e.name.endswith(".json") and not e.name.startswith(".") for e in entries)
+    except FileNotFoundError:
+        return False
+
+
 def breaker_open(queue: Path) -> bool:
     try:
         return time.time() - (queue / ".down").stat().st_mtime < BREAKER_COOLDOWN_S
@@ -281,7 +290,7 @@ def drain(target: Target, deadline: float | None, scrub: set[str]) -> tuple[int,
             return sent, 1
         path.unlink()
         sent += 1
-    if not pending(target.queue):
+    if not has_pending(target.queue):
         reset_breaker(target.queue)
     return sent, 0
 
@@ -323,7 +332,7 @@ class Delivery:
         if target.transport is None:
             enqueue(target.queue, payload())
             return
-        if pending(target.queue):
+        if has_pending(target.queue):
             # Join the queue behind older events, then try to flush it within the time budget.
             enqueue(target.queue, payload())
             if not breaker_open(target.queue):

@@ -29,6 +29,7 @@ from openlineage.client.facet_v2 import (
     source_code_location_job,
     sql_job,
     tags_job,
+    tags_run,
 )
 
 from pipelines.lineage.model import AssetRun, OutputInfo
@@ -139,7 +140,24 @@ def asset_run_facets(run: AssetRun, namespace: str, parent_run_id: str) -> dict[
     }
     if nominal := nominal_time(run):
         facets["nominalTime"] = nominal
+    facets["tags"] = run_tags(run)
     return facets
+
+
+def run_tags(run: AssetRun) -> tags_run.TagsRunFacet:
+    """What ties the OpenLineage run back to Dagster and to the code that ran."""
+    values = {
+        "dagster_run_id": run.dagster_run_id,
+        "partition": run.partition,
+        "attempt": str(run.attempt),
+        "code_version": run.code_version,
+    }
+    return tags_run.TagsRunFacet(
+        tags=[
+            tags_run.TagsRunFacetFields(key=k, value=v, source="DAGSTER") for k, v in values.items() if v is not None
+        ],
+        producer=PRODUCER,
+    )
 
 
 # ---- job facets -----------------------------------------------------------------------------

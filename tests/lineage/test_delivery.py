@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lineage_support import INPUTS, Backend, asset_run, output, read_jsonl, validate
 
-from pipelines.lineage import LineageEmitter, delivery, naming, replay
+from pipelines.lineage import LineageEmitter, delivery, main_replay, naming, replay
 from pipelines.settings import get_settings
 
 API_KEY = "sk-provline-test-0123456789"
@@ -144,3 +144,16 @@ def test_legacy_openlineage_url_is_bounded_too(home: Path, backend: Backend, mon
     LineageEmitter().asset_started(asset_run(), INPUTS)
     assert time.monotonic() - t0 < get_settings().lineage_timeout_s + 0.5
     assert len(outbox_files(home)) == 1
+
+
+def test_openlineage_yml_in_the_working_directory_configures_the_transport(home: Path, backend: Backend) -> None:
+    Path("openlineage.yml").write_text(f"transport:\n  type: http\n  url: {backend.url}\n")
+    sent = materialize(LineageEmitter(), 1)
+    assert [(e["run"]["runId"], e["eventType"]) for e in backend.accepted] == sent
+    assert not (home / "lineage" / "events.jsonl").exists()
+
+
+def test_replay_with_an_empty_outbox(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert replay(get_settings()) == delivery.ReplayResult(sent=0, failed=0, remaining=0)
+    assert main_replay() == 0
+    assert "0 sent, 0 failed, 0 remaining" in capsys.readouterr().out

@@ -77,6 +77,10 @@ def test_complete_event_carries_versions_schema_lineage_and_quality(home: Path) 
     assert set(complete["job"]["facets"]) >= {"jobType", "sql", "documentation", "ownership", "tags"}
     assert complete["job"]["facets"]["jobType"]["integration"] == "DAGSTER"
     assert set(complete["run"]["facets"]) >= {"parent", "nominalTime", "processing_engine"}
+    tags = {t["key"]: t["value"] for t in complete["run"]["facets"]["tags"]["tags"]}
+    assert tags["dagster_run_id"] == asset_run().dagster_run_id
+    assert (tags["partition"], tags["attempt"], tags["code_version"]) == ("2013-01-01", "1", "v1")
+    assert "openlineage_client_version" in tags  # the client's own tags are merged, not replaced
     assert complete["run"]["facets"]["nominalTime"]["nominalStartTime"].startswith("2013-01-01T00:00:00")
     assert [(i["namespace"], i["name"], i["facets"]["version"]["datasetVersion"]) for i in complete["inputs"]] == [
         ("duckdb://warehouse", "staging.flights", "sha256:aaa"),
