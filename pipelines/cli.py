@@ -21,10 +21,9 @@ from pipelines.settings import get_settings
 
 
 def _instance() -> dg.DagsterInstance:
-    try:
-        return dg.DagsterInstance.get()
-    except dg.DagsterInvariantViolationError:  # no DAGSTER_HOME: an ephemeral instance
+    if get_settings().dagster_home is None:
         return dg.DagsterInstance.ephemeral()
+    return dg.DagsterInstance.get()
 
 
 def _days(args: argparse.Namespace) -> list[str]:
@@ -36,23 +35,23 @@ def _days(args: argparse.Namespace) -> list[str]:
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _materialize(instance: dg.DagsterInstance, group: str, partition: str | None = None) -> bool:
     from pipelines.definitions import all_assets
+    from pipelines.lineage.sensors import finish_run
 
+    result = dg.materialize(all_assets, selection=dg.AssetSelection.groups(group), partition_key=partition,
+                            instance=instance, raise_on_error=False)
+    finish_run(instance.get_run_by_id(result.run_id) or result.dagster_run)
+    print(f"{group} {partition or ''}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+    return result.success
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     instance = _instance()
     print(f"warehouse: {get_settings().warehouse_path}")
-    if not args.skip_reference:
-        result = dg.materialize(all_assets, selection=dg.AssetSelection.groups("reference"),
-                                instance=instance, raise_on_error=False)
-        print(f"reference tables: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
-        if not result.success:
-            return 1
-    failed = 0
-    for day in _days(args):
-        result = dg.materialize(all_assets, selection=dg.AssetSelection.groups("flights"), partition_key=day,
-                                instance=instance, raise_on_error=False)
-        failed += not result.success
-        print(f"flights {day}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+    if not args.skip_reference and not _materialize(instance, "reference"):
+        return 1
+    failed = sum(not _materialize(instance, "flights", day) for day in _days(args))
     return 1 if failed else 0
 
 

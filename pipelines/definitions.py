@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.flights import marts, sources, staging
 from pipelines.factory import DAILY
+from pipelines.lineage.sensors import lineage_sensors
 
 all_assets = dg.load_assets_from_modules([sources, staging, marts])
 
@@ -28,4 +29,5 @@ defs = dg.Definitions(
     assets=all_assets,
     jobs=[reference_job, flights_daily_job],
     schedules=[flights_daily_schedule],
+    sensors=lineage_sensors,
 )

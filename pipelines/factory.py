@@ -231,6 +231,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
     run_id = context.run_id
     emitter = lineage_step.for_step(spec, context, partition)
     emitter.started()
+    validation = None
     try:
         allow = get_settings().allow_failed_upstream or (
             context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
@@ -266,8 +267,11 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
             yield from check_results
             raise ContractViolation(spec.table, partition, validation.blocking)
         receipt = warehouse.commit(write)
+    except dg.DagsterExecutionInterruptedError:  # the run was canceled
+        emitter.aborted()
+        raise
     except Exception as error:
-        emitter.failed(error, traceback.format_exc(), getattr(error, "failed", None))
+        emitter.failed(error, traceback.format_exc(), validation)
         if isinstance(error, ContractViolation | SourceError):
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error

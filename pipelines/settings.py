@@ -28,6 +28,8 @@ class Settings:
     """PROVLINE_LINEAGE_TIMEOUT_S: the most one emission may stall a step before going to the outbox."""
     snapshot_retention_days: int
     """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
+    dagster_home: Path | None
+    """DAGSTER_HOME: Dagster's instance; `provline run` records its runs there when set."""
     allow_failed_upstream: bool
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
@@ -73,6 +75,7 @@ def get_settings() -> Settings:
         lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),
         lineage_timeout_s=float(_env("PROVLINE_LINEAGE_TIMEOUT_S", "2")),
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
+        dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
     )
 

@@ -1,0 +1,40 @@
+"""The Dagster run's own terminal OpenLineage event (the parent of the asset runs).
+
+Each asset step emits the parent START (once per run, see LineageEmitter.run_started); the
+terminal event needs someone who sees the whole run end: these run-status sensors when the
+Dagster daemon runs (`dagster dev`, schedules), and `provline run` for its own runs.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.lineage.emitter import LineageEmitter
+
+_STATES = {
+    dg.DagsterRunStatus.SUCCESS: "COMPLETE",
+    dg.DagsterRunStatus.FAILURE: "FAIL",
+    dg.DagsterRunStatus.CANCELED: "ABORT",
+}
+
+
+def finish_run(run: dg.DagsterRun, error: str | None = None) -> None:
+    state = _STATES.get(run.status)
+    if state is not None:
+        LineageEmitter().run_finished(run.run_id, run.job_name, state, error)
+
+
+def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=status, name=f"openlineage_run_{_STATES[status].lower()}",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Emits the OpenLineage {_STATES[status]} event of each Dagster run that ends so.",
+    )
+    def _emit(context: dg.RunStatusSensorContext):
+        failure = getattr(context, "failure_event", None)
+        finish_run(context.dagster_run, failure.message if failure is not None else None)
+
+    return _emit
+
+
+lineage_sensors = [_sensor(status) for status in _STATES]
