@@ -3,6 +3,7 @@
     provline run --date 2013-01-15            reference tables, then one day of flights
     provline run --start 2013-01-01 --end 2013-01-31
     provline status                           what the warehouse holds (version log)
+    provline lineage replay                   resend OpenLineage events waiting in the outbox
 
 Runs go through Dagster (`materialize`) on the instance of DAGSTER_HOME when it is set, so they
 show in `dagster dev`; the two `dagster asset materialize` forms in the README do the same.
@@ -74,6 +75,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage_replay(args: argparse.Namespace) -> int:
+    from pipelines.lineage import main_replay
+
+    return main_replay()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provline", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
+    replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")
+    replay.set_defaults(func=cmd_lineage_replay)
     return parser
 
 

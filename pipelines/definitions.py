@@ -25,9 +25,16 @@ flights_daily_schedule = dg.build_schedule_from_partitioned_job(
     flights_daily_job, hour_of_day=6, default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
+# Each step of a run is its own process (steps run in parallel); a forkserver that has imported
+# the project once forks them, instead of every step paying the pandas/dagster import again.
+executor = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
+)
+
 defs = dg.Definitions(
     assets=all_assets,
     jobs=[reference_job, flights_daily_job],
     schedules=[flights_daily_schedule],
     sensors=lineage_sensors,
+    executor=executor,
 )

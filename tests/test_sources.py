@@ -1,0 +1,90 @@
+"""Bad source files through PROVLINE_SOURCE_DIR: clear errors (file, column, row), nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from checks.flights import RawAirlines, RawFlights
+from pipelines.sources import SourceError, read_source, source_path
+
+from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture
+def source_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PROVLINE_SOURCE_DIR holding the real tables (one day of flights and weather) as CSV."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    for table in ("airlines", "airports", "planes", "flights", "weather"):
+        frame = pd.read_csv(source_path(table))
+        if table in ("flights", "weather"):
+            frame = frame[(frame["month"] == 1) & (frame["day"] == 15)]
+        frame.to_csv(folder / f"{table}.csv", index=False)
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
+    return folder
+
+
+def _failure_text(result) -> str:
+    return "\n".join(
+        str(event.event_specific_data.error.cause.message if event.event_specific_data.error.cause else "")
+        + event.event_specific_data.error.message
+        for event in result.all_events if event.event_type_value == "STEP_FAILURE"
+    )
+
+
+def test_user_files_are_read_from_source_dir(source_dir, home):
+    assert materialize("reference").success
+    assert materialize("flights", DAY).success
+    assert scalar(home, "SELECT count(*) FROM raw.flights") == DAY_FLIGHTS
+    source = query(home, "SELECT input_versions FROM provline.version_log WHERE asset = 'raw.flights'")[0][0]
+    assert "source:flights.csv" in source
+
+
+def test_parquet_source(source_dir, home):
+    pd.read_csv(source_dir / "airlines.csv").to_parquet(source_dir / "airlines.parquet")
+    (source_dir / "airlines.csv").unlink()
+    table = read_source("airlines", RawAirlines)
+    assert table.path.suffix == ".parquet" and len(table.frame) == 16
+    assert materialize("reference").success
+    assert scalar(home, "SELECT count(*) FROM staging.airlines") == 16
+
+
+def test_unparsable_value_names_file_column_and_line(source_dir, home):
+    frame = pd.read_csv(source_dir / "flights.csv", dtype=str)
+    frame.loc[frame.index[41], "distance"] = "far"
+    frame.to_csv(source_dir / "flights.csv", index=False)
+    with pytest.raises(SourceError) as error:
+        read_source("flights", RawFlights)
+    message = str(error.value)
+    assert "flights.csv" in message and "'distance'" in message and "line 43" in message and "'far'" in message
+    assert materialize("reference").success
+    result = materialize("flights", DAY)
+    assert not result.success
+    assert "line 43" in _failure_text(result)
+    assert query(home, "SELECT * FROM information_schema.tables WHERE table_name = 'flights'") == []
+
+
+def test_missing_column_and_missing_file(source_dir, home):
+    pd.read_csv(source_dir / "flights.csv").drop(columns=["dest"]).to_csv(source_dir / "flights.csv", index=False)
+    with pytest.raises(SourceError, match=r"flights.csv: missing column\(s\) dest"):
+        read_source("flights", RawFlights)
+    (source_dir / "weather.csv").unlink()
+    with pytest.raises(SourceError, match="no weather.csv or weather.parquet"):
+        source_path("weather")
+
+
+def test_bad_file_keeps_the_previous_version(source_dir, home):
+    assert materialize("reference").success
+    assert materialize("flights", DAY).success
+    before = query(home, "SELECT content_hash FROM provline.version_log WHERE asset = 'raw.flights'")
+    frame = pd.read_csv(source_dir / "flights.csv", dtype=str)
+    frame.loc[frame.index[0], "sched_dep_time"] = "5:15"
+    frame.to_csv(source_dir / "flights.csv", index=False)
+    assert not materialize("flights", DAY).success
+    assert scalar(home, "SELECT count(*) FROM raw.flights") == DAY_FLIGHTS
+    assert query(home, "SELECT content_hash FROM provline.version_log WHERE asset = 'raw.flights'") == before
