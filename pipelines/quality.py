@@ -93,7 +93,11 @@ def _failure_cases(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFr
     else:
         return pd.DataFrame(columns=["rule", "column", "failure_case", "index"])
     cases["rule"] = [_rule_for(case, schema) for _, case in cases.iterrows()]
-    return cases[["rule", "column", "failure_case", "index"]]
+    # a dataframe-level check reports each failing row once per column: keep one case per row
+    frame_level = (cases["schema_context"] == "DataFrameSchema") & cases["index"].notna()
+    cases.loc[frame_level, ["column", "failure_case"]] = None
+    cases = cases[~(frame_level & cases.duplicated(["rule", "index"]))]
+    return cases[["rule", "column", "failure_case", "index"]].reset_index(drop=True)
 
 
 def validate(

@@ -1,5 +1,5 @@
 -- One row per staging flight, with its airline, plane, airports and departure-hour weather.
--- Weather joins on the UTC scheduled hour; a quarantined observation is flagged, not used.
+-- Weather joins on the UTC scheduled hour (quarantined observations are not in staging.weather).
 SELECT
     f.flight_id,
     f.flight_date,
@@ -25,8 +25,7 @@ SELECT
     w.wind_speed,
     w.precip,
     w.visib,
-    w.origin IS NOT NULL AS has_weather,
-    q.origin IS NOT NULL AS weather_quarantined
+    w.origin IS NOT NULL AS has_weather
 FROM staging.flights AS f
 LEFT JOIN staging.airlines AS a ON a.carrier = f.carrier
 LEFT JOIN staging.planes AS p ON p.tailnum = f.tailnum
@@ -34,6 +33,4 @@ LEFT JOIN staging.airports AS o ON o.faa = f.origin
 LEFT JOIN staging.airports AS d ON d.faa = f.dest
 LEFT JOIN staging.weather AS w
     ON w.origin = f.origin AND w.time_hour = f.time_hour AND w.obs_date = $partition_date
-LEFT JOIN quarantine.staging_weather AS q
-    ON q.origin = f.origin AND q.time_hour = f.time_hour AND q.obs_date = $partition_date
 WHERE f.flight_date = $partition_date
