@@ -64,6 +64,11 @@ def quote(identifier: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in identifier.split("."))
 
 
+def _literal(path: Path) -> str:
+    """A path as the body of a SQL string literal (COPY ... TO takes no bound parameter)."""
+    return str(path).replace("'", "''")
+
+
 def quarantine_table(table: str) -> str:
     return "quarantine." + table.replace(".", "_")
 
@@ -246,11 +251,34 @@ class Warehouse:
             raise
         finally:
             con.unregister("incoming_rows")
+        self._snapshot(con, write.table, write.partition, where, params, content_hash)
         size = con.execute(
             "SELECT estimated_size FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
             write.table.split("."),
         ).fetchone()
         return Receipt(content_hash, row_count, quarantined, int(size[0] or 0) if size else 0, written_at)
+
+    def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
+        return self.settings.snapshot_dir / table / (partition or "_all") / f"{content_hash}.parquet"
+
+    def _snapshot(self, con: duckdb.DuckDBPyConnection, table: str, partition: str, where: str, params: dict,
+                  content_hash: str) -> None:
+        """Keep each committed version as Parquet, so `provline verify` can re-derive downstream
+        versions from the inputs as they were. Written after COMMIT (a version is never snapshotted
+        unless committed), via a temp file and rename; older snapshots expire after the retention
+        period, except the partition's latest."""
+        path = self.snapshot_path(table, partition, content_hash)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".parquet.tmp")
+            con.execute(f"COPY (SELECT * FROM {quote(table)} WHERE {where}) TO '{_literal(tmp)}' (FORMAT parquet)",
+                        params)
+            tmp.replace(path)
+        path.touch()
+        cutoff = time.time() - self.settings.snapshot_retention_days * 86400
+        for old in path.parent.glob("*.parquet"):
+            if old != path and old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
 
     def record_check_results(self, write: Write) -> None:
         """Check results of a write that was refused (a blocking failure): only the results
