@@ -226,69 +226,94 @@ class _Inputs:
     source_path: str | None = None
 
 
+@dataclass
+class Derived:
+    """What one (asset, partition) computes from its inputs, before anything is written."""
+
+    inputs: _Inputs
+    frame: pd.DataFrame
+    validation: Validation
+
+
+def derive(
+    spec: TableSpec, warehouse: Warehouse, partition: str, *, allow_failed_upstream: bool = False,
+    log=None, on_inputs: Callable[[_Inputs], None] | None = None,
+) -> Derived:
+    """Read the inputs, run the pure transform, validate. Used by materialize and by `provline
+    verify` (on a scratch warehouse holding the recorded input versions)."""
+    with warehouse.connect() as con:
+        inputs = _read_inputs(spec, warehouse, con, partition, allow_failed_upstream, log)
+        frame = con.execute(spec.sql, _sql_params(spec.sql, partition)).df() if spec.sql else None
+    if spec.source:
+        table = read_source(spec.source, spec.contract)
+        inputs.frames[spec.source] = table.frame
+        inputs.versions[f"source:{table.path.name}"] = table.content_hash
+        inputs.source_path = str(table.path)
+        if table.extra_columns and log is not None:
+            log.warning(f"{table.path}: extra column(s) not in the contract, dropped: {table.extra_columns}")
+    if on_inputs is not None:
+        on_inputs(inputs)
+    if frame is None:
+        frame = _call(spec.transform, inputs.frames, partition)
+    validation = validate(
+        frame, spec.contract, key_columns=list(spec.key_columns), reference_values=inputs.reference_values,
+        expected_rows=inputs.expected_rows,
+        previous_columns=inputs.previous["columns"] if inputs.previous else None, columns=spec.columns,
+    )
+    return Derived(inputs, frame, validation)
+
+
+def write_for(spec: TableSpec, partition: str, derived: Derived, run_id: str) -> Write:
+    validation = derived.validation
+    return Write(
+        table=spec.table, partition=partition, partition_expr=spec.daily_on,
+        rows=validation.valid[list(spec.columns)], columns=spec.columns, code_version=spec.code_version,
+        run_id=run_id, input_versions=derived.inputs.versions, quarantined=validation.quarantined,
+        failures=validation.failures, check_results=_stored_results(validation.results),
+    )
+
+
 def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
     partition = context.partition_key if spec.partitioned else UNPARTITIONED
-    run_id = context.run_id
     emitter = lineage_step.for_step(spec, context, partition)
     emitter.started()
-    validation = None
+    derived = None
     try:
         allow = get_settings().allow_failed_upstream or (
             context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
         )
         warehouse = Warehouse()
-        with warehouse.connect() as con:
-            inputs = _read_inputs(spec, warehouse, con, partition, allow, context)
-            frame = con.execute(spec.sql, _sql_params(spec.sql, partition)).df() if spec.sql else None
-        if spec.source:
-            table = read_source(spec.source, spec.contract)
-            inputs.frames[spec.source] = table.frame
-            inputs.versions[f"source:{table.path.name}"] = table.content_hash
-            inputs.source_path = str(table.path)
-            if table.extra_columns:
-                context.log.warning(f"{table.path}: extra column(s) not in the contract, dropped: {table.extra_columns}")
-        emitter.inputs_known(inputs.versions, inputs.source_path)
-        if frame is None:
-            frame = _call(spec.transform, inputs.frames, partition)
-        validation = validate(
-            frame, spec.contract, key_columns=list(spec.key_columns), reference_values=inputs.reference_values,
-            expected_rows=inputs.expected_rows,
-            previous_columns=inputs.previous["columns"] if inputs.previous else None, columns=spec.columns,
-        )
-        write = Write(
-            table=spec.table, partition=partition, partition_expr=spec.daily_on,
-            rows=validation.valid[list(spec.columns)], columns=spec.columns, code_version=spec.code_version,
-            run_id=run_id, input_versions=inputs.versions, quarantined=validation.quarantined,
-            failures=validation.failures, check_results=_stored_results(validation.results),
-        )
-        check_results = [_check_result(spec, r) for r in validation.results]
-        if validation.blocking:
+        derived = derive(spec, warehouse, partition, allow_failed_upstream=allow, log=context.log,
+                         on_inputs=lambda inputs: emitter.inputs_known(inputs.versions, inputs.source_path))
+        write = write_for(spec, partition, derived, context.run_id)
+        check_results = [_check_result(spec, r) for r in derived.validation.results]
+        if derived.validation.blocking:
             warehouse.record_check_results(write)
             yield from check_results
-            raise ContractViolation(spec.table, partition, validation.blocking)
+            raise ContractViolation(spec.table, partition, derived.validation.blocking)
         receipt = warehouse.commit(write)
     except dg.DagsterExecutionInterruptedError:  # the run was canceled
         emitter.aborted()
         raise
     except Exception as error:
-        emitter.failed(error, traceback.format_exc(), validation)
+        emitter.failed(error, traceback.format_exc(), derived.validation if derived else None)
         if isinstance(error, ContractViolation | SourceError):
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
         raise
-    emitter.completed(validation, receipt, frame)
+    emitter.completed(derived.validation, receipt, derived.frame)
     context.log.info(
         f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
         f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}"
     )
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(receipt.content_hash),
-        metadata=_metadata(spec, validation, receipt, inputs),
+        metadata=_metadata(spec, derived.validation, receipt, derived.inputs),
         check_results=check_results,
     )
 
 
-def _read_inputs(spec, warehouse, con, partition, allow, context) -> _Inputs:
+def _read_inputs(spec, warehouse, con, partition, allow, log) -> _Inputs:
     frames, versions, reference_values = {}, {}, {}
     expected_rows = None
     for name in spec.inputs:
@@ -309,8 +334,8 @@ def _read_inputs(spec, warehouse, con, partition, allow, context) -> _Inputs:
                 f"tag {ALLOW_FAILED_UPSTREAM_TAG}=true.",
                 allow_retries=False,
             )
-        if failed:
-            context.log.warning(f"building from {name} despite its failed blocking checks (override set)")
+        if failed and log is not None:
+            log.warning(f"building from {name} despite its failed blocking checks (override set)")
         latest = warehouse.latest_version(con, name, upstream_partition)
         versions[name] = latest["content_hash"] if latest else ""
         if spec.transform is not None:
