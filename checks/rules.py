@@ -8,7 +8,14 @@ asset check) with a severity:
   `Field(metadata={"on_fail": QUARANTINE})` moves failing rows to `quarantine.<table>`
   instead of failing the write;
 - dataframe checks (`@pa.dataframe_check(name=...)`) keep their name; list them in
-  `Config.metadata["warn"]` or `["quarantine"]` to change how they act;
+  `Config.metadata["warn"]` or `["quarantine"]` to change how they act. Give each one its SQL
+  form next to the pandas one, so the rule has one home: `statistics={"sql": "<DuckDB boolean
+  expression over the table's columns>"}` (pandera's own kwarg for a check's constraints; it is
+  stored on the Check, never passed to the function). A row passes when the expression is TRUE
+  (NULL fails: write it null-safe, as the pandas function is); window functions are allowed
+  (`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality_sql.py runs it
+  in DuckDB; a check without it runs with pandera on pandas there. Built-in column checks
+  (`ge=`, `in_range=`, `isin=`, `str_length=`, ...) need nothing: they are translated;
 - `Config.metadata["references"]`: referential integrity against another warehouse table;
 - `Config.metadata["row_count_matches"]`: the output has exactly one row per row of that
   input partition;
@@ -105,13 +112,15 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
         if column.unique:
             rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name))
         for check in column.checks:
-            rules.append(Rule(column_check_rule(name, check), severity, f"{name}: {_describe(check)}", name, quarantine))
+            rule = column_check_rule(name, check)
+            rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine))
     for check in schema.checks:
         doc = getattr(getattr(model, check.name, None), "__doc__", None) or check.name
         severity = WARN if check.name in warn else ERROR
         rules.append(Rule(check.name, severity, " ".join(doc.split()), quarantine=check.name in quarantined))
     for ref in meta.get("references", []):
-        rules.append(Rule(ref.rule, ref.severity, f"{ref.column} exists in {ref.table}.{ref.table_column}.", ref.column))
+        described = f"{ref.column} exists in {ref.table}.{ref.table_column}."
+        rules.append(Rule(ref.rule, ref.severity, described, ref.column))
     if table := meta.get("row_count_matches"):
         rules.append(Rule(f"row_count_matches_{table.replace('.', '_')}", ERROR,
                           f"Exactly one row per row of {table} for the partition.", row_level=False))

@@ -68,7 +68,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                GROUP BY asset ORDER BY asset"""
         ).fetchall()
     if args.json:
-        print(json.dumps([dict(zip(("asset", "partitions", "rows", "last_written"), map(str, r))) for r in rows]))
+        keys = ("asset", "partitions", "rows", "last_written")
+        print(json.dumps([dict(zip(keys, map(str, r), strict=True)) for r in rows]))
     else:
         for asset, partitions, n, last in rows:
             print(f"{asset:35} {partitions:>4} partition(s) {n:>9} rows  last written {last}")

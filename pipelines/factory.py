@@ -366,7 +366,7 @@ def _call(transform: Callable[..., pd.DataFrame], frames: dict[str, pd.DataFrame
         elif name in frames:
             kwargs[name] = frames[name]
         else:
-            raise TypeError(f"{transform.__name__}() asks for {name!r}, which is not one of its inputs {sorted(frames)}")
+            raise TypeError(f"{transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
     return transform(**kwargs)
 
 

@@ -9,9 +9,9 @@ Extra columns are dropped here and reported (the contract is the list of columns
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-import importlib.util
 from pathlib import Path
 
 import pandas as pd

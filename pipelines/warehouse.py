@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -176,7 +176,7 @@ class Warehouse:
         if row is None:
             return None
         keys = ("content_hash", "code_version", "run_id", "row_count", "columns", "written_at")
-        version = dict(zip(keys, row))
+        version = dict(zip(keys, row, strict=True))
         version["columns"] = [tuple(c) for c in json.loads(version["columns"])]
         return version
 
@@ -223,7 +223,7 @@ class Warehouse:
         target = quote(write.table)
         where, params = self.partition_filter(write.partition, write.partition_expr)
         ddl = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in write.columns.items())
-        written_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        written_at = datetime.now(UTC).replace(tzinfo=None)
         con.register("incoming_rows", write.rows)
         con.execute("BEGIN TRANSACTION")
         try:
@@ -283,7 +283,7 @@ class Warehouse:
     def record_check_results(self, write: Write) -> None:
         """Check results of a write that was refused (a blocking failure): only the results
         and failure cases are committed, so the UI and later runs see why; the data stays."""
-        written_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        written_at = datetime.now(UTC).replace(tzinfo=None)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:

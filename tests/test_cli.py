@@ -32,7 +32,8 @@ def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.
 def test_dagster_cli_forms(env, home):
     validate = run([DAGSTER, "definitions", "validate", "-m", "pipelines.definitions"], env)
     assert validate.returncode == 0, validate.stderr[-2000:]
-    reference = run([DAGSTER, "asset", "materialize", "-m", "pipelines.definitions", "--select", "group:reference"], env)
+    reference = run([DAGSTER, "asset", "materialize", "-m", "pipelines.definitions",
+                     "--select", "group:reference"], env)
     assert reference.returncode == 0, reference.stderr[-3000:]
     flights = run([DAGSTER, "asset", "materialize", "-m", "pipelines.definitions",
                    "--select", "group:flights", "--partition", DAY], env)
@@ -63,7 +64,7 @@ def test_concurrent_multiprocess_backfill_never_hits_the_duckdb_lock(env, home):
         results = list(pool.map(lambda d: run(
             [DAGSTER, "asset", "materialize", "-m", "pipelines.definitions", "--select", "group:flights",
              "--partition", d], env, timeout=600), days))
-    for day, result in zip(days, results):
+    for day, result in zip(days, results, strict=True):
         assert result.returncode == 0, f"{day}: {result.stderr[-3000:]}"
         assert "Could not set lock" not in result.stderr and "Conflicting lock" not in result.stderr
     counts = dict(query(home, "SELECT strftime(flight_date, '%Y-%m-%d'), count(*) FROM marts.flight_facts "
@@ -74,5 +75,5 @@ def test_concurrent_multiprocess_backfill_never_hits_the_duckdb_lock(env, home):
         d = date.fromisoformat(day)
         expected = int(((nyc.flights.month == d.month) & (nyc.flights.day == d.day)).sum())
         assert counts[day] == expected
-    assert scalar(home, "SELECT count(DISTINCT partition) FROM provline.version_log WHERE asset = 'marts.route_daily'") \
-        == len(days)
+    partitions = "SELECT count(DISTINCT partition) FROM provline.version_log WHERE asset = 'marts.route_daily'"
+    assert scalar(home, partitions) == len(days)

@@ -39,7 +39,7 @@ def raw() -> dict[str, pd.DataFrame]:
 def test_raw_flights_selects_the_local_day(raw):
     flights = raw["flights"]
     assert len(flights) == DAY_FLIGHTS
-    assert set(zip(flights["year"], flights["month"], flights["day"])) == {(2013, 1, 15)}
+    assert set(zip(flights["year"], flights["month"], flights["day"], strict=True)) == {(2013, 1, 15)}
     assert len(raw["weather"]) == 72  # 3 stations x 24 hours
 
 

@@ -37,7 +37,9 @@ def flight_key(frame: pd.DataFrame) -> pd.Series:
     "staging.flights", contract=StagingFlights, inputs=[raw_flights], daily_on="flight_date",
     key_columns=["flight_id"],
     column_lineage={
-        "flight_id": [("raw.flights", c) for c in ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")],
+        "flight_id": [
+            ("raw.flights", c) for c in ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")
+        ],
         "flight_date": [("raw.flights", c) for c in ("year", "month", "day")],
         "scheduled_departure": [("raw.flights", c) for c in ("year", "month", "day", "sched_dep_time")],
         "actual_departure": [("raw.flights", c) for c in ("year", "month", "day", "sched_dep_time", "dep_delay")],

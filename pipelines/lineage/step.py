@@ -4,6 +4,7 @@ objects and hands it to the emitter. Like the emitter, nothing here raises into 
 from __future__ import annotations
 
 import logging
+
 import dagster as dg
 import pandas as pd
 
