@@ -194,6 +194,7 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             "dagster/table_name": f"{get_settings().warehouse_name}.{spec.table}",
             "contract": f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}",
             "transform": spec.source_file,
+            "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
         },
         retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
     )
@@ -308,7 +309,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
     )
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(receipt.content_hash),
-        metadata=_metadata(spec, derived.validation, receipt, derived.inputs),
+        metadata=_metadata(spec, derived.validation, receipt, derived.inputs, partition),
         check_results=check_results,
     )
 
@@ -397,7 +398,8 @@ def _check_result(spec: TableSpec, result: RuleResult) -> dg.AssetCheckResult:
     )
 
 
-def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs) -> dict:
+def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs, partition: str) -> dict:
+    partition_flag = f" --partition {partition}" if partition else ""
     preview = validation.valid.head(PREVIEW_ROWS).astype("string").fillna("")
     header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
     body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
@@ -412,4 +414,6 @@ def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs)
         "input_versions": dg.MetadataValue.json(inputs.versions),
         "size_bytes": receipt.size_bytes,
         "preview": dg.MetadataValue.md(header + body),
+        "audit": f"provline verify {spec.table}{partition_flag}; "
+                 f"provline audit report {spec.table}{partition_flag} --out report.html",
     }
