@@ -343,9 +343,11 @@ def _read_inputs(spec, warehouse, con, partition, allow, log) -> _Inputs:
             frames[name.replace(".", "_")] = warehouse.read(con, name, upstream_partition, upstream.daily_on)
     contract_meta = contract_metadata(spec.contract)
     for ref in contract_meta.get("references", []):
-        if warehouse.table_exists(con, ref.table):
-            rows = con.execute(f"SELECT DISTINCT {quote(ref.table_column)} FROM {quote(ref.table)}").fetchall()
-            reference_values[ref.rule] = {row[0] for row in rows}
+        if not warehouse.table_exists(con, ref.table):
+            raise dg.Failure(f"{spec.table}'s contract checks {ref.column} against {ref.table}, which has never "
+                             f"been materialized: materialize group 'reference' first", allow_retries=False)
+        rows = con.execute(f"SELECT DISTINCT {quote(ref.table_column)} FROM {quote(ref.table)}").fetchall()
+        reference_values[ref.rule] = {row[0] for row in rows}
     if counted := contract_meta.get("row_count_matches"):
         upstream = TABLES[counted]
         where, params = warehouse.partition_filter(partition if upstream.partitioned else UNPARTITIONED,

@@ -13,7 +13,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
-from checks.rules import DRIFT_RULE, ERROR, SCHEMA_RULE, Rule, column_check_rule, contract_metadata, rules_of
+from checks.rules import DRIFT_RULE, ERROR, Rule, rules_of
+from pipelines.quality_sql import failure_cases_frame
 
 SAMPLE_SIZE = 5
 QUARANTINE_REASONS = "_quarantine_reasons"
@@ -65,41 +66,6 @@ class ContractViolation(Exception):
         super().__init__("\n".join(lines))
 
 
-def _rule_for(case: pd.Series, schema: pa.DataFrameSchema) -> str:
-    check, column = str(case["check"]), case["column"]
-    if case["schema_context"] == "Column" and column in schema.columns:
-        if check == "not_nullable":
-            return f"{column}_not_null"
-        if check == "field_uniqueness":
-            return f"{column}_unique"
-        if check.startswith(("coerce_dtype", "dtype(")):
-            return SCHEMA_RULE
-        number = case["check_number"]
-        if number is not None and not pd.isna(number):
-            return column_check_rule(column, schema.columns[column].checks[int(number)])
-    if check in ("column_in_dataframe", "column_in_schema", "dataframe_column_labels_unique"):
-        return SCHEMA_RULE
-    return check
-
-
-def _failure_cases(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
-    try:
-        schema.validate(frame, lazy=True)
-    except SchemaErrors as errors:
-        cases = errors.failure_cases.copy()
-    except SchemaError as error:  # a non-lazy error (e.g. a check that raised)
-        cases = pd.DataFrame([{"schema_context": "DataFrameSchema", "column": None, "check": str(error.check),
-                               "check_number": None, "failure_case": str(error), "index": None}])
-    else:
-        return pd.DataFrame(columns=["rule", "column", "failure_case", "index"])
-    cases["rule"] = [_rule_for(case, schema) for _, case in cases.iterrows()]
-    # a dataframe-level check reports each failing row once per column: keep one case per row
-    frame_level = (cases["schema_context"] == "DataFrameSchema") & cases["index"].notna()
-    cases.loc[frame_level, ["column", "failure_case"]] = None
-    cases = cases[~(frame_level & cases.duplicated(["rule", "index"]))]
-    return cases[["rule", "column", "failure_case", "index"]].reset_index(drop=True)
-
-
 def validate(
     frame: pd.DataFrame,
     contract: type[pa.DataFrameModel],
@@ -121,18 +87,11 @@ def validate(
     try:
         frame = schema.coerce_dtype(frame)
     except (SchemaError, SchemaErrors):
-        pass  # the coercion failures are reported below as `schema` rule failures
+        pass  # the values that do not parse are reported below as `schema` rule failures
     frame = frame.reset_index(drop=True)
-    cases = _failure_cases(frame, schema)
+    # the rules run inside DuckDB (pipelines/quality_sql.py), with pandera's semantics
+    cases = failure_cases_frame(frame, contract, key_columns=key_columns, reference_values=reference_values or {})
     messages: dict[str, str] = {}
-
-    for ref in contract_metadata(contract).get("references", []):
-        values = frame[ref.column]
-        allowed = (reference_values or {}).get(ref.rule, set())
-        missing = values.notna() & ~values.isin(allowed)
-        extra = pd.DataFrame({"rule": ref.rule, "column": ref.column,
-                              "failure_case": values[missing], "index": values.index[missing]})
-        cases = pd.concat([cases, extra], ignore_index=True) if not extra.empty else cases
 
     for rule in rules:
         if rule.name.startswith("row_count_matches_") and expected_rows is not None and expected_rows != len(frame):
@@ -144,7 +103,8 @@ def validate(
     for rule_name, group in table_level.groupby("rule"):
         messages.setdefault(rule_name, "; ".join(map(str, group["failure_case"].unique()))[:500])
 
-    row_cases = cases[cases["index"].notna()].copy()
+    # one case per failing row and rule (a dataframe check reports each column it reads)
+    row_cases = cases[cases["index"].notna()].drop_duplicates(["rule", "index"]).copy()
     row_cases["index"] = row_cases["index"].astype(int)
     results = []
     by_rule = dict(tuple(row_cases.groupby("rule"))) if not row_cases.empty else {}
@@ -152,8 +112,8 @@ def validate(
         group = by_rule.get(rule.name)
         failing = 0 if group is None else group["index"].nunique()
         sample = [] if group is None else [
-            {"column": c, "value": _text(v), "row_key": _row_key(frame, key_columns, i)}
-            for c, v, i in group[["column", "failure_case", "index"]].head(SAMPLE_SIZE).itertuples(index=False)
+            {"column": c, "value": v, "row_key": k}
+            for c, v, k in group[["column", "failure_case", "row_key"]].head(SAMPLE_SIZE).itertuples(index=False)
         ]
         results.append(RuleResult(rule, failing, len(frame), sample, messages.get(rule.name)))
 
@@ -164,11 +124,11 @@ def validate(
     quarantined = frame.loc[reasons.index].assign(**{QUARANTINE_REASONS: reasons.values})
     valid = frame.drop(index=reasons.index)
     failures = pd.DataFrame({
-        "check_name": row_cases["rule"].values,
-        "severity": [severity.get(r, ERROR) for r in row_cases["rule"]],
-        "column": row_cases["column"].astype("string").values,
-        "failing_value": [_text(v) for v in row_cases["failure_case"]],
-        "row_key": [_row_key(frame, key_columns, i) for i in row_cases["index"]],
+        "check_name": row_cases["rule"].to_numpy(),
+        "severity": row_cases["rule"].map(severity).fillna(ERROR).to_numpy(),
+        "column": row_cases["column"].astype("string").to_numpy(),
+        "failing_value": row_cases["failure_case"].astype("string").to_numpy(),
+        "row_key": row_cases["row_key"].astype("string").to_numpy(),
     })
     return Validation(valid.reset_index(drop=True), quarantined.reset_index(drop=True), failures, results)
 
@@ -179,13 +139,3 @@ def describe_drift(previous: list[tuple[str, str]], current: list[tuple[str, str
     changes += [f"removed {c}" for c in before if c not in after]
     changes += [f"retyped {c} {before[c]} -> {t}" for c, t in after.items() if c in before and before[c] != t]
     return "; ".join(changes) or None
-
-
-def _text(value: object) -> str | None:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
-
-
-def _row_key(frame: pd.DataFrame, key_columns: list[str], index: int) -> str:
-    if not key_columns or index not in frame.index:
-        return f"row {index}"
-    return "|".join(str(frame.at[index, column]) for column in key_columns)
