@@ -4,6 +4,9 @@
     provline run --start 2013-01-01 --end 2013-01-31
     provline status                           what the warehouse holds (version log)
     provline lineage replay                   resend OpenLineage events waiting in the outbox
+    provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
+    provline verify DATASET --partition P     re-derive a version and compare content hashes
+    provline audit report DATASET --out F     one self-contained HTML audit page
 
 Runs go through Dagster (`materialize`) on the instance of DAGSTER_HOME when it is set, so they
 show in `dagster dev`; the two `dagster asset materialize` forms in the README do the same.
@@ -101,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")
     replay.set_defaults(func=cmd_lineage_replay)
+
+    from pipelines.audit.cli import add_lineage_commands, add_top_level_commands
+
+    add_lineage_commands(lineage)
+    add_top_level_commands(commands)
     return parser
 
 

@@ -1,0 +1,377 @@
+"""Audit queries over the lineage store: provenance, impact, runs, versions, each "as of" a time.
+
+As of T means: only events with eventTime <= T count, so a query answers with what was true then.
+Dataset arguments are table names (`marts.flight_facts`), or `namespace/name` when ambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+FAR_FUTURE = datetime(9999, 12, 31)
+TERMINAL = ("COMPLETE", "FAIL", "ABORT")
+
+
+class QueryError(ValueError):
+    """A question the store cannot answer as asked (unknown dataset, version, bad time)."""
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"{value!r} is not an ISO 8601 time (e.g. 2013-01-15T06:00:00+00:00)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
+
+
+def quality_of(success: bool | None, severity: str | None) -> str:
+    if success:
+        return "pass"
+    return "warn" if (severity or "").lower() in ("warn", "warning", "info") else "fail"
+
+
+@dataclass
+class _Ctx:
+    con: duckdb.DuckDBPyConnection
+    as_of: datetime
+
+    def rows(self, sql: str, params: dict) -> list[dict]:
+        cursor = self.con.execute(sql, {"as_of": self.as_of, **params})
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _dataset(ctx: _Ctx, dataset: str) -> tuple[str | None, str]:
+    """(namespace or None, name) of a known dataset: `name`, or `namespace/name`; else a QueryError."""
+    candidates = [(None, dataset)]
+    if "/" in dataset:
+        candidates.append(tuple(dataset.rsplit("/", 1)))
+    for namespace, name in candidates:
+        known = ctx.rows(
+            """SELECT 1 FROM (SELECT namespace, name FROM outputs WHERE event_time <= $as_of
+                             UNION ALL SELECT namespace, name FROM inputs WHERE event_time <= $as_of)
+               WHERE name = $name AND ($ns IS NULL OR namespace = $ns) LIMIT 1""",
+            {"name": name, "ns": namespace},
+        )
+        if known:
+            return namespace, name
+    raise QueryError(f"no dataset {dataset!r} in the lineage store" + (
+        f" as of {ctx.as_of.isoformat()}" if ctx.as_of != FAR_FUTURE else ""))
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+# ---- versions -------------------------------------------------------------------------------------
+
+
+VERSIONS_SQL = """
+SELECT o.namespace, o.name, o.version, e.partition, o.run_id, e.job_name AS job, e.code_version,
+       e.dagster_run_id, o.event_time, o.row_count, o.size_bytes
+FROM outputs o JOIN events e USING (seq)
+WHERE o.name = $name AND ($ns IS NULL OR o.namespace = $ns) AND o.version IS NOT NULL
+  AND o.event_type NOT IN ('FAIL', 'ABORT') AND o.event_time <= $as_of
+  AND ($partition IS NULL OR coalesce(e.partition, '') = $partition)
+"""
+
+
+def versions(con: duckdb.DuckDBPyConnection, dataset: str, *, partition: str | None = None,
+             as_of: datetime | None = None) -> list[dict]:
+    """Every version written, oldest first."""
+    ctx = _Ctx(con, as_of or FAR_FUTURE)
+    namespace, name = _dataset(ctx, dataset)
+    rows = ctx.rows(VERSIONS_SQL + " ORDER BY o.event_time, o.seq",
+                    {"name": name, "ns": namespace, "partition": partition})
+    return [{**r, "event_time": _iso(r["event_time"])} for r in rows]
+
+
+# ---- upstream (provenance) ------------------------------------------------------------------------
+
+
+def _quality(ctx: _Ctx, run_id: str, namespace: str, name: str) -> list[dict]:
+    rows = ctx.rows(
+        """SELECT assertion, column_name AS "column", success, severity, expected, actual FROM assertions
+           WHERE run_id = $run AND namespace = $ns AND name = $name AND event_time <= $as_of
+           QUALIFY seq = max(seq) OVER ()
+           ORDER BY assertion""",
+        {"run": run_id, "ns": namespace, "name": name},
+    )
+    return [{**r, "result": quality_of(r["success"], r["severity"])} for r in rows]
+
+
+def _run(ctx: _Ctx, run_id: str) -> dict:
+    rows = ctx.rows(
+        """SELECT run_id, job_namespace, job_name AS job, partition, code_version, dagster_run_id, parent_run_id,
+                  arg_max(event_type, event_time) AS state, min(event_time) AS started, max(event_time) AS ended
+           FROM events WHERE run_id = $run AND event_time <= $as_of
+           GROUP BY ALL""",
+        {"run": run_id},
+    )
+    if not rows:
+        return {"run_id": run_id}
+    run = rows[0]
+    return {**run, "started": _iso(run["started"]), "ended": _iso(run["ended"])}
+
+
+def _node(ctx: _Ctx, version_row: dict, depth: int, max_depth: int, seen: dict) -> dict:
+    key = (version_row["namespace"], version_row["name"], version_row["version"], version_row["partition"])
+    node = {
+        "dataset": version_row["name"], "namespace": version_row["namespace"], "version": version_row["version"],
+        "partition": version_row["partition"], "written_at": _iso(version_row["event_time"]),
+        "row_count": version_row.get("row_count"), "run": _run(ctx, version_row["run_id"]),
+    }
+    node["code_version"] = node["run"].get("code_version")
+    node["quality"] = _quality(ctx, version_row["run_id"], version_row["namespace"], version_row["name"])
+    node["quality_summary"] = {k: sum(1 for q in node["quality"] if q["result"] == k) for k in ("pass", "warn", "fail")}
+    if key in seen:
+        node["inputs"], node["repeated"] = [], True
+        return node
+    seen[key] = True
+    node["inputs"] = []
+    if depth >= max_depth:
+        node["truncated"] = True
+        return node
+    inputs = ctx.rows(
+        """SELECT namespace, name, version FROM inputs
+           WHERE run_id = $run AND event_time <= $as_of
+           QUALIFY seq = max(seq) OVER ()
+           ORDER BY name""",
+        {"run": version_row["run_id"]},
+    )
+    for inp in inputs:
+        node["inputs"].append(_input_node(ctx, inp, version_row, depth, max_depth, seen))
+    return node
+
+
+def _input_node(ctx: _Ctx, inp: dict, consumer: dict, depth: int, max_depth: int, seen: dict) -> dict:
+    leaf = {"dataset": inp["name"], "namespace": inp["namespace"], "version": inp["version"], "inputs": []}
+    if inp["version"] is None:
+        leaf["note"] = "no version recorded (a source file or an external dataset)"
+        return leaf
+    # the version read: written under that hash, before the consumer's event; same partition first
+    rows = ctx.rows(
+        VERSIONS_SQL + """ AND o.version = $version AND o.event_time <= $before
+        ORDER BY (coalesce(e.partition, '') = $consumer_partition) DESC, o.event_time DESC LIMIT 1""",
+        {"name": inp["name"], "ns": inp["namespace"], "partition": None, "version": inp["version"],
+         "before": consumer["event_time"], "consumer_partition": consumer["partition"] or ""},
+    )
+    if not rows:
+        leaf["note"] = "the run that wrote this version is not in the store"
+        return leaf
+    return _node(ctx, rows[0], depth + 1, max_depth, seen)
+
+
+def upstream(con: duckdb.DuckDBPyConnection, dataset: str, *, partition: str | None = None,
+             version: str | None = None, as_of: datetime | None = None, depth: int = 20) -> dict:
+    """The provenance tree of one dataset version (the latest as of `as_of`, or `version`)."""
+    ctx = _Ctx(con, as_of or FAR_FUTURE)
+    namespace, name = _dataset(ctx, dataset)
+    rows = ctx.rows(
+        VERSIONS_SQL + " AND ($version IS NULL OR o.version = $version) ORDER BY o.event_time DESC, o.seq DESC LIMIT 1",
+        {"name": name, "ns": namespace, "partition": partition, "version": version},
+    )
+    if not rows:
+        what = f"version {version}" if version else "a committed version"
+        where = f" partition {partition}" if partition else ""
+        raise QueryError(f"{dataset}{where}: no {what} in the lineage store"
+                         + (f" as of {ctx.as_of.isoformat()}" if as_of else ""))
+    return _node(ctx, rows[0], 0, depth, {})
+
+
+# ---- downstream (impact) --------------------------------------------------------------------------
+
+
+def downstream(con: duckdb.DuckDBPyConnection, target: str, *, as_of: datetime | None = None,
+               depth: int = 20) -> dict:
+    """What reads the dataset (or, for DATASET.COLUMN, what columns derive from the column), transitively.
+
+    Dataset level follows run inputs -> outputs; column level follows the columnLineage facets of each
+    job's latest event that has them (as of the time)."""
+    ctx = _Ctx(con, as_of or FAR_FUTURE)
+    column = None
+    try:
+        namespace, name = _dataset(ctx, target)
+    except QueryError:
+        if "." not in target:
+            raise
+        dataset, column = target.rsplit(".", 1)
+        namespace, name = _dataset(ctx, dataset)
+    if column is None:
+        edges_rows = ctx.rows(
+            """SELECT DISTINCT i.namespace AS src_ns, i.name AS src, o.namespace AS dst_ns, o.name AS dst,
+                      e.job_name AS job
+               FROM inputs i JOIN outputs o USING (seq) JOIN events e USING (seq)
+               WHERE i.event_time <= $as_of""",
+            {},
+        )
+        graph: dict[tuple, list[dict]] = {}
+        for r in edges_rows:
+            graph.setdefault((r["src_ns"], r["src"]), []).append(r)
+        start = [(ns, name) for ns, n in {(r["src_ns"], r["src"]) for r in edges_rows} if n == name
+                 and (namespace is None or ns == namespace)] or [(namespace, name)]
+        return {"dataset": name, "column": None, "as_of": _iso(as_of), "edges": _walk(graph, start, depth, False)}
+    edges_rows = ctx.rows(
+        """WITH latest AS (SELECT namespace, name, max(seq) AS seq FROM column_lineage
+                           WHERE event_time <= $as_of GROUP BY ALL)
+           SELECT DISTINCT c.input_namespace AS src_ns, c.input_name AS src, c.input_field AS src_field,
+                  c.namespace AS dst_ns, c.name AS dst, c.field AS dst_field
+           FROM column_lineage c JOIN latest USING (namespace, name, seq)""",
+        {},
+    )
+    reads_rows = ctx.rows(  # which datasets each output's latest run read
+        """WITH latest AS (SELECT namespace, name, max(seq) AS seq FROM outputs
+                           WHERE event_time <= $as_of AND version IS NOT NULL GROUP BY ALL)
+           SELECT DISTINCT i.namespace AS src_ns, i.name AS src, l.namespace AS dst_ns, l.name AS dst
+           FROM latest l JOIN inputs i USING (seq)""",
+        {},
+    )
+    graph = {}
+    for r in edges_rows:
+        graph.setdefault((r["src_ns"], r["src"], r["src_field"]), []).append(r)
+    readers: dict[tuple, list[dict]] = {}
+    for r in reads_rows:
+        readers.setdefault((r["src_ns"], r["src"]), []).append(r)
+    start = [k for k in graph if k[1] == name and k[2] == column and (namespace is None or k[0] == namespace)]
+    if not start:
+        known = sorted({k[2] for k in graph if k[1] == name})
+        if known and column not in known:
+            raise QueryError(f"no column {column!r} of {name} in the column lineage; known: {', '.join(known)}")
+        start = [(ns, n, column) for ns, n in readers if n == name and (namespace is None or ns == namespace)]
+        if not start:
+            raise QueryError(f"nothing reads {name}")
+    return {"dataset": name, "column": column, "as_of": _iso(as_of),
+            "edges": _walk_columns(graph, readers, start, depth)}
+
+
+def _walk_columns(graph: dict, readers: dict, start: list[tuple], depth: int) -> list[dict]:
+    """Column edges where column lineage names the column; where a job reads the column's dataset but no
+    column edge names it (a join key, a filter), an *indirect* edge to the job's whole output, and from a
+    whole dataset, to every reader's whole output. Conservative: impact is never missed."""
+    seen, frontier, edges = set(start), list(start), []
+
+    def label(node: tuple) -> str:
+        return node[1] + (f".{node[2]}" if node[2] else "")
+
+    for level in range(1, depth + 1):
+        nxt = []
+        for node in frontier:
+            targets = []
+            if node[2] is not None:
+                direct = graph.get(node, [])
+                targets += [((r["dst_ns"], r["dst"], r["dst_field"]), False) for r in direct]
+                copied_to = {(r["dst_ns"], r["dst"]) for r in direct}
+                targets += [((r["dst_ns"], r["dst"], None), True) for r in readers.get(node[:2], [])
+                            if (r["dst_ns"], r["dst"]) not in copied_to]
+            else:
+                targets += [((r["dst_ns"], r["dst"], None), True) for r in readers.get(node[:2], [])]
+            for dst, indirect in targets:
+                edges.append({"depth": level, "from": label(node), "to": label(dst), "indirect": indirect})
+                if dst not in seen:
+                    seen.add(dst)
+                    nxt.append(dst)
+        if not nxt:
+            break
+        frontier = nxt
+    return edges
+
+
+def _walk(graph: dict, start: list[tuple], depth: int, columns: bool) -> list[dict]:
+    seen, frontier, edges = set(start), list(start), []
+    for level in range(1, depth + 1):
+        nxt = []
+        for key in frontier:
+            for r in graph.get(key, []):
+                dst = (r["dst_ns"], r["dst"], r["dst_field"]) if columns else (r["dst_ns"], r["dst"])
+                edge = {"depth": level, "from": ".".join(k for k in key[1:] if k),
+                        "to": ".".join(k for k in dst[1:] if k)}
+                if not columns:
+                    edge["job"] = r["job"]
+                edges.append(edge)
+                if dst not in seen:
+                    seen.add(dst)
+                    nxt.append(dst)
+        if not nxt:
+            break
+        frontier = nxt
+    return edges
+
+
+# ---- runs -----------------------------------------------------------------------------------------
+
+
+def runs(con: duckdb.DuckDBPyConnection, *, failed: bool = False, since: datetime | None = None,
+         as_of: datetime | None = None, dataset: str | None = None) -> list[dict]:
+    """Runs with their state and failed assertions, and integrity flags."""
+    ctx = _Ctx(con, as_of or FAR_FUTURE)
+    name = _dataset(ctx, dataset)[1] if dataset else None
+    rows = ctx.rows(
+        """WITH ev AS (SELECT * FROM events WHERE event_time <= $as_of),
+           r AS (
+             SELECT run_id, any_value(job_namespace) AS job_namespace, any_value(job_name) AS job,
+                    any_value(partition) AS partition, any_value(code_version) AS code_version,
+                    any_value(parent_run_id) AS parent_run_id, any_value(dagster_run_id) AS dagster_run_id,
+                    arg_max(event_type, event_time) AS last_event,
+                    arg_max(event_type, event_time) FILTER (WHERE event_type IN ('COMPLETE', 'FAIL', 'ABORT'))
+                        AS terminal,
+                    count(*) FILTER (WHERE event_type IN ('COMPLETE', 'FAIL', 'ABORT')) AS terminals,
+                    count(*) FILTER (WHERE event_type = 'START') AS starts,
+                    min(event_time) FILTER (WHERE event_type = 'START') AS started,
+                    max(event_time) FILTER (WHERE event_type IN ('COMPLETE', 'FAIL', 'ABORT')) AS ended,
+                    min(event_time) AS first_time, max(event_time) AS last_time,
+                    any_value(error_message) FILTER (WHERE error_message IS NOT NULL) AS error,
+                    -- arrival order disagrees with event time (a later-received event is older)
+                    bool_or(prev_time > event_time) AS out_of_order
+             FROM (SELECT *, max(event_time) OVER (PARTITION BY run_id ORDER BY seq
+                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_time
+                   FROM ev)
+             GROUP BY run_id)
+           SELECT r.*, (r.parent_run_id IS NOT NULL AND p.run_id IS NULL) AS missing_parent
+           FROM r LEFT JOIN (SELECT DISTINCT run_id FROM ev) p ON p.run_id = r.parent_run_id
+           WHERE ($since IS NULL OR r.last_time >= $since)
+             AND ($name IS NULL OR r.run_id IN (SELECT run_id FROM outputs WHERE name = $name AND event_time <= $as_of))
+           ORDER BY r.first_time, r.run_id""",
+        {"since": since, "name": name},
+    )
+    failed_assertions = ctx.rows(
+        """SELECT run_id, name, assertion, column_name AS "column", severity, actual FROM assertions
+           WHERE NOT success AND event_time <= $as_of
+           QUALIFY seq = max(seq) OVER (PARTITION BY run_id)
+           ORDER BY run_id, name, assertion""",
+        {},
+    )
+    by_run: dict[str, list[dict]] = {}
+    for a in failed_assertions:
+        by_run.setdefault(a.pop("run_id"), []).append({**a, "result": quality_of(False, a["severity"])})
+    out = []
+    for r in rows:
+        flags = []
+        if r["starts"] and not r["terminals"]:
+            flags.append("START with no terminal event")
+        if not r["starts"]:
+            flags.append("no START event")
+        if r["terminals"] > 1:
+            flags.append(f"{r['terminals']} terminal events")
+        if r["started"] and r["ended"] and r["ended"] < r["started"]:
+            flags.append("terminal event before START")
+        if r["out_of_order"]:
+            flags.append("events received out of order")
+        if r["missing_parent"]:
+            flags.append(f"parent run {r['parent_run_id']} not in the store")
+        state = r["terminal"] or ("RUNNING" if r["starts"] else r["last_event"])
+        item = {
+            "run_id": r["run_id"], "job": r["job"], "job_namespace": r["job_namespace"], "partition": r["partition"],
+            "state": state, "started": _iso(r["started"]), "ended": _iso(r["ended"]),
+            "code_version": r["code_version"], "parent_run_id": r["parent_run_id"],
+            "dagster_run_id": r["dagster_run_id"], "error": r["error"],
+            "failed_assertions": by_run.get(r["run_id"], []), "flags": flags,
+        }
+        if failed and state == "COMPLETE" and not any(a["result"] == "fail" for a in item["failed_assertions"]):
+            continue
+        out.append(item)
+    return out

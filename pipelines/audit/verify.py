@@ -1,0 +1,213 @@
+"""`provline verify`: re-derive a recorded version in a scratch warehouse and compare content hashes.
+
+The version log records, for each version, its code version and the versions of its inputs
+({"<table>": "<content hash>", "source:<file>": "<md5>"}); every committed version is kept as Parquet
+under PROVLINE_HOME/snapshots. Verify loads the recorded input versions from their snapshots into a
+scratch warehouse (a temporary PROVLINE_HOME) under the same table names, plus the tables the
+contract's reference rules read (their versions as of the write), then runs the factory's own pure path
+(`derive` -> `write_for` -> `commit`) and compares the content hash with the recorded one.
+
+Verdicts: reproduced | differs (both hashes, and what changed: an input whose snapshot no longer holds
+the recorded version, or the code version) | cannot verify (why: the asset's code is gone, an input
+snapshot expired or is missing, a source file changed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.settings import Settings, get_settings
+from pipelines.warehouse import UNPARTITIONED, Warehouse, quote
+
+REPRODUCED, DIFFERS, CANNOT = "reproduced", "differs", "cannot verify"
+
+
+@dataclass
+class Verdict:
+    dataset: str
+    partition: str
+    version: str | None  # the recorded content hash
+    verdict: str
+    reproduced_hash: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    recorded_code_version: str | None = None
+    current_code_version: str | None = None
+    inputs: list[dict] = field(default_factory=list)
+    written_at: str | None = None
+    run_id: str | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        head = f"{self.dataset} [{self.partition or 'unpartitioned'}] version {self.version}: {self.verdict.upper()}"
+        lines = [head]
+        if self.reproduced_hash:
+            lines.append(f"  recorded hash  {self.version}\n  re-derived     {self.reproduced_hash}")
+        if self.recorded_code_version:
+            lines.append(f"  code version   recorded {self.recorded_code_version}, now {self.current_code_version}")
+        for item in self.inputs:
+            lines.append(f"  input {item['name']}: recorded {item['recorded']}, loaded {item.get('loaded')} "
+                         f"({item['status']})")
+        lines.extend(f"  - {reason}" for reason in self.reasons)
+        return "\n".join(lines)
+
+
+def _tables() -> dict:
+    import pipelines.definitions  # noqa: F401 - registers every asset in TABLES
+    from pipelines.factory import TABLES
+
+    return TABLES
+
+
+def verify(dataset: str, partition: str | None = None, version: str | None = None,
+           settings: Settings | None = None) -> Verdict:
+    settings = settings or get_settings()
+    partition = partition or UNPARTITIONED
+    verdict = Verdict(dataset, partition, version, CANNOT)
+    if not settings.warehouse_path.exists():
+        verdict.reasons.append(f"no warehouse at {settings.warehouse_path}")
+        return verdict
+    warehouse = Warehouse(settings)
+    with warehouse.connect() as con:
+        row = con.execute(
+            """SELECT content_hash, code_version, input_versions, run_id, written_at FROM provline.version_log
+               WHERE asset = ? AND partition = ? AND (? IS NULL OR content_hash = ?)
+               ORDER BY written_at DESC LIMIT 1""",
+            [dataset, partition, version, version],
+        ).fetchone()
+        if row is None:
+            what = f"version {version}" if version else "any version"
+            verdict.reasons.append(f"the version log has no {what} of {dataset} [{partition or 'unpartitioned'}]")
+            return verdict
+        recorded, code_version, input_versions, run_id, written_at = row
+        verdict.version, verdict.recorded_code_version, verdict.run_id = recorded, code_version, run_id
+        verdict.written_at = written_at.isoformat()
+        input_versions = json.loads(input_versions)
+        tables = _tables()
+        spec = tables.get(dataset)
+        if spec is None:
+            verdict.reasons.append(f"code version {code_version} no longer available: no asset defines {dataset}")
+            return verdict
+        verdict.current_code_version = spec.code_version
+        loads = _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict)
+    if verdict.reasons:  # something needed is not available
+        return verdict
+    return _rederive(settings, tables, spec, partition, recorded, loads, verdict)
+
+
+def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict) -> list[dict]:
+    """The snapshots to load: recorded inputs + tables the contract's rules read (as of the write)."""
+    from checks.rules import contract_metadata
+    from pipelines.sources import SourceError, source_path
+
+    loads = []
+    for name, recorded in sorted(input_versions.items()):
+        if name.startswith("source:"):
+            file = name.removeprefix("source:")
+            try:
+                path = source_path(spec.source)
+            except SourceError as error:
+                verdict.reasons.append(f"source file {file} is not available: {error}")
+                continue
+            now = hashlib.md5(path.read_bytes()).hexdigest()
+            ok = path.name == file and now == recorded
+            verdict.inputs.append({"name": name, "recorded": recorded, "loaded": now,
+                                   "status": "unchanged" if ok else "changed"})
+            if path.name != file:
+                verdict.reasons.append(f"source file changed: recorded {file}, now {path}")
+            elif now != recorded:
+                verdict.reasons.append(f"source file {path} changed: md5 recorded {recorded}, now {now}")
+            continue
+        upstream = tables.get(name)
+        part = partition if upstream is not None and upstream.partitioned else UNPARTITIONED
+        snapshot = warehouse.snapshot_path(name, part, recorded)
+        if not snapshot.exists():
+            verdict.inputs.append({"name": name, "recorded": recorded, "loaded": None, "status": "missing"})
+            verdict.reasons.append(f"input snapshot of {name} version {recorded} expired or missing ({snapshot})")
+            continue
+        loads.append({"name": name, "partition": part, "recorded": recorded, "path": snapshot, "input": True})
+    meta = contract_metadata(spec.contract)
+    context = {ref.table for ref in meta.get("references", [])}
+    if meta.get("row_count_matches"):
+        context.add(meta["row_count_matches"])
+    for name in sorted(context - set(input_versions)):
+        upstream = tables.get(name)
+        part = partition if upstream is not None and upstream.partitioned else UNPARTITIONED
+        row = con.execute(
+            """SELECT content_hash FROM provline.version_log WHERE asset = ? AND partition = ? AND written_at <= ?
+               ORDER BY written_at DESC LIMIT 1""", [name, part, written_at]).fetchone()
+        snapshot = warehouse.snapshot_path(name, part, row[0]) if row else None
+        if snapshot is None or not snapshot.exists():
+            verdict.reasons.append(f"{spec.table}'s rules read {name}, whose version at {written_at} has no snapshot")
+            continue
+        loads.append({"name": name, "partition": part, "recorded": row[0], "path": snapshot, "input": False})
+    return loads
+
+
+def _rederive(settings, tables, spec, partition, recorded, loads, verdict) -> Verdict:
+    from pipelines.factory import derive, write_for
+
+    scratch = Path(tempfile.mkdtemp(prefix="provline-verify-"))
+    try:
+        scratch_wh = Warehouse(dataclasses.replace(settings, home=scratch))
+        with scratch_wh.connect() as con:
+            for load in loads:
+                loaded = _load_snapshot(con, tables, load)
+                if load["input"]:
+                    status = "unchanged" if loaded == load["recorded"] else "changed"
+                    verdict.inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded,
+                                           "status": status})
+                    if status == "changed":
+                        verdict.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, "
+                                               f"its snapshot now holds {loaded}")
+        try:
+            derived = derive(spec, scratch_wh, partition, allow_failed_upstream=True)
+            receipt = scratch_wh.commit(write_for(spec, partition, derived, f"verify:{recorded}"))
+        except Exception as error:  # noqa: BLE001 - any failure to re-derive is the verdict's reason
+            verdict.reasons.append(f"re-deriving failed: {type(error).__name__}: {error}")
+            return verdict
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    verdict.reproduced_hash = receipt.content_hash
+    code_changed = verdict.recorded_code_version != verdict.current_code_version
+    if receipt.content_hash == recorded:
+        verdict.verdict = REPRODUCED
+        verdict.reasons = [f"same hash with today's code version {verdict.current_code_version} (recorded "
+                           f"{verdict.recorded_code_version})"] if code_changed else []
+        return verdict
+    verdict.verdict = DIFFERS
+    if code_changed:
+        verdict.reasons.append(f"code version changed: recorded {verdict.recorded_code_version}, "
+                               f"now {verdict.current_code_version}")
+    if not verdict.reasons:
+        verdict.reasons.append("same inputs and code version, different result: the transform is not deterministic")
+    return verdict
+
+
+def _load_snapshot(con, tables, load: dict) -> str:
+    """Create the table as the factory would, fill it from the snapshot, record its version; return its hash."""
+    name, part = load["name"], load["partition"]
+    upstream = tables.get(name)
+    schema = name.split(".")[0]
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    if upstream is not None:
+        ddl = ", ".join(f"{quote(c)} {t}" for c, t in upstream.columns.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({ddl})")
+        con.execute(f"INSERT INTO {quote(name)} BY NAME SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
+    else:
+        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
+    expr = upstream.daily_on if upstream is not None else None
+    where, params = Warehouse.partition_filter(part, expr)
+    loaded = Warehouse.content_hash(con, name, where, params)
+    con.execute(
+        "INSERT INTO provline.version_log VALUES (?, ?, ?, ?, '{}', 'verify', 0, 0, 0, '[]', now())",
+        [name, part, loaded, upstream.code_version if upstream is not None else ""],
+    )
+    return loaded

@@ -1,0 +1,76 @@
+"""A warehouse materialized once for the audit tests: reference tables and DAY, then DAY again from
+a copy of the source data with one changed value (a second version of the flights lineage)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import _isolate, materialize
+
+DAY = "2013-01-14"
+
+
+@dataclass
+class Audited:
+    home: Path
+    before_rerun: datetime  # between the first and the second materialization of DAY
+    first_hash: str  # raw.flights [DAY] before the re-materialization
+    second_hash: str
+
+
+def _changed_sources(target: Path) -> Path:
+    """flights.csv with one changed dep_delay on DAY, weather.csv as delivered."""
+    from pipelines.sources import PACKAGE, source_path  # noqa: F401
+
+    target.mkdir(parents=True)
+    flights = pd.read_csv(source_path("flights"), dtype=str, keep_default_na=False)
+    on_day = (flights["month"] == "1") & (flights["day"] == "14") & (flights["dep_delay"] != "NA")
+    first = flights.index[on_day][0]
+    flights.loc[first, "dep_delay"] = str(int(flights.loc[first, "dep_delay"]) + 7)
+    flights.to_csv(target / "flights.csv", index=False)
+    shutil.copy(source_path("weather"), target / "weather.csv")
+    return target
+
+
+def _raw_flights_hash(home: Path) -> str:
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(
+            """SELECT content_hash FROM provline.version_log WHERE asset = 'raw.flights' AND partition = ?
+               ORDER BY written_at DESC LIMIT 1""", [DAY]).fetchone()[0]
+
+
+@pytest.fixture(scope="package")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
+    base = tmp_path_factory.mktemp("audit")
+    home = base / "provline"
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, home)
+        assert materialize("reference").success
+        assert materialize("flights", DAY).success
+        first = _raw_flights_hash(home)
+        time.sleep(0.05)
+        before = datetime.now(UTC)
+        time.sleep(0.05)
+        mp.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(base / "sources")))
+        assert materialize("flights", DAY).success
+        mp.delenv("PROVLINE_SOURCE_DIR")
+        second = _raw_flights_hash(home)
+        assert first != second
+        yield Audited(home, before, first, second)
+
+
+@pytest.fixture
+def audit_home(audited: Audited, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PROVLINE_HOME pointed at the shared warehouse (read it; copy it before changing anything)."""
+    _isolate(monkeypatch, audited.home)
+    return audited.home

@@ -1,0 +1,157 @@
+"""The lineage store's ingest (idempotent, all-or-nothing) and the HTTP receiver, with real events."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+from openlineage.client import OpenLineageClient
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import dataset_version_dataset, nominal_time_run
+from openlineage.client.transport.http import HttpConfig, HttpTransport
+
+from pipelines.audit.receiver import LINEAGE_PATH, LineageReceiver
+from pipelines.audit.schema import official_schema
+from pipelines.audit.store import IngestError, LineageStore
+
+from .conftest import Audited
+
+PRODUCER = "https://example.com/test-producer"
+
+
+@pytest.fixture
+def events_file(audited: Audited, tmp_path: Path) -> Path:
+    copy = tmp_path / "events.jsonl"
+    copy.write_bytes((audited.home / "lineage" / "events.jsonl").read_bytes())
+    return copy
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path) -> LineageStore:
+    return LineageStore(path=tmp_path / "lineage.duckdb")
+
+
+def test_ingesting_the_same_file_twice_adds_nothing(empty_store: LineageStore, events_file: Path):
+    lines = events_file.read_bytes().count(b"\n")
+    first = empty_store.ingest_file(events_file)
+    assert first.added == lines and first.duplicates == 0
+    counts = empty_store.counts()
+    assert empty_store.ingest_file(events_file).read == 0  # offsets: nothing new
+    assert empty_store.counts() == counts
+    # the same events again from another file (or re-sent): deduplicated by (runId, eventType, eventTime)
+    again = events_file.with_name("again.jsonl")
+    again.write_bytes(events_file.read_bytes())
+    assert empty_store.ingest_file(again).added == 0
+    assert empty_store.counts() == counts
+    # appended events are picked up, a half-written last line waits for its newline
+    event = json.loads(events_file.read_text().splitlines()[0])
+    event["eventTime"] = datetime.now(UTC).isoformat()
+    text = json.dumps(event)
+    with open(events_file, "a") as handle:
+        handle.write(text[:40])
+    assert empty_store.ingest_file(events_file).read == 0
+    with open(events_file, "a") as handle:
+        handle.write(text[40:] + "\n")
+    assert empty_store.ingest_file(events_file).added == 1
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda e: e.update(eventTime="yesterday at noon"), "eventTime"),
+    (lambda e: e.update(eventTime="2013-01-14T06:00:00"), "UTC offset"),
+    (lambda e: e.update(eventType="DONE"), "eventType"),
+    (lambda e: e.update(surprise=1), r"unknown field\(s\) surprise"),
+    (lambda e: e["run"].update(runId="not-a-uuid"), "runId"),
+    (lambda e: e.pop("job"), "job"),
+    (lambda e: e["outputs"].append({"namespace": "x"}), "namespace and name"),
+    (lambda e: e["run"]["facets"].update(bad={"no": "producer"}), "_producer"),
+])
+def test_a_bad_event_leaves_the_store_unchanged(empty_store: LineageStore, events_file: Path, mutate, message):
+    lines = events_file.read_text().splitlines()
+    good = lines[:5]
+    bad = json.loads(lines[5])
+    mutate(bad)
+    events_file.write_text("\n".join([*good, json.dumps(bad)]) + "\n")
+    before = empty_store.counts()
+    with pytest.raises(IngestError, match=message) as error:
+        empty_store.ingest_file(events_file)
+    assert f"{events_file}:6:" in str(error.value)  # names the file and line
+    assert empty_store.counts() == before  # not even the five good events: all or nothing
+    with pytest.raises(IngestError):
+        empty_store.ingest_payloads(["{not json"])
+    assert empty_store.counts() == before
+
+
+def test_full_schema_validation_catches_what_the_structural_check_cannot(empty_store: LineageStore, events_file):
+    if official_schema() is None:
+        pytest.skip("../shared/openlineage-spec (or jsonschema) is absent: only the structural check runs")
+    event = json.loads(events_file.read_text().splitlines()[0])
+    event["run"]["facets"]["nominalTime"] = {
+        "_producer": PRODUCER,
+        "_schemaURL": "https://openlineage.io/spec/facets/1-0-1/NominalTimeRunFacet.json#/$defs/NominalTimeRunFacet",
+    }  # nominalStartTime is required by the facet's schema
+    with pytest.raises(IngestError, match="nominalStartTime"):
+        empty_store.ingest_payloads([json.dumps(event)])
+    assert LineageStore(path=empty_store.path, validate="structural").ingest_payloads([json.dumps(event)]).added == 1
+
+
+@pytest.fixture
+def receiver(empty_store: LineageStore) -> Iterator[LineageReceiver]:
+    server = LineageReceiver(empty_store, "127.0.0.1", 0, max_bytes=64 * 1024)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _event(state: RunState, run_id: str) -> RunEvent:
+    return RunEvent(
+        eventType=state, eventTime=datetime.now(UTC).isoformat(), producer=PRODUCER,
+        run=Run(runId=run_id, facets={"nominalTime": nominal_time_run.NominalTimeRunFacet(
+            nominalStartTime="2013-01-14T00:00:00+00:00")}),
+        job=Job(namespace="spark", name="nightly.load"),
+        inputs=[InputDataset(namespace="s3://bucket", name="in/data", facets={
+            "version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion="v1")})],
+        outputs=[OutputDataset(namespace="s3://bucket", name="out/data", facets={
+            "version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion="v2")})],
+    )
+
+
+def test_receiver_accepts_openlineage_pythons_own_http_transport(receiver: LineageReceiver):
+    client = OpenLineageClient(transport=HttpTransport(HttpConfig(url=receiver.url)))
+    run_id = str(uuid.uuid4())
+    start, complete = _event(RunState.START, run_id), _event(RunState.COMPLETE, run_id)
+    client.emit(start)
+    client.emit(complete)
+    client.emit(complete)  # a re-send is accepted and stored once
+    counts = receiver.store.counts()
+    assert counts["events"] == 2 and counts["inputs"] == 2
+    from pipelines.audit import queries
+
+    with receiver.store.connect() as con:
+        tree = queries.upstream(con, "out/data")
+    assert tree["version"] == "v2" and tree["inputs"][0]["version"] == "v1"
+
+
+def test_receiver_rejects_malformed_events_with_4xx_and_keeps_going(receiver: LineageReceiver, events_file: Path):
+    url = receiver.url + LINEAGE_PATH
+    bad_json = requests.post(url, data=b"{nope", headers={"Content-Type": "application/json"}, timeout=5)
+    assert bad_json.status_code == 400 and "malformed JSON" in bad_json.json()["error"]
+    event = json.loads(events_file.read_text().splitlines()[0])
+    event["eventTime"] = "not a time"
+    invalid = requests.post(url, json=event, timeout=5)
+    assert invalid.status_code == 400 and "eventTime" in " ".join(invalid.json()["problems"])
+    big = requests.post(url, data=b"x" * (65 * 1024), timeout=5)
+    assert big.status_code == 413
+    assert requests.post(receiver.url + "/api/v1/other", json={}, timeout=5).status_code == 404
+    assert requests.get(url, timeout=5).status_code == 405
+    assert receiver.store.counts()["events"] == 0
+    event["eventTime"] = datetime.now(UTC).isoformat()
+    ok = requests.post(url, json=event, timeout=5)  # still serving
+    assert ok.status_code == 201 and receiver.store.counts()["events"] == 1
