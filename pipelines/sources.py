@@ -68,18 +68,29 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
     try:
         if path.suffix == ".parquet":
             raw = pd.read_parquet(path)
-        else:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)
+        else:  # the header only: column checks first, the typed read below
+            raw = pd.read_csv(path, dtype=str, nrows=0)
     except Exception as error:  # noqa: BLE001 - any reader error becomes a file-level message
         raise SourceError(f"{path}: cannot be read: {error}") from error
     missing = [name for name in columns if name not in raw.columns]
     if missing:
         raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(columns)})")
     extra = tuple(c for c in raw.columns if c not in columns)
-    # CSV data rows start on line 2; parquet rows are numbered from 1
-    first_line = 1 if path.suffix == ".parquet" else 2
-    typed = {name: _parse(path, name, raw[name], str(column.dtype), first_line) for name, column in columns.items()}
-    return SourceTable(path, pd.DataFrame(typed), digest, extra)
+    dtypes = {name: str(column.dtype) for name, column in columns.items()}
+    try:  # fast path: the file parses as its contract says
+        typed = raw[list(columns)].astype(dtypes) if path.suffix == ".parquet" else _read_csv(path, dtypes)
+    except (ValueError, TypeError):  # slow path, only to say where it does not
+        if path.suffix != ".parquet":
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)
+        # CSV data rows start on line 2; parquet rows are numbered from 1
+        first_line = 1 if path.suffix == ".parquet" else 2
+        typed = pd.DataFrame({name: _parse(path, name, raw[name], dtype, first_line) for name, dtype in dtypes.items()})
+    return SourceTable(path, typed, digest, extra)
+
+
+def _read_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
+    frame = pd.read_csv(path, usecols=list(dtypes), dtype=dtypes, keep_default_na=False, na_values=_NA)
+    return frame[list(dtypes)]
 
 
 def _parse(path: Path, name: str, values: pd.Series, dtype: str, first_line: int) -> pd.Series:
