@@ -32,7 +32,7 @@ from openlineage.client.facet_v2 import (
     tags_run,
 )
 
-from pipelines.lineage.model import AssetRun, OutputInfo
+from pipelines.lineage.model import AssetRun, ColumnSource, OutputInfo, Transformation
 from pipelines.lineage.naming import file_dataset, table_name
 
 
@@ -230,6 +230,51 @@ def dataset_id(name: str, warehouse_ns: str) -> tuple[str, str]:
     return file_dataset(name) if name.startswith("/") else (warehouse_ns, table_name(name))
 
 
+def _input_fields(
+    sources: list[tuple[str, str, Transformation | None]], namespace: str
+) -> list[column_lineage_dataset.InputField]:
+    """One InputField per input column, its transformations merged in first-seen order."""
+    merged: dict[tuple[str, str], list[Transformation]] = {}
+    for dataset, col, transformation in sources:
+        found = merged.setdefault((dataset, col), [])
+        if transformation is not None and transformation not in found:
+            found.append(transformation)
+    return [
+        column_lineage_dataset.InputField(
+            namespace=ns,
+            name=name,
+            field=col,
+            transformations=[
+                column_lineage_dataset.Transformation(type=t.type, subtype=t.subtype, description=t.description)
+                for t in transformations
+            ],
+        )
+        for (dataset, col), transformations in merged.items()
+        for ns, name in [dataset_id(dataset, namespace)]
+    ]
+
+
+def column_lineage(output: OutputInfo, namespace: str) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:
+    """fields: per output column, its DIRECT and field-level INDIRECT inputs; dataset: the INDIRECT
+    inputs of the whole output (join keys, filters, grouping, sort). Plain (dataset, column) pairs
+    carry no transformation."""
+    fields = {
+        column: column_lineage_dataset.Fields(
+            inputFields=_input_fields([ColumnSource(*source) for source in sources], namespace)
+        )
+        for column, sources in output.column_lineage.items()
+        if sources
+    }
+    indirect = [
+        (dataset, col, Transformation("INDIRECT", subtype)) for dataset, col, subtype in output.indirect_lineage
+    ]
+    if not fields and not indirect:
+        return None
+    return column_lineage_dataset.ColumnLineageDatasetFacet(
+        fields=fields, dataset=_input_fields(indirect, namespace), producer=PRODUCER
+    )
+
+
 def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -> dict:
     """Dataset facets of the written table; an uncommitted (failed) output carries only its checks."""
     facets: dict = {
@@ -249,20 +294,8 @@ def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -
         return facets
     if output.version:
         facets["version"] = dataset_version(output.version)
-    if output.column_lineage:
-        facets["columnLineage"] = column_lineage_dataset.ColumnLineageDatasetFacet(
-            fields={
-                column: column_lineage_dataset.Fields(
-                    inputFields=[
-                        column_lineage_dataset.InputField(namespace=ns, name=name, field=col)
-                        for ns, name, col in ((*dataset_id(ds, namespace), col) for ds, col in sources)
-                    ]
-                )
-                for column, sources in output.column_lineage.items()
-                if sources
-            },
-            producer=PRODUCER,
-        )
+    if lineage := column_lineage(output, namespace):
+        facets["columnLineage"] = lineage
     facets["dataQualityMetrics"] = data_quality_metrics_dataset.DataQualityMetricsDatasetFacet(
         rowCount=output.row_count,
         bytes=output.size_bytes,

@@ -8,9 +8,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Severity = Literal["error", "warn"]
+
+# ColumnLineageDatasetFacet 1-2-0 transformation types and subtypes.
+TransformationType = Literal["DIRECT", "INDIRECT"]
+DirectSubtype = Literal["IDENTITY", "TRANSFORMATION", "AGGREGATION"]
+IndirectSubtype = Literal["JOIN", "FILTER", "GROUP_BY", "SORT", "WINDOW", "CONDITIONAL"]
+
+
+class Transformation(NamedTuple):
+    """How an input column reaches an output column (or, INDIRECT, the whole output)."""
+
+    type: TransformationType
+    subtype: DirectSubtype | IndirectSubtype | None = None
+    description: str | None = None
+
+
+IDENTITY = Transformation("DIRECT", "IDENTITY")
+TRANSFORMED = Transformation("DIRECT", "TRANSFORMATION")
+AGGREGATED = Transformation("DIRECT", "AGGREGATION")
+
+
+class ColumnSource(NamedTuple):
+    """One input column of one output column. ``transformation`` None: not known (emitted without
+    ``transformations``). The same input column may appear more than once with different
+    transformations (e.g. INDIRECT CONDITIONAL and INDIRECT FILTER); the facet merges them."""
+
+    dataset: str
+    column: str
+    transformation: Transformation | None = None
+
+
+class IndirectSource(NamedTuple):
+    """An input column that affects the whole output (join key, filter, grouping, sort): the
+    facet's dataset-level ``dataset`` list, with transformation INDIRECT/``subtype``."""
+
+    dataset: str
+    column: str
+    subtype: IndirectSubtype
 
 
 @dataclass(frozen=True)
@@ -63,8 +100,10 @@ class OutputInfo:
     columns: list[Column]
     row_count: int
     size_bytes: int | None = None
-    column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    """output column -> [(input dataset name, input column)]."""
+    column_lineage: dict[str, list[tuple[str, str] | ColumnSource]] = field(default_factory=dict)
+    """output column -> [(input dataset name, input column[, transformation])]; plain pairs are accepted."""
+    indirect_lineage: list[IndirectSource] = field(default_factory=list)
+    """input columns that affect the whole output: join keys, filters, grouping and sort keys."""
     assertions: list[Assertion] = field(default_factory=list)
     column_metrics: dict[str, ColumnMetrics] = field(default_factory=dict)
 

@@ -9,8 +9,19 @@ import dagster as dg
 import pandas as pd
 
 from pipelines.lineage.emitter import LineageEmitter
-from pipelines.lineage.model import Assertion, AssetRun, Column, ColumnMetrics, DatasetRef, OutputInfo, SourceFile
-from pipelines.lineage.sql_lineage import column_lineage_from_sql
+from pipelines.lineage.model import (
+    TRANSFORMED,
+    Assertion,
+    AssetRun,
+    Column,
+    ColumnMetrics,
+    ColumnSource,
+    DatasetRef,
+    IndirectSource,
+    OutputInfo,
+    SourceFile,
+)
+from pipelines.lineage.sql_lineage import sql_lineage
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +106,32 @@ class StepLineage:
             )
             for r in validation.results
         ]
+        column_lineage, indirect = self._column_lineage()
         return OutputInfo(
             name=self.spec.table, version=version, columns=columns, row_count=row_count, size_bytes=size,
-            column_lineage=self._column_lineage(), assertions=assertions, column_metrics=metrics,
+            column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions,
+            column_metrics=metrics,
         )
 
-    def _column_lineage(self) -> dict[str, list[tuple[str, str]]]:
+    def _column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
+        """Per output column its inputs with transformation types; and the inputs of the whole output."""
         outputs = list(self.spec.columns)
         inputs = {name: list(self.tables[name].columns) for name in self.spec.inputs}
         if self.spec.sql:
-            return column_lineage_from_sql(self.spec.sql, inputs, outputs)
-        # pandas: what the asset declares, else a column copied from the input that has it
+            return sql_lineage(self.spec.sql, inputs, outputs)
+        # pandas: what the asset declares, else a column copied from the input that has it; a pandas
+        # transform is opaque, so DIRECT/TRANSFORMATION (the declared pairs may carry their own).
         if self.spec.source:
-            return {}
-        lineage = {}
+            return {}, []
+        lineage: dict[str, list[ColumnSource]] = {}
         for column in outputs:
             if column in self.spec.column_lineage:
-                lineage[column] = list(self.spec.column_lineage[column])
+                declared = self.spec.column_lineage[column]
             else:
-                lineage[column] = [(name, column) for name, cols in inputs.items() if column in cols]
-        return {column: sources for column, sources in lineage.items() if sources}
+                declared = [(name, column) for name, cols in inputs.items() if column in cols]
+            lineage[column] = [ColumnSource(*source) if len(source) > 2 else ColumnSource(*source, TRANSFORMED)
+                               for source in declared]
+        return {column: sources for column, sources in lineage.items() if sources}, []
 
 
 def for_step(spec, context: dg.AssetExecutionContext, partition: str) -> StepLineage:

@@ -11,7 +11,7 @@ from lineage_support import INPUTS, asset_run, output, read_jsonl, validate
 
 from pipelines.lineage import LineageEmitter, naming
 from pipelines.lineage.facets import strip_credentials
-from pipelines.lineage.model import SourceFile
+from pipelines.lineage.model import IDENTITY, ColumnSource, IndirectSource, SourceFile, Transformation
 from pipelines.settings import get_settings
 
 
@@ -109,6 +109,42 @@ def test_complete_event_carries_versions_schema_lineage_and_quality(home: Path) 
     metrics = out["facets"]["dataQualityMetrics"]
     assert metrics["rowCount"] == 842
     assert metrics["columnMetrics"]["carrier_name"]["nullCount"] == 3
+
+
+def test_column_lineage_carries_direct_and_indirect_transformations(home: Path) -> None:
+    typed = output()
+    typed.column_lineage = {
+        "carrier": [ColumnSource("staging.flights", "carrier", IDENTITY)],
+        "carrier_name": [
+            ("staging.airlines", "name"),  # a plain pair still works: no transformations
+            ColumnSource("staging.airlines", "name", Transformation("INDIRECT", "CONDITIONAL")),
+        ],
+    }
+    typed.indirect_lineage = [
+        IndirectSource("staging.airlines", "carrier", "JOIN"),
+        IndirectSource("staging.flights", "carrier", "JOIN"),
+        ("staging.flights", "flight_date", "FILTER"),  # plain triples too
+        IndirectSource("staging.flights", "flight_date", "GROUP_BY"),
+    ]
+    emitter = LineageEmitter()
+    emitter.asset_completed(asset_run(), INPUTS, typed)
+    (event,) = read_jsonl(events_file(home))
+    validate(events_file(home))
+    facet = event["outputs"][0]["facets"]["columnLineage"]
+    assert facet["_schemaURL"].endswith("/1-2-0/ColumnLineageDatasetFacet.json#/$defs/ColumnLineageDatasetFacet")
+    assert facet["fields"]["carrier"]["inputFields"] == [
+        {"namespace": "duckdb://warehouse", "name": "staging.flights", "field": "carrier",
+         "transformations": [{"type": "DIRECT", "subtype": "IDENTITY"}]},
+    ]  # fmt: skip
+    # one InputField per input column, its transformations merged
+    (name,) = facet["fields"]["carrier_name"]["inputFields"]
+    assert name["transformations"] == [{"type": "INDIRECT", "subtype": "CONDITIONAL"}]
+    assert [(f["name"], f["field"], f["transformations"]) for f in facet["dataset"]] == [
+        ("staging.airlines", "carrier", [{"type": "INDIRECT", "subtype": "JOIN"}]),
+        ("staging.flights", "carrier", [{"type": "INDIRECT", "subtype": "JOIN"}]),
+        ("staging.flights", "flight_date",
+         [{"type": "INDIRECT", "subtype": "FILTER"}, {"type": "INDIRECT", "subtype": "GROUP_BY"}]),
+    ]  # fmt: skip
 
 
 def test_fail_event_carries_error_and_failed_assertions_but_no_new_version(home: Path) -> None:

@@ -113,6 +113,32 @@ def test_marts_column_lineage_names_the_source_columns(day_events):
     assert coverage["severity"] == "warn"
 
 
+def test_join_keys_and_filters_are_indirect_column_lineage(day_events):
+    _, _, events = day_events
+    completes = {e["job"]["name"]: e for e in events if e["eventType"] == "COMPLETE"}
+
+    def indirect(table: str) -> set[tuple[str, str, str]]:
+        facet = completes[table]["outputs"][0]["facets"]["columnLineage"]
+        return {(f["name"], f["field"], t["subtype"]) for f in facet["dataset"] for t in f["transformations"]
+                if t["type"] == "INDIRECT"}
+
+    facts = indirect("marts.flight_facts")
+    for table, column in [("staging.planes", "tailnum"), ("staging.airlines", "carrier"), ("staging.airports", "faa"),
+                          ("staging.weather", "origin"), ("staging.weather", "time_hour")]:
+        assert (table, column, "JOIN") in facts
+    assert ("staging.flights", "flight_date", "FILTER") in facts
+    assert {("marts.flight_facts", "carrier", "GROUP_BY"), ("marts.flight_facts", "flight_date", "GROUP_BY"),
+            ("marts.flight_facts", "flight_date", "FILTER")} <= indirect("marts.carrier_daily_performance")
+    fields = completes["marts.carrier_daily_performance"]["outputs"][0]["facets"]["columnLineage"]["fields"]
+    (mean,) = fields["mean_arr_delay"]["inputFields"]
+    assert mean["transformations"] == [{"type": "DIRECT", "subtype": "AGGREGATION"}]
+    # pandas assets: DIRECT/TRANSFORMATION, declared or copied by name (raw.planes.tailnum -> staging.planes.tailnum)
+    planes = completes["staging.planes"]["outputs"][0]["facets"]["columnLineage"]["fields"]
+    assert planes["tailnum"]["inputFields"] == [{"namespace": "duckdb://warehouse", "name": "raw.planes",
+                                                 "field": "tailnum",
+                                                 "transformations": [{"type": "DIRECT", "subtype": "TRANSFORMATION"}]}]
+
+
 def test_http_backend_failing_then_replayed_exactly_once(http_env: Backend, home: Path):
     http_env.mode = "error"
     assert all(r.success for r in _run_day())  # emission never fails an asset
