@@ -37,6 +37,7 @@ WARN: Severity = "warn"
 QUARANTINE = "quarantine"
 
 SCHEMA_RULE = "schema"
+COLUMN_VALUES_CHECK = "column_values"
 DRIFT_RULE = "schema_drift"
 
 # pandera's names for its built-in checks -> the suffix of our rule name
@@ -83,6 +84,19 @@ class Rule:
     row_level: bool = True
     """False for rules about the table as a whole (schema, drift, row count)."""
 
+    @property
+    def check(self) -> str:
+        """The Dagster asset check that reports this rule. The blocking column rules of a table
+        (not null, unique, ranges, sets) share one check, `column_values`; every other rule —
+        warnings, quarantines, dataframe rules, references, schema, drift — is a check of its own.
+        (Each rule stays separate in quality.check_results and in OpenLineage.)"""
+        if self.column is not None and self.severity == ERROR and not self.quarantine and self.grouped:
+            return COLUMN_VALUES_CHECK
+        return self.name
+
+    grouped: bool = False
+    """A built-in column rule (eligible for the shared `column_values` check)."""
+
 
 def column_check_rule(column: str, check: pa.Check) -> str:
     return f"{column}_{_CHECK_SUFFIX.get(check.name, check.name)}"
@@ -108,12 +122,12 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
         severity: Severity = cmeta.get("severity", ERROR)
         quarantine = cmeta.get("on_fail") == QUARANTINE
         if not column.nullable:
-            rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine))
+            rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine, grouped=True))
         if column.unique:
-            rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name))
+            rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name, grouped=True))
         for check in column.checks:
             rule = column_check_rule(name, check)
-            rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine))
+            rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine, grouped=True))
     for check in schema.checks:
         doc = getattr(getattr(model, check.name, None), "__doc__", None) or check.name
         severity = WARN if check.name in warn else ERROR

@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
@@ -81,11 +82,11 @@ class TableSpec:
     def partitioned(self) -> bool:
         return self.daily_on is not None
 
-    @property
+    @cached_property
     def rules(self) -> list[Rule]:
         return rules_of(self.contract)
 
-    @property
+    @cached_property
     def columns(self) -> dict[str, str]:
         """Column name -> DuckDB type, in contract order."""
         schema = self.contract.to_schema()
@@ -99,7 +100,7 @@ class TableSpec:
         where = self.sql_path or (inspect.getsourcefile(self.transform) if self.transform else None)
         return str(Path(where).resolve().relative_to(PROJECT_ROOT)) if where else ""
 
-    @property
+    @cached_property
     def code_version(self) -> str:
         """Changes when the transform, SQL, contract or the factory's own write format change."""
         parts = [
@@ -174,10 +175,10 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     TABLES[spec.table] = spec
     check_specs = [
         dg.AssetCheckSpec(
-            rule.name, asset=spec.key, description=f"[{rule.severity.upper()}] {rule.description}",
-            blocking=rule.severity == ERROR and not rule.quarantine,
+            check, asset=spec.key, blocking=any(r.severity == ERROR and not r.quarantine for r in rules),
+            description="; ".join(f"[{r.severity.upper()}] {r.description}" for r in rules),
         )
-        for rule in spec.rules
+        for check, rules in _by_check(spec.rules).items()
     ]
 
     @dg.asset(
@@ -287,7 +288,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
         derived = derive(spec, warehouse, partition, allow_failed_upstream=allow, log=context.log,
                          on_inputs=lambda inputs: emitter.inputs_known(inputs.versions, inputs.source_path))
         write = write_for(spec, partition, derived, context.run_id)
-        check_results = [_check_result(spec, r) for r in derived.validation.results]
+        check_results = _check_results(spec, derived.validation.results)
         if derived.validation.blocking:
             warehouse.record_check_results(write)
             yield from check_results
@@ -381,22 +382,38 @@ def _stored_results(results: list[RuleResult]) -> list[dict]:
     ]
 
 
-def _check_result(spec: TableSpec, result: RuleResult) -> dg.AssetCheckResult:
-    severity = dg.AssetCheckSeverity.ERROR if result.blocking else dg.AssetCheckSeverity.WARN
+def _by_check(items: list) -> dict[str, list]:
+    """Rules (or their results) grouped by the Dagster check that reports them, in rule order."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault((item.rule if isinstance(item, RuleResult) else item).check, []).append(item)
+    return groups
+
+
+def _check_results(spec: TableSpec, results: list[RuleResult]) -> list[dg.AssetCheckResult]:
+    return [_check_result(spec, check, group) for check, group in _by_check(results).items()]
+
+
+def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.AssetCheckResult:
+    failed = [r for r in results if not r.passed]
+    blocking = any(r.blocking for r in results)
     metadata = {
-        "rule": result.rule.description,
-        "severity": result.rule.severity,
-        "failing_rows": result.failing_rows,
-        "failure_rate": round(result.failure_rate, 6),
+        "rule": "; ".join(r.rule.description for r in results),
+        "severity": results[0].rule.severity,
+        "failing_rows": sum(r.failing_rows for r in results),
+        "failure_rate": round(max((r.failure_rate for r in results), default=0.0), 6),
     }
-    if result.rule.quarantine:
-        metadata["quarantined_rows"] = result.failing_rows
-    if result.message:
-        metadata["problem"] = result.message
-    if result.sample:
-        metadata["sample"] = dg.MetadataValue.json(result.sample)
+    if len(results) > 1:  # a group: which of its rules failed, and how often
+        metadata["failed_rules"] = dg.MetadataValue.json({r.rule.name: r.failing_rows for r in failed})
+    if any(r.rule.quarantine for r in results):
+        metadata["quarantined_rows"] = sum(r.failing_rows for r in results if r.rule.quarantine)
+    if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
+        metadata["problem"] = "; ".join(problems)
+    if sample := [case for r in failed for case in r.sample][:10]:
+        metadata["sample"] = dg.MetadataValue.json(sample)
     return dg.AssetCheckResult(
-        asset_key=spec.key, check_name=result.rule.name, passed=result.passed, severity=severity, metadata=metadata
+        asset_key=spec.key, check_name=check, passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN, metadata=metadata,
     )
 
 
