@@ -22,6 +22,8 @@ asset check) with a severity:
 - `Config.metadata["drift"]`: severity of a column added, removed or retyped since the
   previous version (WARN by default);
 - `schema`: columns present with parseable types; always ERROR.
+- `source_rows_in_partitions` (partitioned source tables): every row of the source file belongs to
+  a daily partition, so none is silently left out; ERROR.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ WARN: Severity = "warn"
 QUARANTINE = "quarantine"
 
 SCHEMA_RULE = "schema"
+SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
 COLUMN_VALUES_CHECK = "column_values"
 DRIFT_RULE = "schema_drift"
 
@@ -96,6 +99,13 @@ class Rule:
 
     grouped: bool = False
     """A built-in column rule (eligible for the shared `column_values` check)."""
+
+
+SOURCE_COVERAGE = Rule(
+    SOURCE_COVERAGE_RULE, ERROR,
+    "Every row of the source file has a valid date inside the daily partitions (none is left out).",
+    row_level=False,
+)
 
 
 def column_check_rule(column: str, check: pa.Check) -> str:

@@ -35,16 +35,17 @@ import dagster as dg
 import pandas as pd
 import pandera.pandas as pa
 
-from checks.rules import ERROR, Rule, contract_metadata, rules_of
+from checks.rules import ERROR, SOURCE_COVERAGE, SOURCE_COVERAGE_RULE, Rule, contract_metadata, rules_of
 from pipelines.lineage import step as lineage_step
 from pipelines.quality import ContractViolation, RuleResult, Validation, validate
 from pipelines.settings import get_settings
-from pipelines.sources import SourceError, read_source
+from pipelines.sources import SourceError, read_source, rows_outside
 from pipelines.warehouse import UNPARTITIONED, Warehouse, Write, quote
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DAILY = dg.DailyPartitionsDefinition(start_date="2013-01-01", end_date="2014-01-01")
+DAILY_RANGE = (date(2013, 1, 1), date(2014, 1, 1))  # [start, end)
+DAILY = dg.DailyPartitionsDefinition(start_date=DAILY_RANGE[0].isoformat(), end_date=DAILY_RANGE[1].isoformat())
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
 PREVIEW_ROWS = 5
 
@@ -84,7 +85,7 @@ class TableSpec:
 
     @cached_property
     def rules(self) -> list[Rule]:
-        return rules_of(self.contract)
+        return rules_of(self.contract) + ([SOURCE_COVERAGE] if self.source and self.partitioned else [])
 
     @cached_property
     def columns(self) -> dict[str, str]:
@@ -246,8 +247,11 @@ def derive(
     with warehouse.connect() as con:
         inputs = _read_inputs(spec, warehouse, con, partition, allow_failed_upstream, log)
         frame = con.execute(spec.sql, _sql_params(spec.sql, partition)).df() if spec.sql else None
+    problems = {}
     if spec.source:
         table = read_source(spec.source, spec.contract)
+        if spec.partitioned and (outside := rows_outside(table, spec.daily_on, DAILY_RANGE)):
+            problems[SOURCE_COVERAGE_RULE] = outside
         inputs.frames[spec.source] = table.frame
         inputs.versions[f"source:{table.path.name}"] = table.content_hash
         inputs.source_path = str(table.path)
@@ -261,6 +265,7 @@ def derive(
         frame, spec.contract, key_columns=list(spec.key_columns), reference_values=inputs.reference_values,
         expected_rows=inputs.expected_rows,
         previous_columns=inputs.previous["columns"] if inputs.previous else None, columns=spec.columns,
+        rules=spec.rules, problems=problems,
     )
     return Derived(inputs, frame, validation)
 

@@ -75,15 +75,19 @@ def validate(
     expected_rows: int | None = None,
     previous_columns: list[tuple[str, str]] | None = None,
     columns: dict[str, str] | None = None,
+    rules: list[Rule] | None = None,
+    problems: dict[str, str] | None = None,
 ) -> Validation:
     """Validate `frame` against `contract`; never raises for bad data (see Validation.blocking).
 
     reference_values: rule name -> the set of values that the referenced column holds.
     expected_rows: for `row_count_matches`, the row count of that input partition.
     previous_columns / columns: the previous version's and this write's (name, type), for drift.
+    rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
+        and what the factory found wrong with the table-level ones (rule name -> message).
     """
     schema = contract.to_schema()
-    rules = rules_of(contract)
+    rules = rules if rules is not None else rules_of(contract)
     try:
         frame = schema.coerce_dtype(frame)
     except (SchemaError, SchemaErrors):
@@ -91,7 +95,7 @@ def validate(
     frame = frame.reset_index(drop=True)
     # the rules run inside DuckDB (pipelines/quality_sql.py), with pandera's semantics
     cases = failure_cases_frame(frame, contract, key_columns=key_columns, reference_values=reference_values or {})
-    messages: dict[str, str] = {}
+    messages: dict[str, str] = dict(problems or {})
 
     for rule in rules:
         if rule.name.startswith("row_count_matches_") and expected_rows is not None and expected_rows != len(frame):

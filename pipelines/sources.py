@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pandera.pandas as pa
 
@@ -86,6 +88,25 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
         first_line = 1 if path.suffix == ".parquet" else 2
         typed = pd.DataFrame({name: _parse(path, name, raw[name], dtype, first_line) for name, dtype in dtypes.items()})
     return SourceTable(path, typed, digest, extra)
+
+
+def rows_outside(table: SourceTable, date_expr: str, days: tuple[date, date]) -> str | None:
+    """Rows of a source file that belong to no daily partition (invalid date, or out of [start, end)):
+    loading partition by partition would silently leave them out, so they are reported instead."""
+    first_line = 1 if table.path.suffix == ".parquet" else 2
+    with duckdb.connect() as con:
+        con.register("source_rows", table.frame)
+        rows = con.execute(
+            f"""SELECT n FROM (SELECT row_number() OVER () - 1 + $first AS n, TRY({date_expr}) AS d FROM source_rows)
+                WHERE d IS NULL OR d < $start OR d >= $end ORDER BY n""",
+            {"first": first_line, "start": days[0], "end": days[1]},
+        ).fetchall()
+    if not rows:
+        return None
+    label = "row" if first_line == 1 else "line"
+    where = ", ".join(f"{label} {n}" for (n,) in rows[:10]) + (" ..." if len(rows) > 10 else "")
+    return (f"{len(rows)} row(s) of {table.path} have no valid date in {days[0]}..{days[1]} "
+            f"and belong to no partition: {where}")
 
 
 def _read_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
