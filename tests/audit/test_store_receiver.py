@@ -155,3 +155,85 @@ def test_receiver_rejects_malformed_events_with_4xx_and_keeps_going(receiver: Li
     event["eventTime"] = datetime.now(UTC).isoformat()
     ok = requests.post(url, json=event, timeout=5)  # still serving
     assert ok.status_code == 201 and receiver.store.counts()["events"] == 1
+
+
+def test_one_pass_ingest_finds_the_first_bad_line_and_its_reason(empty_store: LineageStore, events_file: Path):
+    """The vectorized check flags lines; the exact check names the reason, in line order, with blank lines
+    counted, a line that is not JSON among good ones, and duplicate facet names refused."""
+    lines = events_file.read_text().splitlines()[:6]
+    not_an_object = json.dumps([1, 2])
+    no_run_facets = json.loads(lines[0])
+    no_run_facets["run"]["facets"] = 5
+    events_file.write_text("\n".join([lines[0], "", "{oops", lines[1], not_an_object,
+                                      json.dumps(no_run_facets)]) + "\n")
+    with pytest.raises(IngestError) as error:
+        empty_store.ingest_file(events_file)
+    assert error.value.problems == [f"{events_file}:3: not valid JSON", f"{events_file}:5: not a JSON object",
+                                    f"{events_file}:6: facets must be objects"]
+    assert empty_store.counts()["events"] == 0
+    # duplicate facet names cannot be taken apart in one pass: refused with a reason, not stored half
+    text = json.loads(lines[2])
+    text["run"]["facets"] = {"a": {"_producer": "p", "_schemaURL": "s"}}
+    raw = json.dumps(text).replace('"a": {', '"a": {"_producer": "p", "_schemaURL": "s"}, "a": {', 1)
+    with pytest.raises(IngestError, match="duplicate keys"):
+        empty_store.ingest_payloads([raw])
+    # blank lines are skipped but counted; a good file still ingests in full
+    events_file.write_text("\n".join([lines[0], "", "  ", *lines[1:]]) + "\n")
+    assert empty_store.ingest_file(events_file).added == len(lines)
+    with empty_store.connect() as con:
+        stored = con.execute("SELECT payload FROM events ORDER BY seq LIMIT 1").fetchone()[0]
+    assert json.loads(stored) == json.loads(lines[0])
+
+
+def test_one_pass_ingest_fills_the_tables_as_the_event_says(empty_store: LineageStore):
+    run_id, parent = str(uuid.uuid4()), str(uuid.uuid4())
+    facet = {"_producer": PRODUCER, "_schemaURL": "https://example.com/f.json"}
+    event = {
+        "eventTime": "2013-01-14T06:00:00+00:00", "eventType": "COMPLETE", "producer": PRODUCER,
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": run_id, "facets": {
+            "parent": {**facet, "run": {"runId": parent}, "job": {"namespace": "ns", "name": "daily"},
+                       "root": {"run": {"runId": parent}, "job": {"namespace": "ns", "name": "daily"}}},
+            "tags": {**facet, "tags": [{"key": "partition", "value": "2013-01-14"},
+                                       {"key": "code_version", "value": "abc"}]},
+            "errorMessage": {**facet, "message": "boom", "programmingLanguage": "python"}}},
+        "job": {"namespace": "ns", "name": "job\u00e9", "facets": {"jobType": {**facet, "jobType": "ASSET"}}},
+        "inputs": [{"namespace": "db", "name": "raw.a", "facets": {"version": {**facet, "datasetVersion": "v1"}}}],
+        "outputs": [{"namespace": "db", "name": "marts.b", "facets": {
+            "version": {**facet, "datasetVersion": "v2"},
+            "schema": {**facet, "fields": [{"name": "x", "type": "INT"}]},
+            "dataQualityAssertions": {**facet, "assertions": [
+                {"assertion": "not_null", "column": "x", "success": False, "severity": "WARN"}]},
+            "columnLineage": {**facet, "fields": {"x": {"inputFields": [
+                {"namespace": "db", "name": "raw.a", "field": "y"}]}}}},
+            "outputFacets": {"outputStatistics": {**facet, "rowCount": 7, "size": 70}}}],
+    }
+    assert empty_store.ingest_payloads([json.dumps(event)]).added == 1
+    with empty_store.connect() as con:
+        row = con.execute("""SELECT job_name, parent_run_id, parent_job, root_run_id, partition, code_version,
+                                    error_message FROM events""").fetchone()
+        assert row == ("job\u00e9", parent, "ns/daily", parent, "2013-01-14", "abc", "boom")
+        assert con.execute("SELECT name, version FROM inputs").fetchall() == [("raw.a", "v1")]
+        assert con.execute("SELECT name, version, row_count, size_bytes FROM outputs").fetchall() == [
+            ("marts.b", "v2", 7, 70)]
+        assert con.execute("SELECT assertion, column_name, success, severity FROM assertions").fetchall() == [
+            ("not_null", "x", False, "warn")]
+        assert con.execute("SELECT field, input_name, input_field FROM column_lineage").fetchall() == [
+            ("x", "raw.a", "y")]
+
+
+def test_by_default_the_official_schema_checks_http_events_not_the_log(tmp_path: Path, events_file: Path):
+    if official_schema() is None:
+        pytest.skip("../shared/openlineage-spec (or jsonschema) is absent: only the structural check runs")
+    event = json.loads(events_file.read_text().splitlines()[0])
+    event["run"]["facets"]["nominalTime"] = {
+        "_producer": PRODUCER,
+        "_schemaURL": "https://openlineage.io/spec/facets/1-0-1/NominalTimeRunFacet.json#/$defs/NominalTimeRunFacet",
+    }
+    log = tmp_path / "one.jsonl"
+    log.write_text(json.dumps(event) + "\n")
+    with pytest.raises(IngestError, match="nominalStartTime"):
+        LineageStore(path=tmp_path / "full.duckdb", validate="full").ingest_file(log)
+    assert LineageStore(path=tmp_path / "auto.duckdb").ingest_file(log).added == 1
+    with pytest.raises(ValueError, match="validate"):
+        LineageStore(path=tmp_path / "x.duckdb", validate="everything")
