@@ -8,7 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
+
+from pipelines.sources import source_path
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = "2013-01-15"
@@ -54,3 +57,17 @@ def one_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert materialize("reference").success
         assert materialize("flights", DAY).success
         yield home
+
+
+@pytest.fixture
+def source_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PROVLINE_SOURCE_DIR holding the real tables (one day of flights and weather) as CSV."""
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    for table in ("airlines", "airports", "planes", "flights", "weather"):
+        frame = pd.read_csv(source_path(table))
+        if table in ("flights", "weather"):
+            frame = frame[(frame["month"] == 1) & (frame["day"] == 15)]
+        frame.to_csv(folder / f"{table}.csv", index=False)
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
+    return folder

@@ -24,7 +24,7 @@ from checks.flights import (
 from pipelines.definitions import defs  # noqa: F401  (registers every table)
 from pipelines.factory import TABLES
 from pipelines.quality import validate
-from pipelines.sources import read_source, source_path
+from pipelines.sources import read_source
 
 from .conftest import DAY, materialize, query, scalar
 
@@ -142,19 +142,6 @@ def test_stored_failures_are_replaced_not_piled_up(home):
     assert len(runs) == 1  # only the latest run's failure cases remain
 
 
-@pytest.fixture
-def corrupt_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "sources"
-    folder.mkdir()
-    for table in ("airlines", "airports", "planes", "flights", "weather"):
-        frame = pd.read_csv(source_path(table))
-        if table in ("flights", "weather"):
-            frame = frame[(frame["month"] == 1) & (frame["day"] == 15)]
-        frame.to_csv(folder / f"{table}.csv", index=False)
-    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
-    return folder
-
-
 def _corrupt(folder: Path, table: str, row: int, **values) -> None:
     frame = pd.read_csv(folder / f"{table}.csv", dtype=str)
     for column, value in values.items():
@@ -180,11 +167,11 @@ def _failed_checks(result) -> set[str]:
     ({"carrier": ""}, "carrier_not_null"),
     ({"hour": "25"}, "hour_in_range"),
 ])
-def test_error_rule_blocks_and_keeps_previous_version(corrupt_dir, home, change, rule):
+def test_error_rule_blocks_and_keeps_previous_version(source_dir, home, change, rule):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
     before = query(home, "SELECT content_hash FROM provline.version_log WHERE asset = 'raw.flights'")
-    _corrupt(corrupt_dir, "flights", 10, **change)
+    _corrupt(source_dir, "flights", 10, **change)
     result = materialize("flights", DAY)
     assert not result.success
     assert rule in _failed_checks(result)
@@ -200,27 +187,27 @@ def test_error_rule_blocks_and_keeps_previous_version(corrupt_dir, home, change,
     assert "raw__flights" in started and "staging__flights" not in started
 
 
-def test_duplicate_key_in_reference_table_blocks(corrupt_dir, home):
+def test_duplicate_key_in_reference_table_blocks(source_dir, home):
     assert materialize("reference").success
-    frame = pd.read_csv(corrupt_dir / "planes.csv", dtype=str)
-    pd.concat([frame, frame.iloc[[5]]]).to_csv(corrupt_dir / "planes.csv", index=False)
+    frame = pd.read_csv(source_dir / "planes.csv", dtype=str)
+    pd.concat([frame, frame.iloc[[5]]]).to_csv(source_dir / "planes.csv", index=False)
     result = materialize("reference")
     assert not result.success and "tailnum_unique" in _failed_checks(result)
     assert scalar(home, "SELECT count(*) FROM raw.planes") == 3322
 
 
-def test_extra_column_is_dropped_with_the_rest_written(corrupt_dir, home):
-    frame = pd.read_csv(corrupt_dir / "airlines.csv")
-    frame.assign(comment="x").to_csv(corrupt_dir / "airlines.csv", index=False)
+def test_extra_column_is_dropped_with_the_rest_written(source_dir, home):
+    frame = pd.read_csv(source_dir / "airlines.csv")
+    frame.assign(comment="x").to_csv(source_dir / "airlines.csv", index=False)
     assert materialize("reference").success
     assert [c for (c,) in query(home, "SELECT column_name FROM information_schema.columns "
                                       "WHERE table_schema = 'raw' AND table_name = 'airlines'")] == ["carrier", "name"]
 
 
-def test_cross_run_blocking_and_override(corrupt_dir, home, monkeypatch):
+def test_cross_run_blocking_and_override(source_dir, home, monkeypatch):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
-    _corrupt(corrupt_dir, "flights", 3, origin="XYZ")
+    _corrupt(source_dir, "flights", 3, origin="XYZ")
     assert not materialize("flights", DAY).success  # raw.flights fails origin_isin, keeps its old version
     from pipelines.definitions import all_assets
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -13,20 +11,6 @@ from pipelines.sources import SourceError, read_source, source_path
 from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture
-def source_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A PROVLINE_SOURCE_DIR holding the real tables (one day of flights and weather) as CSV."""
-    folder = tmp_path / "sources"
-    folder.mkdir()
-    for table in ("airlines", "airports", "planes", "flights", "weather"):
-        frame = pd.read_csv(source_path(table))
-        if table in ("flights", "weather"):
-            frame = frame[(frame["month"] == 1) & (frame["day"] == 15)]
-        frame.to_csv(folder / f"{table}.csv", index=False)
-    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
-    return folder
 
 
 def _failure_text(result) -> str:
