@@ -32,6 +32,8 @@ def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.
 def test_dagster_cli_forms(env, home):
     validate = run([DAGSTER, "definitions", "validate", "-m", "pipelines.definitions"], env)
     assert validate.returncode == 0, validate.stderr[-2000:]
+    workspace = run([DAGSTER, "definitions", "validate", "-w", "workspace.yaml"], env)  # what `dagster dev` loads
+    assert workspace.returncode == 0, workspace.stderr[-2000:]
     reference = run([DAGSTER, "asset", "materialize", "-m", "pipelines.definitions",
                      "--select", "group:reference"], env)
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -107,3 +107,25 @@ def test_daily_schedule_is_stopped_by_default():
     schedule = defs.get_schedule_def("flights_daily_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.job_name == "flights_daily"
+
+
+def test_the_ui_lists_every_asset_and_check_before_any_run():
+    """What `dagster dev` shows from the Definitions alone: 13 assets in two groups, each with its
+    column schema, and the asset checks declared up front (blocking where a rule is ERROR)."""
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert len(keys) == 13 and "marts/flight_facts" in keys
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"reference", "flights"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("staging/flights", "tailnum_in_staging_planes") in checks
+    assert ("staging/weather", "wind_speed_in_range") in checks
+    assert ("raw/flights", "source_rows_in_partitions") in checks
+    specs = {(s.asset_key.to_user_string(), s.name): s for a in defs.assets for s in a.check_specs}
+    assert specs[("raw/flights", "column_values")].blocking
+    assert not specs[("staging/flights", "tailnum_in_staging_planes")].blocking  # WARN
+    assert not specs[("staging/weather", "wind_speed_in_range")].blocking  # quarantining
+    spec = graph.get(dg.AssetKey(["marts", "flight_facts"]))
+    assert "dagster/column_schema" in spec.metadata and spec.code_version == TABLES["marts.flight_facts"].code_version
