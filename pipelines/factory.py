@@ -40,7 +40,7 @@ from pipelines.lineage import step as lineage_step
 from pipelines.quality import ContractViolation, RuleResult, Validation, validate
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError, read_source, rows_outside
-from pipelines.warehouse import UNPARTITIONED, Warehouse, Write, quote
+from pipelines.warehouse import DUCKDB_TYPES, UNPARTITIONED, Warehouse, Write, quote
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,6 @@ DAILY_RANGE = (date(2013, 1, 1), date(2014, 1, 1))  # [start, end)
 DAILY = dg.DailyPartitionsDefinition(start_date=DAILY_RANGE[0].isoformat(), end_date=DAILY_RANGE[1].isoformat())
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
 PREVIEW_ROWS = 5
-
-_DUCKDB_TYPES = {
-    "Int64": "BIGINT", "int64": "BIGINT", "Int32": "INTEGER", "int32": "INTEGER",
-    "Float64": "DOUBLE", "float64": "DOUBLE", "string": "VARCHAR", "str": "VARCHAR", "string[pyarrow]": "VARCHAR",
-    "string[python]": "VARCHAR",
-    "boolean": "BOOLEAN", "bool": "BOOLEAN", "datetime64[ns]": "TIMESTAMP", "datetime64[us]": "TIMESTAMP",
-}
 
 
 @dataclass(frozen=True)
@@ -92,7 +85,7 @@ class TableSpec:
         """Column name -> DuckDB type, in contract order."""
         schema = self.contract.to_schema()
         return {
-            name: (column.metadata or {}).get("sql_type") or _DUCKDB_TYPES[str(column.dtype)]
+            name: (column.metadata or {}).get("sql_type") or DUCKDB_TYPES[str(column.dtype)]
             for name, column in schema.columns.items()
         }
 

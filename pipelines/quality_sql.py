@@ -36,19 +36,12 @@ import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
 from checks.rules import SCHEMA_RULE, column_check_rule, contract_metadata
-from pipelines.warehouse import quote
+from pipelines.warehouse import DUCKDB_TYPES, quote
 
 CASE_COLUMNS = ["rule", "column", "failure_case", "index", "row_key"]
 ROW = "__provline_row"
 FRAME_VIEW = "__provline_validate"
 
-# the contract's pandas dtype -> the DuckDB type its values must parse as
-_SQL_TYPES = {
-    "Int64": "BIGINT", "int64": "BIGINT", "Int32": "INTEGER", "int32": "INTEGER",
-    "Float64": "DOUBLE", "float64": "DOUBLE", "string": "VARCHAR", "str": "VARCHAR",
-    "string[pyarrow]": "VARCHAR", "string[python]": "VARCHAR", "boolean": "BOOLEAN", "bool": "BOOLEAN",
-    "datetime64[ns]": "TIMESTAMP", "datetime64[us]": "TIMESTAMP",
-}
 _INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
 _FLOATS = {"FLOAT", "DOUBLE", "REAL"}
 _TIMESTAMPS = {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE"}
@@ -193,7 +186,7 @@ def _plan_columns(plan: _Plan, schema: pa.DataFrameSchema, source_types: dict[st
         _plan_type(plan, name, column, schema, source)
         value = quote(name)  # the typed value
         raw = _raw(name) if name in plan.parsed else value
-        is_float = _SQL_TYPES.get(str(column.dtype)) in _FLOATS or source in _FLOATS
+        is_float = DUCKDB_TYPES.get(str(column.dtype)) in _FLOATS or source in _FLOATS
         if not column.nullable:
             plan.cases.append(_Case(f"{name}_not_null", name, _is_null(raw, source in _FLOATS), raw))
         if column.unique:
@@ -209,7 +202,7 @@ def _plan_columns(plan: _Plan, schema: pa.DataFrameSchema, source_types: dict[st
 
 def _plan_type(plan: _Plan, name: str, column: pa.Column, schema: pa.DataFrameSchema, source: str) -> None:
     """Parse the column as the contract types it (like pandera's coercion); unparsable values fail `schema`."""
-    target = _SQL_TYPES.get(str(column.dtype))
+    target = DUCKDB_TYPES.get(str(column.dtype))
     raw = quote(name)
     if target is None or _same_type(source, target):
         return

@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS quality.check_results (
 
 UNPARTITIONED = ""
 
+# a contract column's pandas dtype -> the DuckDB type it is stored as (and must parse as)
+DUCKDB_TYPES = {
+    "Int64": "BIGINT", "int64": "BIGINT", "Int32": "INTEGER", "int32": "INTEGER",
+    "Float64": "DOUBLE", "float64": "DOUBLE", "string": "VARCHAR", "str": "VARCHAR",
+    "string[pyarrow]": "VARCHAR", "string[python]": "VARCHAR", "boolean": "BOOLEAN", "bool": "BOOLEAN",
+    "datetime64[ns]": "TIMESTAMP", "datetime64[us]": "TIMESTAMP",
+}
+
 
 def quote(identifier: str) -> str:
     """Quote a (possibly schema-qualified) identifier: raw.flights -> "raw"."flights"."""
