@@ -30,10 +30,22 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _day(text: str, flag: str) -> date:
+    from pipelines.factory import DAILY_RANGE
+
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"{flag} {text!r} is not a date (YYYY-MM-DD)") from None
+    if not DAILY_RANGE[0] <= day < DAILY_RANGE[1]:
+        raise SystemExit(f"{flag} {day} is outside the daily partitions {DAILY_RANGE[0]}..{DAILY_RANGE[1]} (exclusive)")
+    return day
+
+
 def _days(args: argparse.Namespace) -> list[str]:
     if args.date:
-        return [args.date]
-    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end or args.start)
+        return [_day(args.date, "--date").isoformat()]
+    start, end = _day(args.start, "--start"), _day(args.end or args.start, "--end")
     if end < start:
         raise SystemExit(f"--end {end} is before --start {start}")
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
@@ -51,11 +63,12 @@ def _materialize(instance: dg.DagsterInstance, group: str, partition: str | None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    days = _days(args)
     instance = _instance()
     print(f"warehouse: {get_settings().warehouse_path}")
     if not args.skip_reference and not _materialize(instance, "reference"):
         return 1
-    failed = sum(not _materialize(instance, "flights", day) for day in _days(args))
+    failed = sum(not _materialize(instance, "flights", day) for day in days)
     return 1 if failed else 0
 
 

@@ -79,3 +79,10 @@ def test_concurrent_multiprocess_backfill_never_hits_the_duckdb_lock(env, home):
         assert counts[day] == expected
     partitions = "SELECT count(DISTINCT partition) FROM provline.version_log WHERE asset = 'marts.route_daily'"
     assert scalar(home, partitions) == len(days)
+
+
+def test_provline_run_rejects_bad_dates_before_touching_anything(env, home):
+    for bad, message in (("2013-13-01", "is not a date"), ("2012-12-31", "outside the daily partitions")):
+        result = run([PROVLINE, "run", "--date", bad], env)
+        assert result.returncode != 0 and message in result.stderr
+    assert not home.exists()  # nothing was created
