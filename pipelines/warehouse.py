@@ -72,6 +72,15 @@ def quote(identifier: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in identifier.split("."))
 
 
+def _column_ddl(columns: dict[str, str]) -> str:
+    return ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in columns.items())
+
+
+def _typed(columns: dict[str, str]) -> str:
+    """The select list that casts incoming rows to the contract's types."""
+    return ", ".join(f"CAST({quote(name)} AS {sql_type}) AS {quote(name)}" for name, sql_type in columns.items())
+
+
 def _literal(path: Path) -> str:
     """A path as the body of a SQL string literal (COPY ... TO takes no bound parameter)."""
     return str(path).replace("'", "''")
@@ -230,7 +239,7 @@ class Warehouse:
     def commit_on(self, con: duckdb.DuckDBPyConnection, write: Write) -> Receipt:
         target = quote(write.table)
         where, params = self.partition_filter(write.partition, write.partition_expr)
-        ddl = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in write.columns.items())
+        ddl = _column_ddl(write.columns)
         written_at = datetime.now(UTC).replace(tzinfo=None)
         con.register("incoming_rows", write.rows)
         con.execute("BEGIN TRANSACTION")
@@ -302,8 +311,7 @@ class Warehouse:
                 raise
 
     def _insert(self, con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str]) -> None:
-        select = ", ".join(f"CAST({quote(n)} AS {t}) AS {quote(n)}" for n, t in columns.items())
-        con.execute(f"INSERT INTO {target} BY NAME SELECT {select} FROM incoming_rows")
+        con.execute(f"INSERT INTO {target} BY NAME SELECT {_typed(columns)} FROM incoming_rows")
 
     @staticmethod
     def _align_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
@@ -324,17 +332,16 @@ class Warehouse:
         """Replace the partition's quarantined rows. The quarantine table always exists (empty
         when nothing was quarantined), so downstream SQL may read it."""
         table = quote(quarantine_table(write.table))
-        ddl = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in write.columns.items())
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl}, _quarantine_reasons VARCHAR, _run_id VARCHAR)")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_column_ddl(write.columns)}, "
+                    "_quarantine_reasons VARCHAR, _run_id VARCHAR)")
         con.execute(f"DELETE FROM {table} WHERE {where}", params)
         quarantined = write.quarantined
         if quarantined is None or quarantined.empty:
             return 0
         con.register("incoming_quarantine", quarantined)
         try:
-            select = ", ".join(f"CAST({quote(n)} AS {t}) AS {quote(n)}" for n, t in write.columns.items())
             con.execute(
-                f"""INSERT INTO {table} BY NAME SELECT {select}, _quarantine_reasons, $run_id AS _run_id
+                f"""INSERT INTO {table} BY NAME SELECT {_typed(write.columns)}, _quarantine_reasons, $run_id AS _run_id
                     FROM incoming_quarantine""",
                 {"run_id": write.run_id},
             )
