@@ -90,7 +90,8 @@ def cmd_downstream(args: argparse.Namespace) -> int:
         print(f"downstream of {what}: {len({e['to'] for e in result['edges']})} affected")
         for edge in result["edges"]:
             via = f"  (job {edge['job']})" if edge.get("job") else ""
-            via += "  (indirect: reads the dataset, not this column's values)" if edge.get("indirect") else ""
+            via += f"  (via {edge['via']})" if edge.get("via") else ""
+            via += f"  ({edge['label']})" if edge.get("indirect") else ""
             print(f"{'  ' * edge['depth']}{edge['from']} -> {edge['to']}{via}")
     return 0
 

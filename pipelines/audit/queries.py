@@ -189,10 +189,14 @@ def upstream(con: duckdb.DuckDBPyConnection, dataset: str, *, partition: str | N
 
 def downstream(con: duckdb.DuckDBPyConnection, target: str, *, as_of: datetime | None = None,
                depth: int = 20) -> dict:
-    """What reads the dataset (or, for DATASET.COLUMN, what columns derive from the column), transitively.
+    """What reads the dataset (or, for DATASET.COLUMN, what derives from the column), transitively.
 
-    Dataset level follows run inputs -> outputs; column level follows the columnLineage facets of each
-    job's latest event that has them (as of the time)."""
+    Dataset level follows run inputs -> outputs. Column level follows the columnLineage facet of each
+    output's latest event that carries one (as of the time): its `fields` edges column -> column, and its
+    `dataset` edges (a join key, a filter, a grouping column: INDIRECT) from the input column to the whole
+    output, and from a whole output on from every one of its columns. An output whose events carry no
+    columnLineage facet (or stored before the store kept transformations) is reached, conservatively,
+    from any column of a dataset its latest run read."""
     ctx = _Ctx(con, as_of or FAR_FUTURE)
     column = None
     try:
@@ -203,96 +207,123 @@ def downstream(con: duckdb.DuckDBPyConnection, target: str, *, as_of: datetime |
         dataset, column = target.rsplit(".", 1)
         namespace, name = _dataset(ctx, dataset)
     if column is None:
-        edges_rows = ctx.rows(
+        rows = ctx.rows(
             """SELECT DISTINCT i.namespace AS src_ns, i.name AS src, o.namespace AS dst_ns, o.name AS dst,
                       e.job_name AS job
                FROM inputs i JOIN outputs o USING (seq) JOIN events e USING (seq)
-               WHERE i.event_time <= $as_of""",
+               WHERE i.event_time <= $as_of ORDER BY ALL""",
             {},
         )
-        graph: dict[tuple, list[dict]] = {}
-        for r in edges_rows:
-            graph.setdefault((r["src_ns"], r["src"]), []).append(r)
-        start = [(ns, name) for ns, n in {(r["src_ns"], r["src"]) for r in edges_rows} if n == name
+        graph: dict[tuple, list[tuple[tuple, dict]]] = {}
+        for r in rows:
+            graph.setdefault((r["src_ns"], r["src"]), []).append(((r["dst_ns"], r["dst"]), {"job": r["job"]}))
+        start = [(ns, name) for ns, n in {(r["src_ns"], r["src"]) for r in rows} if n == name
                  and (namespace is None or ns == namespace)] or [(namespace, name)]
-        return {"dataset": name, "column": None, "as_of": _iso(as_of), "edges": _walk(graph, start, depth, False)}
-    edges_rows = ctx.rows(
-        """WITH latest AS (SELECT namespace, name, max(seq) AS seq FROM column_lineage
-                           WHERE event_time <= $as_of GROUP BY ALL)
-           SELECT DISTINCT c.input_namespace AS src_ns, c.input_name AS src, c.input_field AS src_field,
-                  c.namespace AS dst_ns, c.name AS dst, c.field AS dst_field
-           FROM column_lineage c JOIN latest USING (namespace, name, seq)""",
-        {},
-    )
-    reads_rows = ctx.rows(  # which datasets each output's latest run read
-        """WITH latest AS (SELECT namespace, name, max(seq) AS seq FROM outputs
-                           WHERE event_time <= $as_of AND version IS NOT NULL GROUP BY ALL)
-           SELECT DISTINCT i.namespace AS src_ns, i.name AS src, l.namespace AS dst_ns, l.name AS dst
-           FROM latest l JOIN inputs i USING (seq)""",
-        {},
-    )
-    graph = {}
-    for r in edges_rows:
-        graph.setdefault((r["src_ns"], r["src"], r["src_field"]), []).append(r)
-    readers: dict[tuple, list[dict]] = {}
-    for r in reads_rows:
-        readers.setdefault((r["src_ns"], r["src"]), []).append(r)
-    start = [k for k in graph if k[1] == name and k[2] == column and (namespace is None or k[0] == namespace)]
-    if not start:
-        known = sorted({k[2] for k in graph if k[1] == name})
-        if known and column not in known:
-            raise QueryError(f"no column {column!r} of {name} in the column lineage; known: {', '.join(known)}")
-        start = [(ns, n, column) for ns, n in readers if n == name and (namespace is None or ns == namespace)]
+        edges = _walk(start, depth, lambda node: graph.get(node, []))
+        return {"dataset": name, "column": None, "as_of": _iso(as_of), "edges": edges}
+    lineage = _ColumnLineage(ctx)
+    known = lineage.columns_of(name, namespace)
+    start = sorted({(ns, name, column) for ns, n in lineage.datasets() if n == name
+                    and (namespace is None or ns == namespace)})
+    if column not in known:
+        if known:
+            raise QueryError(f"no column {column!r} of {name} in the column lineage; known: {', '.join(sorted(known))}")
         if not start:
             raise QueryError(f"nothing reads {name}")
     return {"dataset": name, "column": column, "as_of": _iso(as_of),
-            "edges": _walk_columns(graph, readers, start, depth)}
+            "edges": _walk(start, depth, lineage.targets)}
 
 
-def _walk_columns(graph: dict, readers: dict, start: list[tuple], depth: int) -> list[dict]:
-    """Column edges where column lineage names the column; where a job reads the column's dataset but no
-    column edge names it (a join key, a filter), an *indirect* edge to the job's whole output, and from a
-    whole dataset, to every reader's whole output. Conservative: impact is never missed."""
-    seen, frontier, edges = set(start), list(start), []
+class _ColumnLineage:
+    """The column-lineage graph as of a time. Nodes are (namespace, name, column), column None for a
+    whole dataset."""
 
+    def __init__(self, ctx: _Ctx):
+        # per output, its latest event with a columnLineage facet; rows stored before transformations
+        # were kept (transformation_type NULL) count as DIRECT, and their outputs also get the fallback
+        rows = ctx.rows(
+            """WITH carrying AS (
+                   SELECT namespace, name, seq FROM outputs WHERE has_column_lineage AND event_time <= $as_of
+                   UNION ALL
+                   SELECT namespace, name, seq FROM column_lineage
+                   WHERE transformation_type IS NULL AND event_time <= $as_of),
+               latest AS (SELECT namespace, name, max(seq) AS seq FROM carrying GROUP BY ALL)
+               SELECT DISTINCT l.namespace AS dst_ns, l.name AS dst, c.field AS dst_field,
+                      c.input_namespace AS src_ns, c.input_name AS src, c.input_field AS src_field,
+                      coalesce(c.transformation_type, 'DIRECT') AS type, c.transformation_subtype AS subtype,
+                      c.seq IS NOT NULL AND c.transformation_type IS NULL AS legacy
+               FROM latest l LEFT JOIN column_lineage c USING (namespace, name, seq)
+               ORDER BY ALL""",
+            {},
+        )
+        reads = ctx.rows(  # which datasets each output's latest run read
+            """WITH latest AS (SELECT namespace, name, max(seq) AS seq FROM outputs
+                               WHERE event_time <= $as_of AND version IS NOT NULL GROUP BY ALL)
+               SELECT DISTINCT i.namespace AS src_ns, i.name AS src, l.namespace AS dst_ns, l.name AS dst
+               FROM latest l JOIN inputs i USING (seq) ORDER BY ALL""",
+            {},
+        )
+        precise = {(r["dst_ns"], r["dst"]) for r in rows if not r["legacy"]}
+        # (src column) -> {dst node: {(type, subtype)}}
+        self.edges: dict[tuple, dict[tuple, set[tuple]]] = {}
+        self.columns: dict[tuple, set[str]] = {}  # dataset -> its columns named in the lineage
+        for r in rows:
+            if r["src"] is None:  # a facet with no edges
+                continue
+            src = (r["src_ns"], r["src"], r["src_field"])
+            dst = (r["dst_ns"], r["dst"], r["dst_field"])
+            self.edges.setdefault(src, {}).setdefault(dst, set()).add((r["type"], r["subtype"]))
+            self.columns.setdefault(src[:2], set()).add(src[2])
+            if dst[2] is not None:
+                self.columns.setdefault(dst[:2], set()).add(dst[2])
+        self.readers: dict[tuple, list[tuple]] = {}  # dataset -> outputs reached only by the fallback
+        for r in reads:
+            self.readers.setdefault((r["src_ns"], r["src"]), [])
+            if (r["dst_ns"], r["dst"]) not in precise:
+                self.readers[(r["src_ns"], r["src"])].append((r["dst_ns"], r["dst"]))
+
+    def datasets(self) -> set[tuple]:
+        return set(self.columns) | set(self.readers)
+
+    def columns_of(self, name: str, namespace: str | None) -> set[str]:
+        return {c for (ns, n), cols in self.columns.items() if n == name and (namespace is None or ns == namespace)
+                for c in cols}
+
+    def targets(self, node: tuple) -> list[tuple[tuple, dict]]:
+        """(dst node, edge attributes) of each edge out of a column, or out of every column of a dataset."""
+        sources = [node] if node[2] is not None else [(*node[:2], c) for c in sorted(self.columns.get(node[:2], ()))]
+        out, reached = [], set()
+        for src in sources:
+            for dst, kinds in self.edges.get(src, {}).items():
+                reached.add(dst[:2])
+                via = {"via": src[2]} if node[2] is None else {}
+                out.append((dst, {**_kind(kinds), **via}))
+        out += [((*dst, None), {"indirect": True, "label": "indirect: reads the dataset (no column lineage)"})
+                for dst in self.readers.get(node[:2], []) if node[2] is None or dst not in reached]
+        return out
+
+
+def _kind(kinds: set[tuple]) -> dict:
+    """An edge's attributes from its (type, subtype) pairs: direct when any is DIRECT."""
+    direct = any(t == "DIRECT" for t, _ in kinds)
+    subtypes = sorted({s for t, s in kinds if s and (t == "DIRECT") == direct})
+    label = ("direct" if direct else "indirect") + (f": {', '.join(subtypes)}" if subtypes else "")
+    return {"indirect": not direct, "label": label}
+
+
+def _walk(start: list[tuple], depth: int, targets) -> list[dict]:
+    """Breadth-first from the start nodes, up to `depth` levels: every edge found, with its level and the
+    attributes `targets(node)` gives it. A node is (namespace, name[, column]), column None for a whole
+    dataset."""
     def label(node: tuple) -> str:
-        return node[1] + (f".{node[2]}" if node[2] else "")
+        return ".".join(k for k in node[1:] if k)
 
+    seen, frontier, edges = set(start), list(start), []
     for level in range(1, depth + 1):
         nxt = []
         for node in frontier:
-            targets = []
-            if node[2] is not None:
-                direct = graph.get(node, [])
-                targets += [((r["dst_ns"], r["dst"], r["dst_field"]), False) for r in direct]
-                copied_to = {(r["dst_ns"], r["dst"]) for r in direct}
-                targets += [((r["dst_ns"], r["dst"], None), True) for r in readers.get(node[:2], [])
-                            if (r["dst_ns"], r["dst"]) not in copied_to]
-            else:
-                targets += [((r["dst_ns"], r["dst"], None), True) for r in readers.get(node[:2], [])]
-            for dst, indirect in targets:
-                edges.append({"depth": level, "from": label(node), "to": label(dst), "indirect": indirect})
-                if dst not in seen:
-                    seen.add(dst)
-                    nxt.append(dst)
-        if not nxt:
-            break
-        frontier = nxt
-    return edges
-
-
-def _walk(graph: dict, start: list[tuple], depth: int, columns: bool) -> list[dict]:
-    seen, frontier, edges = set(start), list(start), []
-    for level in range(1, depth + 1):
-        nxt = []
-        for key in frontier:
-            for r in graph.get(key, []):
-                dst = (r["dst_ns"], r["dst"], r["dst_field"]) if columns else (r["dst_ns"], r["dst"])
-                edge = {"depth": level, "from": ".".join(k for k in key[1:] if k),
-                        "to": ".".join(k for k in dst[1:] if k)}
-                if not columns:
-                    edge["job"] = r["job"]
-                edges.append(edge)
+            for dst, attributes in targets(node):
+                edges.append({"depth": level, "from": label(node), "to": label(dst), **attributes})
                 if dst not in seen:
                     seen.add(dst)
                     nxt.append(dst)

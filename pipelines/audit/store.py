@@ -18,8 +18,11 @@ time):
 
     events          one row per event: run/job columns, parent, code_version, partition, raw payload
     inputs          event x input dataset, with its datasetVersion
-    outputs         event x output dataset, with datasetVersion and outputStatistics
-    column_lineage  event x output column x input column (columnLineage facet)
+    outputs         event x output dataset, with datasetVersion, outputStatistics and whether the event
+                    carried a columnLineage facet (has_column_lineage; NULL in rows stored before it)
+    column_lineage  event x output column x input column x transformation (columnLineage facet): from
+                    `fields` (field = the output column; no transformations = DIRECT, NULL subtype) and
+                    from `dataset` (field NULL: the input column affects the whole output, INDIRECT)
     assertions      event x output x dataQualityAssertions entry (with severity)
     ingest_offsets  file path -> bytes ingested
 """
@@ -71,12 +74,15 @@ CREATE TABLE IF NOT EXISTS inputs (
 );
 CREATE TABLE IF NOT EXISTS outputs (
     seq BIGINT, run_id VARCHAR, event_type VARCHAR, event_time TIMESTAMPTZ,
-    namespace VARCHAR, name VARCHAR, version VARCHAR, row_count BIGINT, size_bytes BIGINT
+    namespace VARCHAR, name VARCHAR, version VARCHAR, row_count BIGINT, size_bytes BIGINT,
+    has_column_lineage BOOLEAN
 );
 CREATE TABLE IF NOT EXISTS column_lineage (
     seq BIGINT, run_id VARCHAR, event_time TIMESTAMPTZ,
     namespace VARCHAR, name VARCHAR, field VARCHAR,
-    input_namespace VARCHAR, input_name VARCHAR, input_field VARCHAR
+    input_namespace VARCHAR, input_name VARCHAR, input_field VARCHAR,
+    transformation_type VARCHAR,         -- DIRECT / INDIRECT; NULL in rows stored before it
+    transformation_subtype VARCHAR       -- IDENTITY, JOIN, FILTER, ... (NULL: not given)
 );
 CREATE TABLE IF NOT EXISTS assertions (
     seq BIGINT, run_id VARCHAR, event_type VARCHAR, event_time TIMESTAMPTZ,
@@ -87,6 +93,9 @@ CREATE TABLE IF NOT EXISTS ingest_offsets (
     path VARCHAR PRIMARY KEY, byte_offset BIGINT NOT NULL, head VARCHAR, line_count BIGINT, updated_at TIMESTAMPTZ
 );
 ALTER TABLE ingest_offsets ADD COLUMN IF NOT EXISTS line_count BIGINT;  -- stores from before it
+ALTER TABLE outputs ADD COLUMN IF NOT EXISTS has_column_lineage BOOLEAN;
+ALTER TABLE column_lineage ADD COLUMN IF NOT EXISTS transformation_type VARCHAR;
+ALTER TABLE column_lineage ADD COLUMN IF NOT EXISTS transformation_subtype VARCHAR;
 """
 
 # The exact structural check, one line at a time: NULL when fine, else what is wrong. Evaluated over
@@ -146,6 +155,8 @@ END
 # object gives a struct of NULLs, a facets value that is not an object (or has duplicate keys) a NULL map.
 _FACET = "_producer JSON, _schemaURL JSON"
 _MAP = "MAP(VARCHAR, STRUCT({}))".format
+_INPUT_FIELDS = ("STRUCT(namespace VARCHAR, name VARCHAR, field VARCHAR, "
+                 "transformations STRUCT(type VARCHAR, subtype VARCHAR)[])[]")  # columnLineage
 EVENT_STRUCTURE = json.dumps({
     "eventType": "VARCHAR", "eventTime": "VARCHAR", "producer": "JSON", "schemaURL": "JSON",
     "run": {"runId": "VARCHAR", "facets": _MAP(
@@ -158,7 +169,7 @@ EVENT_STRUCTURE = json.dumps({
         f"{_FACET}, datasetVersion VARCHAR, "
         'assertions STRUCT(assertion VARCHAR, "column" VARCHAR, success VARCHAR, severity VARCHAR, '
         "expected VARCHAR, actual VARCHAR)[], "
-        "fields MAP(VARCHAR, STRUCT(inputFields STRUCT(namespace VARCHAR, name VARCHAR, field VARCHAR)[]))"),
+        f"fields MAP(VARCHAR, STRUCT(inputFields {_INPUT_FIELDS})), dataset {_INPUT_FIELDS}"),
         "outputFacets": _MAP(f"{_FACET}, rowCount VARCHAR, size VARCHAR")}],
 })
 KEY_PATHS = "['$', '$.run', '$.job']"  # k[1]: top-level keys, k[2]: run's, k[3]: job's
@@ -353,7 +364,9 @@ class LineageStore:
                        'row_count': TRY_CAST(d.outputFacets['outputStatistics'].rowCount AS BIGINT),
                        'size': TRY_CAST(d.outputFacets['outputStatistics'].size AS BIGINT),
                        'assertions': d.facets['dataQualityAssertions'].assertions,
-                       'lineage': map_entries(d.facets['columnLineage'].fields)
+                       'has_lineage': d.facets['columnLineage'] IS NOT NULL,
+                       'lineage': map_entries(d.facets['columnLineage'].fields),
+                       'dataset_lineage': d.facets['columnLineage'].dataset
                    }}) AS outputs
             FROM (SELECT line_no, GUARD json_transform(raw, $structure) END_GUARD AS e,
                          GUARD json_keys(raw, {KEY_PATHS}) END_GUARD AS k
@@ -413,17 +426,27 @@ class LineageStore:
             con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh_outputs AS
                 SELECT seq, run_id, event_type, event_time, unnest(outputs) AS d FROM {new}""")
             con.execute("""INSERT INTO outputs
-                SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version, d.row_count, d.size
+                SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version, d.row_count, d.size,
+                       d.has_lineage
                 FROM fresh_outputs""")
             con.execute("""INSERT INTO assertions
                 SELECT seq, run_id, event_type, event_time, ns, name, a.assertion, a.column,
                        TRY_CAST(a.success AS BOOLEAN), lower(a.severity), a.expected, a.actual
                 FROM (SELECT seq, run_id, event_type, event_time, d.ns, d.name, unnest(d.assertions) AS a
                       FROM fresh_outputs)""")
+            # one row per transformation of an input field; none given: DIRECT (INDIRECT for the whole dataset),
+            # subtype unknown
             con.execute("""INSERT INTO column_lineage
-                SELECT seq, run_id, event_time, ns, name, field, i.namespace, i.name, i.field
-                FROM (SELECT seq, run_id, event_time, ns, name, c.key AS field, unnest(c.value.inputFields) AS i
-                      FROM (SELECT seq, run_id, event_time, d.ns, d.name, unnest(d.lineage) AS c
+                SELECT seq, run_id, event_time, ns, name, field, i.namespace, i.name, i.field,
+                       coalesce(upper(t.type), CASE WHEN field IS NULL THEN 'INDIRECT' ELSE 'DIRECT' END),
+                       upper(t.subtype)
+                FROM (SELECT *, unnest(CASE WHEN len(i.transformations) > 0 THEN i.transformations
+                                            ELSE [NULL] END) AS t
+                      FROM (SELECT seq, run_id, event_time, ns, name, c.key AS field, unnest(c.value.inputFields) AS i
+                            FROM (SELECT seq, run_id, event_time, d.ns, d.name, unnest(d.lineage) AS c
+                                  FROM fresh_outputs)
+                            UNION ALL
+                            SELECT seq, run_id, event_time, d.ns, d.name, NULL, unnest(d.dataset_lineage)
                             FROM fresh_outputs))""")
             if offsets:
                 self._save_offset(con, offsets)

@@ -48,12 +48,21 @@ def test_upstream_of_a_mart_reaches_raw_flights_with_version_and_checks(store: L
 def test_downstream_of_a_column_reaches_the_fact_table(store: LineageStore):
     with store.connect() as con:
         impact = queries.downstream(con, "raw.planes.tailnum")
+    edges = {(e["from"], e["to"]): e for e in impact["edges"]}
+    assert not edges[("raw.planes.tailnum", "staging.planes.tailnum")]["indirect"]
+    # tailnum is the join key of flight_facts: it affects the whole table, and so what derives from it
+    join = edges[("staging.planes.tailnum", "marts.flight_facts")]
+    assert join["indirect"] and join["label"] == "indirect: JOIN"
     reached = {e["to"] for e in impact["edges"]}
-    assert "staging.planes.tailnum" in reached
-    assert "marts.flight_facts" in {t.split(".tailnum")[0] for t in reached if t.startswith("marts.flight_facts")}
+    assert {"marts.carrier_daily_performance", "marts.route_daily"} <= {".".join(t.split(".")[:2]) for t in reached}
+    assert not any("reads the dataset" in e["label"] for e in impact["edges"])  # no fallback: all have lineage
     with store.connect() as con:
         direct = queries.downstream(con, "raw.planes.year")
+        plane_year = queries.downstream(con, "staging.planes.year")
     assert {"staging.planes.year", "marts.flight_facts.plane_year"} <= {e["to"] for e in direct["edges"]}
+    # carrier_daily_performance neither derives a column from plane_year nor filters/joins/groups on it
+    assert [e["to"] for e in plane_year["edges"]] == ["marts.flight_facts.plane_year"]
+    assert not plane_year["edges"][0]["indirect"]
     with store.connect() as con, pytest.raises(queries.QueryError, match="no column 'nope'"):
         queries.downstream(con, "raw.planes.nope")
 

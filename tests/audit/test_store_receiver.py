@@ -237,3 +237,63 @@ def test_by_default_the_official_schema_checks_http_events_not_the_log(tmp_path:
     assert LineageStore(path=tmp_path / "auto.duckdb").ingest_file(log).added == 1
     with pytest.raises(ValueError, match="validate"):
         LineageStore(path=tmp_path / "x.duckdb", validate="everything")
+
+
+def _lineage_event(job: str, inputs: list[str], output: str, lineage: dict | None, time: str) -> str:
+    facet = {"_producer": PRODUCER, "_schemaURL": "https://example.com/f.json"}
+    facets = {"version": {**facet, "datasetVersion": f"{output}@{time}"}}
+    if lineage is not None:
+        facets["columnLineage"] = {**facet, **lineage}
+    return json.dumps({
+        "eventTime": time, "eventType": "COMPLETE", "producer": PRODUCER,
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "ns", "name": job},
+        "inputs": [{"namespace": "db", "name": n} for n in inputs],
+        "outputs": [{"namespace": "db", "name": output, "facets": facets}]})
+
+
+def _field(name: str, field: str, *transformations: tuple[str, str]) -> dict:
+    return {"namespace": "db", "name": name, "field": field,
+            "transformations": [{"type": t, "subtype": s} for t, s in transformations]}
+
+
+def test_column_lineage_transformations_and_dataset_edges_drive_downstream(empty_store: LineageStore):
+    from pipelines.audit import queries
+
+    t0, t1 = "2013-01-14T06:00:00+00:00", "2013-01-14T07:00:00+00:00"
+    joined = {"fields": {"k": {"inputFields": [_field("a", "k")]},  # no transformations: DIRECT
+                         "v": {"inputFields": [_field("b", "v", ("DIRECT", "TRANSFORMATION"))]}},
+              "dataset": [_field("a", "k", ("INDIRECT", "JOIN")), _field("b", "k", ("INDIRECT", "JOIN"))]}
+    events = [
+        _lineage_event("j", ["a", "b"], "j", joined, t0),
+        # an older event of `s` said every column of it came from j.v; the latest (kept) one: only s.x
+        _lineage_event("s", ["j"], "s", {"fields": {"x": {"inputFields": [_field("j", "v")]},
+                                                    "y": {"inputFields": [_field("j", "v")]}}}, t0),
+        _lineage_event("s", ["j"], "s",
+                       {"fields": {"x": {"inputFields": [_field("j", "v", ("DIRECT", "IDENTITY"))]}}}, t1),
+        _lineage_event("legacy", ["j"], "u", None, t0),  # no columnLineage facet: reached from any column of j
+        _lineage_event("other", ["b"], "w", {"fields": {"z": {"inputFields": [_field("b", "z")]}}}, t0),
+    ]
+    assert empty_store.ingest_payloads(events).added == len(events)
+    with empty_store.connect() as con:
+        assert con.execute("""SELECT field, input_name, input_field, transformation_type, transformation_subtype
+                              FROM column_lineage WHERE name = 'j' ORDER BY ALL""").fetchall() == [
+            ("k", "a", "k", "DIRECT", None), ("v", "b", "v", "DIRECT", "TRANSFORMATION"),
+            (None, "a", "k", "INDIRECT", "JOIN"), (None, "b", "k", "INDIRECT", "JOIN")]
+        assert dict(con.execute("SELECT name, has_column_lineage FROM outputs").fetchall())["u"] is False
+        by_key = queries.downstream(con, "b.k")["edges"]
+        by_value = queries.downstream(con, "b.v")["edges"]
+        by_z = queries.downstream(con, "b.z")["edges"]
+        old = queries.downstream(con, "j.v", as_of=datetime(2013, 1, 14, 6, 30, tzinfo=UTC))["edges"]
+    # the join key reaches all of j, then what derives from any column of j
+    assert [(e["depth"], e["from"], e["to"], e["label"]) for e in by_key] == [
+        (1, "b.k", "j", "indirect: JOIN"),
+        (2, "j", "s.x", "direct: IDENTITY"),
+        (2, "j", "u", "indirect: reads the dataset (no column lineage)")]
+    assert by_key[1]["via"] == "v"
+    # a plain value column: its column only (and the reader without column lineage)
+    assert [(e["from"], e["to"], e["indirect"]) for e in by_value] == [
+        ("b.v", "j.v", False), ("j.v", "s.x", False), ("j.v", "u", True)]
+    # b is read by j, but j's lineage says nothing of b.z: no over-reporting
+    assert [e["to"] for e in by_z] == ["w.z"]
+    assert {e["to"] for e in old} == {"s.x", "s.y", "u"}  # as of t0: the older event of s
