@@ -72,6 +72,18 @@ def quote(identifier: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in identifier.split("."))
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK on any exception (KeyboardInterrupt included)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def _column_ddl(columns: dict[str, str]) -> str:
     return ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in columns.items())
 
@@ -242,30 +254,26 @@ class Warehouse:
         ddl = _column_ddl(write.columns)
         written_at = datetime.now(UTC).replace(tzinfo=None)
         con.register("incoming_rows", write.rows)
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(write.table.split('.')[0])}")
-            if write.partition == UNPARTITIONED:
-                con.execute(f"CREATE OR REPLACE TABLE {target} ({ddl})")
-            else:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {target} ({ddl})")
-                self._align_columns(con, write.table, write.columns)
-                con.execute(f"DELETE FROM {target} WHERE {where}", params)
-            self._insert(con, target, write.columns)
-            content_hash = self.content_hash(con, write.table, where, params)
-            quarantined = self._replace_quarantine(con, write, where, params)
-            self._replace_failures(con, write, written_at)
-            row_count = len(write.rows)
-            con.execute(
-                "INSERT INTO provline.version_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [write.table, write.partition, content_hash, write.code_version,
-                 json.dumps(write.input_versions, sort_keys=True), write.run_id, row_count,
-                 row_count + quarantined, quarantined, json.dumps(list(write.columns.items())), written_at],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with transaction(con):
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(write.table.split('.')[0])}")
+                if write.partition == UNPARTITIONED:
+                    con.execute(f"CREATE OR REPLACE TABLE {target} ({ddl})")
+                else:
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {target} ({ddl})")
+                    self._align_columns(con, write.table, write.columns)
+                    con.execute(f"DELETE FROM {target} WHERE {where}", params)
+                self._insert(con, target, write.columns)
+                content_hash = self.content_hash(con, write.table, where, params)
+                quarantined = self._replace_quarantine(con, write, where, params)
+                self._replace_failures(con, write, written_at)
+                row_count = len(write.rows)
+                con.execute(
+                    "INSERT INTO provline.version_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [write.table, write.partition, content_hash, write.code_version,
+                     json.dumps(write.input_versions, sort_keys=True), write.run_id, row_count,
+                     row_count + quarantined, quarantined, json.dumps(list(write.columns.items())), written_at],
+                )
         finally:
             con.unregister("incoming_rows")
         self._snapshot(con, write.table, write.partition, where, params, content_hash)
@@ -302,13 +310,8 @@ class Warehouse:
         and failure cases are committed, so the UI and later runs see why; the data stays."""
         written_at = datetime.now(UTC).replace(tzinfo=None)
         with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 self._replace_failures(con, write, written_at)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
 
     def _insert(self, con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str]) -> None:
         con.execute(f"INSERT INTO {target} BY NAME SELECT {_typed(columns)} FROM incoming_rows")

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 
 from pipelines.audit.schema import EVENT_TYPES, TOP_LEVEL_FIELDS, official_schema
 from pipelines.settings import Settings, get_settings
+from pipelines.warehouse import transaction
 
 DDL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -400,60 +401,57 @@ class LineageStore:
     def _write(self, con: duckdb.DuckDBPyConnection, source: str,
                offsets: tuple[str, int, str, int] | None) -> IngestResult:
         received_at = datetime.now(UTC)
-        con.execute("BEGIN TRANSACTION")
         try:
-            read = con.execute("SELECT count(*) FROM parsed").fetchone()[0]
-            base = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-            con.execute("""CREATE OR REPLACE TEMP TABLE fresh AS
-                WITH keyed AS (
-                    SELECT line_no, run_id, event_type, event_time FROM parsed
-                    QUALIFY row_number() OVER (PARTITION BY run_id, event_type, event_time ORDER BY line_no) = 1)
-                SELECT $base + row_number() OVER (ORDER BY line_no) AS seq, line_no FROM keyed k
-                ANTI JOIN events e USING (run_id, event_type, event_time)""", {"base": base})
-            added = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
-            new = "fresh JOIN parsed USING (line_no)"
-            con.execute(f"""INSERT INTO events SELECT
-                    seq, run_id, event_type, event_time, job_namespace, job_name, producer,
-                    parent.run.runId, parent.job.namespace || '/' || parent.job.name, parent.root.run.runId,
-                    list_filter(tags, lambda t: t.key = 'partition')[1].value,
-                    list_filter(tags, lambda t: t.key = 'code_version')[1].value,
-                    list_filter(tags, lambda t: t.key = 'dagster_run_id')[1].value,
-                    error_message, $source, $received_at, b.raw
-                FROM {new} JOIN incoming_batch b USING (line_no)""",
-                        {"source": source, "received_at": received_at})
-            con.execute(f"""INSERT INTO inputs SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version
-                FROM (SELECT seq, run_id, event_type, event_time, unnest(inputs) AS d FROM {new})""")
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh_outputs AS
-                SELECT seq, run_id, event_type, event_time, unnest(outputs) AS d FROM {new}""")
-            con.execute("""INSERT INTO outputs
-                SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version, d.row_count, d.size,
-                       d.has_lineage
-                FROM fresh_outputs""")
-            con.execute("""INSERT INTO assertions
-                SELECT seq, run_id, event_type, event_time, ns, name, a.assertion, a.column,
-                       TRY_CAST(a.success AS BOOLEAN), lower(a.severity), a.expected, a.actual
-                FROM (SELECT seq, run_id, event_type, event_time, d.ns, d.name, unnest(d.assertions) AS a
-                      FROM fresh_outputs)""")
-            # one row per transformation of an input field; none given: DIRECT (INDIRECT for the whole dataset),
-            # subtype unknown
-            con.execute("""INSERT INTO column_lineage
-                SELECT seq, run_id, event_time, ns, name, field, i.namespace, i.name, i.field,
-                       coalesce(upper(t.type), CASE WHEN field IS NULL THEN 'INDIRECT' ELSE 'DIRECT' END),
-                       upper(t.subtype)
-                FROM (SELECT *, unnest(CASE WHEN len(i.transformations) > 0 THEN i.transformations
-                                            ELSE [NULL] END) AS t
-                      FROM (SELECT seq, run_id, event_time, ns, name, c.key AS field, unnest(c.value.inputFields) AS i
-                            FROM (SELECT seq, run_id, event_time, d.ns, d.name, unnest(d.lineage) AS c
-                                  FROM fresh_outputs)
-                            UNION ALL
-                            SELECT seq, run_id, event_time, d.ns, d.name, NULL, unnest(d.dataset_lineage)
-                            FROM fresh_outputs))""")
-            if offsets:
-                self._save_offset(con, offsets)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with transaction(con):
+                read = con.execute("SELECT count(*) FROM parsed").fetchone()[0]
+                base = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                con.execute("""CREATE OR REPLACE TEMP TABLE fresh AS
+                    WITH keyed AS (
+                        SELECT line_no, run_id, event_type, event_time FROM parsed
+                        QUALIFY row_number() OVER (PARTITION BY run_id, event_type, event_time ORDER BY line_no) = 1)
+                    SELECT $base + row_number() OVER (ORDER BY line_no) AS seq, line_no FROM keyed k
+                    ANTI JOIN events e USING (run_id, event_type, event_time)""", {"base": base})
+                added = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
+                new = "fresh JOIN parsed USING (line_no)"
+                con.execute(f"""INSERT INTO events SELECT
+                        seq, run_id, event_type, event_time, job_namespace, job_name, producer,
+                        parent.run.runId, parent.job.namespace || '/' || parent.job.name, parent.root.run.runId,
+                        list_filter(tags, lambda t: t.key = 'partition')[1].value,
+                        list_filter(tags, lambda t: t.key = 'code_version')[1].value,
+                        list_filter(tags, lambda t: t.key = 'dagster_run_id')[1].value,
+                        error_message, $source, $received_at, b.raw
+                    FROM {new} JOIN incoming_batch b USING (line_no)""",
+                            {"source": source, "received_at": received_at})
+                con.execute(f"""INSERT INTO inputs SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version
+                    FROM (SELECT seq, run_id, event_type, event_time, unnest(inputs) AS d FROM {new})""")
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh_outputs AS
+                    SELECT seq, run_id, event_type, event_time, unnest(outputs) AS d FROM {new}""")
+                con.execute("""INSERT INTO outputs
+                    SELECT seq, run_id, event_type, event_time, d.ns, d.name, d.version, d.row_count, d.size,
+                           d.has_lineage
+                    FROM fresh_outputs""")
+                con.execute("""INSERT INTO assertions
+                    SELECT seq, run_id, event_type, event_time, ns, name, a.assertion, a.column,
+                           TRY_CAST(a.success AS BOOLEAN), lower(a.severity), a.expected, a.actual
+                    FROM (SELECT seq, run_id, event_type, event_time, d.ns, d.name, unnest(d.assertions) AS a
+                          FROM fresh_outputs)""")
+                # one row per transformation of an input field; none given: DIRECT (INDIRECT for the whole dataset),
+                # subtype unknown
+                con.execute("""INSERT INTO column_lineage
+                    SELECT seq, run_id, event_time, ns, name, field, i.namespace, i.name, i.field,
+                           coalesce(upper(t.type), CASE WHEN field IS NULL THEN 'INDIRECT' ELSE 'DIRECT' END),
+                           upper(t.subtype)
+                    FROM (SELECT *, unnest(CASE WHEN len(i.transformations) > 0 THEN i.transformations
+                                                ELSE [NULL] END) AS t
+                          FROM (SELECT seq, run_id, event_time, ns, name, c.key AS field,
+                                       unnest(c.value.inputFields) AS i
+                                FROM (SELECT seq, run_id, event_time, d.ns, d.name, unnest(d.lineage) AS c
+                                      FROM fresh_outputs)
+                                UNION ALL
+                                SELECT seq, run_id, event_time, d.ns, d.name, NULL, unnest(d.dataset_lineage)
+                                FROM fresh_outputs))""")
+                if offsets:
+                    self._save_offset(con, offsets)
         finally:
             con.execute("DROP TABLE IF EXISTS fresh")
             con.execute("DROP TABLE IF EXISTS fresh_outputs")
