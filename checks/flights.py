@@ -17,7 +17,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from checks.rules import QUARANTINE, WARN, reference
+from pipelines.quality import QUARANTINE, WARN, reference
 
 NYC_ORIGINS = ["EWR", "JFK", "LGA"]
 Int = pd.Int64Dtype

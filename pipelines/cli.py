@@ -1,7 +1,7 @@
 """The `provline` command.
 
-    provline run --date 2013-01-15            reference tables, then one day of flights
-    provline run --start 2013-01-01 --end 2013-01-31
+    provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
+    provline run --start 2024-05-01 --end 2024-05-31
     provline status                           what the warehouse holds (version log)
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
@@ -30,59 +30,65 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def _day(text: str, flag: str) -> date:
-    from pipelines.factory import DAILY_RANGE
-
+def _day(text: str, flag: str, partitions: dg.DailyPartitionsDefinition) -> date:
     try:
         day = date.fromisoformat(text)
     except ValueError:
         raise SystemExit(f"{flag} {text!r} is not a date (YYYY-MM-DD)") from None
-    if not DAILY_RANGE[0] <= day < DAILY_RANGE[1]:
-        raise SystemExit(f"{flag} {day} is outside the daily partitions {DAILY_RANGE[0]}..{DAILY_RANGE[1]} (exclusive)")
+    first = partitions.start.date()
+    last = partitions.end.date() - timedelta(days=1) if partitions.end else date.today() - timedelta(days=1)
+    if not first <= day <= last:
+        raise SystemExit(f"{flag} {day} is outside the daily partitions {first}..{last}")
     return day
 
 
-def _days(args: argparse.Namespace) -> list[str]:
+def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) -> list[str]:
     if args.date:
-        return [_day(args.date, "--date").isoformat()]
-    start, end = _day(args.start, "--start"), _day(args.end or args.start, "--end")
+        return [_day(args.date, "--date", partitions).isoformat()]
+    start, end = _day(args.start, "--start", partitions), _day(args.end or args.start, "--end", partitions)
     if end < start:
         raise SystemExit(f"--end {end} is before --start {start}")
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
-def _materialize(instance: dg.DagsterInstance, group: str, partition: str | None = None) -> bool:
-    from pipelines.definitions import all_assets
+def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
+                 partition: str | None = None) -> bool:
     from pipelines.lineage.sensors import finish_run
 
-    result = dg.materialize(all_assets, selection=dg.AssetSelection.groups(group), partition_key=partition,
-                            instance=instance, raise_on_error=False)
+    result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources,
+                            raise_on_error=False)
     finish_run(instance.get_run_by_id(result.run_id) or result.dagster_run)
-    print(f"{group} {partition or ''}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+    print(f"{label}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
     return result.success
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    days = _days(args)
+    """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it)."""
+    from pipelines.definitions import defs
+    from pipelines.warehouse import Warehouse
+
+    assets = list(defs.assets)
+    daily = [a for a in assets if a.partitions_def is not None]
+    by_partitions: dict[dg.PartitionsDefinition, list] = {}
+    for asset in daily:
+        by_partitions.setdefault(asset.partitions_def, []).append(asset)
+    work = [(partitions, members, _days(args, partitions)) for partitions, members in by_partitions.items()]
     instance = _instance()
-    print(f"warehouse: {get_settings().warehouse_path}")
-    if not args.skip_reference and not _materialize(instance, "reference"):
+    resources = {"warehouse": Warehouse.from_settings()}  # as configured now (the environment)
+    print(f"warehouse: {resources['warehouse'].location}")
+    others = [a for a in assets if a.partitions_def is None]
+    if not args.skip_reference and others and not _materialize(instance, resources, others, "unpartitioned tables"):
         return 1
-    failed = sum(not _materialize(instance, "flights", day) for day in days)
+    failed = sum(not _materialize(instance, resources, members, f"partition {day}", day)
+                 for _, members, days in work for day in days)
     return 1 if failed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from pipelines.warehouse import Warehouse
 
-    with Warehouse().connect() as con:
-        rows = con.execute(
-            """SELECT asset, count(DISTINCT partition) AS partitions, sum(row_count) FILTER (WHERE latest) AS rows,
-                      max(written_at) AS last_written
-               FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1
-                     AS latest FROM provline.version_log)
-               GROUP BY asset ORDER BY asset"""
-        ).fetchall()
+    status = Warehouse.from_settings().status()
+    rows = [tuple(row) for row in status.itertuples(index=False)]
     if args.json:
         keys = ("asset", "partitions", "rows", "last_written")
         print(json.dumps([dict(zip(keys, map(str, r), strict=True)) for r in rows]))
@@ -90,6 +96,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         for asset, partitions, n, last in rows:
             print(f"{asset:35} {partitions:>4} partition(s) {n:>9} rows  last written {last}")
     return 0
+
+
+def _verify(dataset: str, partition: str | None, version: str | None):
+    from pipelines.definitions import catalog
+    from pipelines.verify import verify
+    from pipelines.warehouse import Warehouse
+
+    return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
 def cmd_lineage_replay(args: argparse.Namespace) -> int:
@@ -102,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="provline", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="materialize reference tables and daily flights partitions")
+    run = commands.add_parser("run", help="materialize the unpartitioned tables, then daily partitions")
     when = run.add_mutually_exclusive_group(required=True)
-    when.add_argument("--date", help="one day, YYYY-MM-DD (2013-01-01..2013-12-31)")
+    when.add_argument("--date", help="one day, YYYY-MM-DD")
     when.add_argument("--start", help="first day of a range")
     run.add_argument("--end", help="last day of the range (inclusive)")
-    run.add_argument("--skip-reference", action="store_true", help="do not rebuild the reference tables")
+    run.add_argument("--skip-reference", action="store_true", help="do not rebuild the unpartitioned tables")
     run.set_defaults(func=cmd_run)
 
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
@@ -121,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.audit.cli import add_lineage_commands, add_top_level_commands
 
     add_lineage_commands(lineage)
-    add_top_level_commands(commands)
+    add_top_level_commands(commands, verify=_verify)
     return parser
 
 

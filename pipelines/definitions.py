@@ -1,29 +1,55 @@
-"""The one Definitions of the provline code location: `dagster dev` and the CLI load this."""
+"""The one Definitions of the provline code location: `dagster dev` and the CLI load this.
+
+Every package under assets/ that exports a `domain` (pipelines/domain.py) is collected: its tables become
+assets through the factory, its jobs, schedules and sensors are added as they are. The runtime adds the
+warehouse resource, the run-level lineage sensors and the executor.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Iterable, Iterator, Sequence
+
 import dagster as dg
 
-from assets.flights import marts, sources, staging
-from pipelines.factory import DAILY
+import assets
+from pipelines.domain import Domain
+from pipelines.factory import TableSpec, build_asset
 from pipelines.lineage.sensors import lineage_sensors
+from pipelines.warehouse import Warehouse
 
-all_assets = dg.load_assets_from_modules([sources, staging, marts])
 
-reference_job = dg.define_asset_job(
-    "reference_tables", selection=dg.AssetSelection.groups("reference"),
-    description="The unpartitioned reference tables (airlines, airports, planes).",
-)
-flights_daily_job = dg.define_asset_job(
-    "flights_daily", selection=dg.AssetSelection.groups("flights"), partitions_def=DAILY,
-    description="One day of flights and weather, raw to marts.",
-)
+def discover_domains() -> list[Domain]:
+    """The `domain` of each package under assets/, in name order."""
+    found = []
+    for module in pkgutil.iter_modules(assets.__path__):
+        domain = getattr(importlib.import_module(f"assets.{module.name}"), "domain", None)
+        if isinstance(domain, Domain):
+            found.append(domain)
+    return found
 
-# Stopped by default: turn it on in the UI (Automation) or with
-# `dagster schedule start flights_daily_schedule -m pipelines.definitions`.
-flights_daily_schedule = dg.build_schedule_from_partitioned_job(
-    flights_daily_job, hour_of_day=6, default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+
+class Catalog:
+    """Every table of the code location, by name: what `provline verify` and the audits look up."""
+
+    def __init__(self, domains: Iterable[Domain]):
+        self.specs: dict[str, TableSpec] = {}
+        for domain in domains:
+            for spec in domain.tables:
+                if spec.table in self.specs:
+                    raise ValueError(f"{spec.table} is defined twice (domain {domain.name})")
+                self.specs[spec.table] = spec
+
+    def __getitem__(self, table: str) -> TableSpec:
+        return self.specs[table]
+
+    def __iter__(self) -> Iterator[TableSpec]:
+        return iter(self.specs.values())
+
+    def get(self, table: str) -> TableSpec | None:
+        return self.specs.get(table)
+
 
 # Each step of a run is its own process (steps run in parallel); a forkserver that has imported
 # the project once forks them, instead of every step paying the pandas/dagster import again.
@@ -31,10 +57,19 @@ executor = dg.multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
 )
 
-defs = dg.Definitions(
-    assets=all_assets,
-    jobs=[reference_job, flights_daily_job],
-    schedules=[flights_daily_schedule],
-    sensors=lineage_sensors,
-    executor=executor,
-)
+
+def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = None) -> dg.Definitions:
+    catalog = Catalog(domains)
+    return dg.Definitions(
+        assets=[build_asset(spec) for spec in catalog],
+        jobs=[job for domain in domains for job in domain.jobs],
+        schedules=[schedule for domain in domains for schedule in domain.schedules],
+        sensors=[*lineage_sensors, *(sensor for domain in domains for sensor in domain.sensors)],
+        resources={"warehouse": warehouse or Warehouse.from_settings()},
+        executor=executor,
+    )
+
+
+domains = discover_domains()
+catalog = Catalog(domains)
+defs = build_definitions(domains)

@@ -1,22 +1,24 @@
 """The asset factory: the only wrapper that turns a transformation into a production asset.
 
-    transform -> validate -> write -> version -> lineage
+    read -> transform -> validate -> commit -> version -> lineage
 
-`production_asset` (a pandas function) and `sql_asset` (a SQL file run by DuckDB) both build a
-`TableSpec` and hand it to `build_asset`, which makes the Dagster asset. The compute it
-generates, for one (asset, partition):
+`production_asset` (a pandas function) and `sql_asset` (a DuckDB SQL file) declare a table: each
+returns a `TableSpec`, which a domain lists and pipelines/definitions.py turns into a Dagster asset
+with `build_asset`. A pandas spec is still its function: `staging_orders(raw_orders=frame)`.
 
-1. emits lineage START;
-2. refuses to build from an upstream partition whose latest blocking check failed (cross-run
-   blocking; override: PROVLINE_ALLOW_FAILED_UPSTREAM or the run tag
-   provline/allow_failed_upstream=true);
-3. reads its inputs from the warehouse (or its source file) and runs the pure transform;
-4. validates the result against its checks/ contract;
-5. commits the valid rows, quarantined rows, failure cases, check results and the version-log
-   row in one DuckDB transaction — or, on a blocking failure, commits only the check results
-   and failure cases and fails the step, leaving the previous version in place;
-6. returns the Dagster result: DataVersion = content hash, metadata, asset check results;
-7. emits lineage COMPLETE or FAIL.
+The asset's compute, for one partition or a range of partitions at once (set-based):
+1. emits lineage START, one OpenLineage run per partition;
+2. leaves out the partitions whose upstream partition's latest blocking check failed (cross-run
+   blocking; override: PROVLINE_ALLOW_FAILED_UPSTREAM or the run tag provline/allow_failed_upstream=true);
+3. reads its inputs for the whole range (SQL with a range predicate, pandas on the range frame) and
+   runs the pure transform once;
+4. validates the result against its contract in one scan, with results per partition;
+5. commits the valid partitions — rows, quarantined rows, failure cases, check results, one version-log
+   row each — in one transaction; a partition that failed a blocking check keeps its previous version
+   and only its check results and failure cases are recorded;
+6. reports to Dagster per partition: a materialization with DataVersion = content hash and its
+   metadata, and its asset check results;
+7. emits lineage COMPLETE or FAIL per partition.
 """
 
 from __future__ import annotations
@@ -25,48 +27,77 @@ import hashlib
 import inspect
 import json
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
+import duckdb
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from checks.rules import ERROR, SOURCE_COVERAGE, SOURCE_COVERAGE_RULE, Rule, contract_metadata, rules_of
-from pipelines.lineage import step as lineage_step
-from pipelines.quality import ContractViolation, RuleResult, Validation, validate
+from pipelines.lineage.step import StepLineage
+from pipelines.quality import (
+    ERROR,
+    SOURCE_COVERAGE,
+    SOURCE_COVERAGE_RULE,
+    ContractViolation,
+    MissingTable,
+    Rule,
+    RuleResult,
+    Validation,
+    contract_metadata,
+    describe_failures,
+    expected_rows,
+    reference_values,
+    rules_of,
+    validate,
+)
 from pipelines.settings import get_settings
-from pipelines.sources import SourceError, read_source, rows_outside
-from pipelines.warehouse import DUCKDB_TYPES, UNPARTITIONED, Warehouse, Write, quote
+from pipelines.sources import Source, SourceError, SourceTable, read_source, rows_outside
+from pipelines.sql import DUCKDB_TYPES, PARTITION, UNPARTITIONED, partition_label
+from pipelines.warehouse import Receipt, Warehouse, Write
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DAILY_RANGE = (date(2013, 1, 1), date(2014, 1, 1))  # [start, end)
-DAILY = dg.DailyPartitionsDefinition(start_date=DAILY_RANGE[0].isoformat(), end_date=DAILY_RANGE[1].isoformat())
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
 PREVIEW_ROWS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TableSpec:
-    """Everything the factory knows about one warehouse table."""
+    """Everything the factory knows about one warehouse table. A pandas spec calls its transform."""
 
     table: str
     contract: type[pa.DataFrameModel]
-    inputs: tuple[str, ...] = ()
-    source: str | None = None
+    inputs: tuple[TableSpec, ...] = ()
+    source: Source | None = None
     transform: Callable[..., pd.DataFrame] | None = None
     sql: str | None = None
     sql_path: Path | None = None
+    partitions: dg.DailyPartitionsDefinition | None = None
     daily_on: str | None = None
-    """SQL expression over the table's columns that gives its local date: the partition."""
+    """SQL expression over the table's columns that gives a row's local date: its partition."""
     key_columns: tuple[str, ...] = ()
     group: str | None = None
     column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     owners: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.partitions is None) != (self.daily_on is None):
+            raise ValueError(f"{self.table}: a partitioned table needs both partitions= and daily_on=")
+        counted = contract_metadata(self.contract).get("row_count_matches")
+        if counted and counted not in {i.table for i in self.inputs}:
+            raise ValueError(f"{self.table}: row_count_matches names {counted}, which is not one of its inputs")
+
+    def __call__(self, **frames: pd.DataFrame) -> pd.DataFrame:
+        """The transform as a plain function of its input frames."""
+        if self.transform is None:
+            raise TypeError(f"{self.table} is a SQL asset: run {self.sql_path} in DuckDB")
+        return self.transform(**frames)
 
     @property
     def key(self) -> dg.AssetKey:
@@ -74,7 +105,7 @@ class TableSpec:
 
     @property
     def partitioned(self) -> bool:
-        return self.daily_on is not None
+        return self.partitions is not None
 
     @cached_property
     def rules(self) -> list[Rule]:
@@ -98,7 +129,8 @@ class TableSpec:
     def code_version(self) -> str:
         """Changes when the transform, SQL, contract or the factory's own write format change."""
         parts = [
-            FACTORY_VERSION, self.table, self.daily_on or "", ",".join(self.inputs), self.source or "",
+            FACTORY_VERSION, self.table, self.daily_on or "", ",".join(i.table for i in self.inputs),
+            self.source.name if self.source else "",
             self.sql or (inspect.getsource(self.transform) if self.transform else ""),
             inspect.getsource(self.contract), json.dumps(self.columns),
         ]
@@ -109,35 +141,32 @@ class TableSpec:
         doc = (inspect.getdoc(self.transform) if self.transform else None) or inspect.getdoc(self.contract) or ""
         return doc.strip()
 
-
-TABLES: dict[str, TableSpec] = {}
-
-
-def _table_of(upstream: dg.AssetsDefinition | str) -> str:
-    return upstream if isinstance(upstream, str) else ".".join(upstream.key.path)
+    def partition_expr_of(self, table: str) -> str | None:
+        """The partition expression of this table or one of its inputs."""
+        return next(s.daily_on for s in (self, *self.inputs) if s.table == table)
 
 
 def production_asset(
     table: str,
     *,
     contract: type[pa.DataFrameModel],
-    inputs: list[dg.AssetsDefinition | str] = (),
-    source: str | None = None,
+    inputs: Sequence[TableSpec] = (),
+    source: Source | None = None,
+    partitions: dg.DailyPartitionsDefinition | None = None,
     daily_on: str | None = None,
-    key_columns: list[str] = (),
+    key_columns: Sequence[str] = (),
     column_lineage: dict[str, list[tuple[str, str]]] | None = None,
     group: str | None = None,
-) -> Callable[[Callable[..., pd.DataFrame]], dg.AssetsDefinition]:
-    """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter
-    name (`raw_flights` for raw.flights; the source table's name for `source=`), plus
-    `partition_date` if it asks for it, and returns the rows to write."""
+) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
+    """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
+    (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
+    being built), and returns the rows to write."""
 
-    def wrap(transform: Callable[..., pd.DataFrame]) -> dg.AssetsDefinition:
-        return build_asset(TableSpec(
-            table, contract, tuple(_table_of(i) for i in inputs), source, transform=transform,
-            daily_on=daily_on, key_columns=tuple(key_columns), group=group,
-            column_lineage=dict(column_lineage or {}),
-        ))
+    def wrap(transform: Callable[..., pd.DataFrame]) -> TableSpec:
+        return TableSpec(
+            table, contract, tuple(inputs), source, transform=transform, partitions=partitions, daily_on=daily_on,
+            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}),
+        )
 
     return wrap
 
@@ -147,29 +176,34 @@ def sql_asset(
     *,
     sql: str,
     contract: type[pa.DataFrameModel],
-    inputs: list[dg.AssetsDefinition | str],
+    inputs: Sequence[TableSpec],
+    partitions: dg.DailyPartitionsDefinition | None = None,
     daily_on: str | None = None,
-    key_columns: list[str] = (),
+    key_columns: Sequence[str] = (),
     group: str | None = None,
     relative_to: str | None = None,
-) -> dg.AssetsDefinition:
-    """A SQL asset: the file is a DuckDB SELECT over the input tables; `$partition_date` is the
-    partition's date (bound, never formatted in)."""
+) -> TableSpec:
+    """A SQL asset: the file is a DuckDB SELECT over the input tables. A partitioned one selects the
+    days in [$partition_start, $partition_end) (bound as DATEs, never formatted in): one day, or a range."""
     base = Path(relative_to).parent if relative_to else PROJECT_ROOT
     sql_path = (base / sql).resolve()
-    return build_asset(TableSpec(
-        table, contract, tuple(_table_of(i) for i in inputs), sql=sql_path.read_text(), sql_path=sql_path,
+    return TableSpec(
+        table, contract, tuple(inputs), sql=sql_path.read_text(), sql_path=sql_path, partitions=partitions,
         daily_on=daily_on, key_columns=tuple(key_columns), group=group,
-    ))
+    )
 
 
 def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
-    if spec.table in TABLES:
-        raise ValueError(f"{spec.table} is defined twice")
-    TABLES[spec.table] = spec
+    with warnings.catch_warnings():  # partitioned checks (preview) and backfill policies (beta) are used knowingly
+        warnings.simplefilter("ignore", (dg.BetaWarning, dg.PreviewWarning))
+        return _build_asset(spec)
+
+
+def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     check_specs = [
         dg.AssetCheckSpec(
-            check, asset=spec.key, blocking=any(r.severity == ERROR and not r.quarantine for r in rules),
+            check, asset=spec.key, partitions_def=spec.partitions,
+            blocking=any(r.severity == ERROR and not r.quarantine for r in rules),
             description="; ".join(f"[{r.severity.upper()}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
@@ -177,24 +211,26 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=spec.key,
-        deps=[dg.AssetKey(name.split(".")) for name in spec.inputs],
-        partitions_def=DAILY if spec.partitioned else None,
-        group_name=spec.group or ("flights" if spec.partitioned else "reference"),
+        deps=[i.key for i in spec.inputs],
+        partitions_def=spec.partitions,
+        backfill_policy=dg.BackfillPolicy.single_run() if spec.partitioned else None,
+        group_name=spec.group,
         code_version=spec.code_version,
         description=spec.description,
         check_specs=check_specs,
         kinds={"duckdb", "sql" if spec.sql else "pandas"},
         metadata={
             "dagster/column_schema": column_schema(spec),
-            "dagster/table_name": f"{get_settings().warehouse_name}.{spec.table}",
+            "dagster/table_name": spec.table,
             "contract": f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}",
             "transform": spec.source_file,
             "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
         },
+        required_resource_keys={"warehouse"},
         retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
     )
     def _asset(context):  # (no annotation: Dagster inspects it, and annotations here are strings)
-        return (yield from materialize(spec, context))
+        return (yield from materialize(spec, context, context.resources.warehouse))
 
     return _asset
 
@@ -209,167 +245,169 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
     ])
 
 
-# --- one materialization -------------------------------------------------------------------
+# --- one materialization: read -> transform -> validate ------------------------------------
 
 
 @dataclass
-class _Inputs:
-    frames: dict[str, pd.DataFrame]
-    versions: dict[str, str]
-    reference_values: dict[str, set]
-    expected_rows: int | None
-    previous: dict | None
-    source_path: str | None = None
+class Inputs:
+    """What a materialization read, per partition where it differs."""
+
+    versions: dict[str, dict[str, str]]  # partition -> {input table or "source:<file>": content hash}
+    blocked: dict[str, str]  # partition -> why it cannot be built (an upstream partition failed)
+    previous: dict[str, dict]  # partition -> this table's previous version-log row
+    reference_values: dict[str, set] = field(default_factory=dict)
+    expected_rows: dict[str, int] | None = None
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    source: SourceTable | None = None
 
 
 @dataclass
 class Derived:
-    """What one (asset, partition) computes from its inputs, before anything is written."""
+    """What one materialization computes from its inputs, before anything is written."""
 
-    inputs: _Inputs
-    frame: pd.DataFrame
+    partitions: list[str]  # the partitions asked for
+    inputs: Inputs
+    frame: pd.DataFrame  # the transform's rows, with a PARTITION column
     validation: Validation
+
+    @property
+    def built(self) -> list[str]:
+        """The partitions validated (not blocked by an upstream failure)."""
+        return [p for p in self.partitions if p not in self.inputs.blocked]
+
+    @property
+    def refused(self) -> list[str]:
+        return self.validation.failed_partitions
+
+    @property
+    def written(self) -> list[str]:
+        return [p for p in self.built if p not in self.refused]
 
 
 def derive(
-    spec: TableSpec, warehouse: Warehouse, partition: str, *, allow_failed_upstream: bool = False,
-    log=None, on_inputs: Callable[[_Inputs], None] | None = None,
+    spec: TableSpec, warehouse: Warehouse, partitions: list[str], *, allow_failed_upstream: bool = False,
+    log=None, on_inputs: Callable[[Inputs], None] | None = None,
 ) -> Derived:
-    """Read the inputs, run the pure transform, validate. Used by materialize and by `provline
-    verify` (on a scratch warehouse holding the recorded input versions)."""
+    """Read the inputs, run the pure transform, validate: for one partition or a range. Used by
+    materialize and by `provline verify` (on a scratch warehouse holding the recorded input versions)."""
     with warehouse.connect() as con:
-        inputs = _read_inputs(spec, warehouse, con, partition, allow_failed_upstream, log)
-        frame = con.execute(spec.sql, _sql_params(spec.sql, partition)).df() if spec.sql else None
-    problems = {}
-    if spec.source:
-        table = read_source(spec.source, spec.contract)
-        if spec.partitioned and (outside := rows_outside(table, spec.daily_on, DAILY_RANGE)):
-            problems[SOURCE_COVERAGE_RULE] = outside
-        inputs.frames[spec.source] = table.frame
-        inputs.versions[f"source:{table.path.name}"] = table.content_hash
-        inputs.source_path = str(table.path)
-        if table.extra_columns and log is not None:
-            log.warning(f"{table.path}: extra column(s) not in the contract, dropped: {table.extra_columns}")
+        inputs = _read_inputs(spec, warehouse, con, partitions, allow_failed_upstream, log)
+        built = [p for p in partitions if p not in inputs.blocked]
+        frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
+    problems: dict[str, dict[str, str]] = {}
+    if spec.source and built:
+        source = read_source(spec.source, spec.contract)
+        labels = _partition_keys(source.frame, spec.daily_on) if spec.partitioned else None
+        if spec.partitioned and (outside := rows_outside(source, labels, spec.partitions)):
+            problems = {p: {SOURCE_COVERAGE_RULE: outside} for p in built}
+        inputs.frames[spec.source.name] = source.frame[np.isin(labels, built)] if labels is not None else source.frame
+        inputs.source = source
+        for p in built:
+            inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
+        if source.extra_columns and log is not None:
+            log.warning(f"{source.path}: extra column(s) not in the contract, dropped: {source.extra_columns}")
     if on_inputs is not None:
         on_inputs(inputs)
     if frame is None:
-        frame = _call(spec.transform, inputs.frames, partition)
+        frame = _call(spec, inputs.frames) if built else pd.DataFrame(columns=list(spec.columns))
+    frame = _with_partitions(spec, frame, partitions, built)
     validation = validate(
-        frame, spec.contract, key_columns=list(spec.key_columns), reference_values=inputs.reference_values,
-        expected_rows=inputs.expected_rows,
-        previous_columns=inputs.previous["columns"] if inputs.previous else None, columns=spec.columns,
-        rules=spec.rules, problems=problems,
+        frame, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
+        expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
+        problems=problems,
     )
-    return Derived(inputs, frame, validation)
+    return Derived(partitions, inputs, frame, validation)
 
 
-def write_for(spec: TableSpec, partition: str, derived: Derived, run_id: str) -> Write:
+def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[str]) -> Write:
+    """The write of some of the derived partitions (the valid ones; or the refused ones, for their checks)."""
     validation = derived.validation
     return Write(
-        table=spec.table, partition=partition, partition_expr=spec.daily_on,
-        rows=validation.valid[list(spec.columns)], columns=spec.columns, code_version=spec.code_version,
-        run_id=run_id, input_versions=derived.inputs.versions, quarantined=validation.quarantined,
-        failures=validation.failures, check_results=_stored_results(validation.results),
+        table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
+        run_id=run_id, partitions=partitions,
+        rows=validation.valid[validation.valid[PARTITION].isin(partitions)],
+        quarantined=validation.quarantined[validation.quarantined[PARTITION].isin(partitions)],
+        failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
+        input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
+        check_results={p: _stored_results(validation.results[p]) for p in partitions},
     )
 
 
-def materialize(spec: TableSpec, context: dg.AssetExecutionContext):
-    partition = context.partition_key if spec.partitioned else UNPARTITIONED
-    emitter = lineage_step.for_step(spec, context, partition)
-    emitter.started()
-    derived = None
-    try:
-        allow = get_settings().allow_failed_upstream or (
-            context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
-        )
-        warehouse = Warehouse()
-        derived = derive(spec, warehouse, partition, allow_failed_upstream=allow, log=context.log,
-                         on_inputs=lambda inputs: emitter.inputs_known(inputs.versions, inputs.source_path))
-        write = write_for(spec, partition, derived, context.run_id)
-        check_results = _check_results(spec, derived.validation.results)
-        if derived.validation.blocking:
-            warehouse.record_check_results(write)
-            yield from check_results
-            raise ContractViolation(spec.table, partition, derived.validation.blocking)
-        receipt = warehouse.commit(write)
-    except dg.DagsterExecutionInterruptedError:  # the run was canceled
-        emitter.aborted()
-        raise
-    except Exception as error:
-        emitter.failed(error, traceback.format_exc(), derived.validation if derived else None)
-        if isinstance(error, ContractViolation | SourceError):
-            # bad data: a retry would fail the same way
-            raise dg.Failure(description=str(error), allow_retries=False) from error
-        raise
-    emitter.completed(derived.validation, receipt, derived.frame)
-    context.log.info(
-        f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
-        f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}"
-    )
-    yield dg.MaterializeResult(
-        data_version=dg.DataVersion(receipt.content_hash),
-        metadata=_metadata(spec, derived.validation, receipt, derived.inputs, partition),
-        check_results=check_results,
-    )
+def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
+    inputs = Inputs(versions={p: {} for p in partitions}, blocked={},
+                    previous=warehouse.latest_versions(con, spec.table, partitions))
+    for upstream in spec.inputs:
+        if not warehouse.table_exists(con, upstream.table):
+            raise MissingTable(f"{spec.table} needs {upstream.table}, which has never been materialized: "
+                               "materialize it first")
+        theirs = partitions if upstream.partitioned else [UNPARTITIONED]
+        failed = warehouse.blocking_failures(con, upstream.table, theirs)
+        versions = warehouse.latest_versions(con, upstream.table, theirs)
+        for partition in partitions:
+            their = partition if upstream.partitioned else UNPARTITIONED
+            inputs.versions[partition][upstream.table] = versions.get(their, {}).get("content_hash", "")
+            if their in failed and not allow:
+                checks = ", ".join(f"{check} ({rows} rows)" for check, rows, _ in failed[their])
+                inputs.blocked.setdefault(partition, (
+                    f"{spec.table} refuses to build from {upstream.table} [{their or 'unpartitioned'}]: its latest "
+                    f"validation (run {failed[their][0][2]}) failed blocking check(s) {checks}. Fix and "
+                    f"re-materialize {upstream.table}, or override with PROVLINE_ALLOW_FAILED_UPSTREAM=true or "
+                    f"the run tag {ALLOW_FAILED_UPSTREAM_TAG}=true."))
+        if failed and allow and log is not None:
+            log.warning(f"building from {upstream.table} despite its failed blocking checks (override set)")
+    built = [p for p in partitions if p not in inputs.blocked]
+    if spec.transform is not None and built:
+        for upstream in spec.inputs:
+            theirs = built if upstream.partitioned else [UNPARTITIONED]
+            inputs.frames[upstream.table.replace(".", "_")] = warehouse.read(con, upstream.table, theirs,
+                                                                             upstream.daily_on)
+    inputs.reference_values = reference_values(con, spec.table, spec.contract)
+    inputs.expected_rows = expected_rows(con, spec.contract, built, spec.partition_expr_of) if built else None
+    return inputs
 
 
-def _read_inputs(spec, warehouse, con, partition, allow, log) -> _Inputs:
-    frames, versions, reference_values = {}, {}, {}
-    expected_rows = None
-    for name in spec.inputs:
-        upstream = TABLES[name]
-        upstream_partition = partition if upstream.partitioned else UNPARTITIONED
-        if not warehouse.table_exists(con, name):
-            raise dg.Failure(
-                f"{spec.table} needs {name}, which has never been materialized: materialize it first",
-                allow_retries=False,
-            )
-        failed = warehouse.blocking_failures(con, name, upstream_partition)
-        if failed and not allow:
-            checks = ", ".join(f"{check} ({rows} rows)" for check, rows, *_ in failed)
-            raise dg.Failure(
-                f"{spec.table} refuses to build from {name} [{upstream_partition or 'unpartitioned'}]: "
-                f"its latest validation (run {failed[0][2]}) failed blocking check(s) {checks}. Fix and "
-                f"re-materialize {name}, or override with PROVLINE_ALLOW_FAILED_UPSTREAM=true or the run "
-                f"tag {ALLOW_FAILED_UPSTREAM_TAG}=true.",
-                allow_retries=False,
-            )
-        if failed and log is not None:
-            log.warning(f"building from {name} despite its failed blocking checks (override set)")
-        latest = warehouse.latest_version(con, name, upstream_partition)
-        versions[name] = latest["content_hash"] if latest else ""
-        if spec.transform is not None:
-            frames[name.replace(".", "_")] = warehouse.read(con, name, upstream_partition, upstream.daily_on)
-    contract_meta = contract_metadata(spec.contract)
-    for ref in contract_meta.get("references", []):
-        if not warehouse.table_exists(con, ref.table):
-            raise dg.Failure(f"{spec.table}'s contract checks {ref.column} against {ref.table}, which has never "
-                             f"been materialized: materialize group 'reference' first", allow_retries=False)
-        rows = con.execute(f"SELECT DISTINCT {quote(ref.table_column)} FROM {quote(ref.table)}").fetchall()
-        reference_values[ref.rule] = {row[0] for row in rows}
-    if counted := contract_meta.get("row_count_matches"):
-        upstream = TABLES[counted]
-        where, params = warehouse.partition_filter(partition if upstream.partitioned else UNPARTITIONED,
-                                                   upstream.daily_on)
-        expected_rows = con.execute(f"SELECT count(*) FROM {quote(counted)} WHERE {where}", params).fetchone()[0]
-    previous = warehouse.latest_version(con, spec.table, partition)
-    return _Inputs(frames, versions, reference_values, expected_rows, previous)
+def _sql_params(spec: TableSpec, partitions: list[str]) -> dict:
+    """The SQL's range: [first day, day after the last) of the partitions being built."""
+    if not spec.partitioned:
+        return {}
+    first, last = min(partitions), max(partitions)
+    end = (pd.Timestamp(last) + pd.Timedelta(days=1)).date()
+    params = {"partition_start": pd.Timestamp(first).date(), "partition_end": end}
+    return {name: value for name, value in params.items() if f"${name}" in spec.sql}
 
 
-def _sql_params(sql: str, partition: str) -> dict:
-    return {"partition_date": partition} if "$partition_date" in sql else {}
-
-
-def _call(transform: Callable[..., pd.DataFrame], frames: dict[str, pd.DataFrame], partition: str) -> pd.DataFrame:
+def _call(spec: TableSpec, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     kwargs = {}
-    for name in inspect.signature(transform).parameters:
-        if name == "partition_date":
-            kwargs[name] = date.fromisoformat(partition)
-        elif name in frames:
-            kwargs[name] = frames[name]
-        else:
-            raise TypeError(f"{transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
-    return transform(**kwargs)
+    for name in inspect.signature(spec.transform).parameters:
+        if name not in frames:
+            raise TypeError(f"{spec.transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
+        kwargs[name] = frames[name]
+    return spec(**kwargs)
+
+
+def _partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
+    """Each row's daily partition key (None when its date is invalid), computed by DuckDB."""
+    with duckdb.connect() as con:
+        con.register("partition_rows", frame)
+        column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
+                                       "FROM partition_rows").fetchnumpy().values()))
+    keys = np.ma.getdata(column).astype(object)
+    keys[np.ma.getmaskarray(column)] = None
+    return keys
+
+
+def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str], built: list[str]) -> pd.DataFrame:
+    """The transform's rows labelled with their partition; rows of blocked partitions are left out. A row
+    outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
+    if not spec.partitioned:
+        return frame.assign(**{PARTITION: UNPARTITIONED})
+    keys = _partition_keys(frame, spec.daily_on)
+    stray = ~np.isin(keys, partitions)
+    if stray.any():
+        raise ValueError(f"{spec.table}: the transform returned {int(stray.sum())} row(s) outside the partitions "
+                         f"being built (e.g. partition {keys[stray][0]!r}); it must only return rows of its inputs' "
+                         f"partitions")
+    return frame.assign(**{PARTITION: keys})[np.isin(keys, built)]
 
 
 def _stored_results(results: list[RuleResult]) -> list[dict]:
@@ -378,6 +416,87 @@ def _stored_results(results: list[RuleResult]) -> list[dict]:
          "blocking": r.blocking, "failing_rows": r.failing_rows}
         for r in results
     ]
+
+
+# --- one materialization: commit and report ------------------------------------------------
+
+
+def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse):
+    partitions = list(context.partition_keys) if spec.partitioned else [UNPARTITIONED]
+    lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace)
+    lineage.started()
+    derived = None
+    try:
+        allow = get_settings().allow_failed_upstream or (
+            context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
+        )
+        derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
+                         on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
+        if not derived.built:  # every partition is blocked by its upstream: nothing to run
+            raise dg.Failure("\n".join(dict.fromkeys(derived.inputs.blocked.values())), allow_retries=False)
+        if derived.refused:
+            warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
+        receipts = warehouse.commit(write_for(spec, derived, context.run_id, derived.written)) \
+            if derived.written else {}
+    except dg.DagsterExecutionInterruptedError:  # the run was canceled
+        lineage.aborted()
+        raise
+    except Exception as error:
+        lineage.failed(str(error), traceback.format_exc(), derived.validation if derived else None)
+        if isinstance(error, ContractViolation | SourceError | MissingTable):
+            # bad data: a retry would fail the same way
+            raise dg.Failure(description=str(error), allow_retries=False) from error
+        raise
+    lineage.finished(derived, receipts)
+    for partition in derived.written:
+        receipt = receipts[partition]
+        context.log.info(f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
+                         f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
+    yield from _report(spec, context, derived, receipts)
+    if derived.refused or derived.inputs.blocked:
+        raise dg.Failure(description=_failure_summary(spec, derived), allow_retries=False)
+
+
+def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
+    """The Dagster events: per partition, its check results and (when written) its materialization."""
+    validation = derived.validation
+    if len(derived.partitions) == 1:
+        (partition,) = derived.partitions
+        checks = _check_results(spec, validation.results[partition])
+        if partition in receipts:
+            yield dg.MaterializeResult(
+                data_version=dg.DataVersion(receipts[partition].content_hash),
+                metadata=_metadata(spec, derived, partition, receipts[partition]),
+                check_results=checks,
+            )
+        else:
+            yield from checks
+        return
+    for partition in derived.built:
+        for result in _check_results(spec, validation.results[partition]):
+            yield dg.AssetCheckEvaluation(
+                asset_key=spec.key, check_name=result.check_name, passed=result.passed,
+                metadata=result.metadata, severity=result.severity, partition=partition,
+                blocking=False,  # the factory blocks the partition downstream itself (see _failure_summary)
+            )
+    for partition in derived.written:
+        receipt = receipts[partition]
+        yield dg.AssetMaterialization(
+            asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
+            tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
+        )
+
+
+def _failure_summary(spec: TableSpec, derived: Derived) -> str:
+    if derived.partitions == derived.refused:
+        return "\n".join(line for p in derived.refused
+                         for line in describe_failures(spec.table, p, derived.validation.blocking(p)))
+    lines = [f"{spec.table}: {len(derived.refused)} partition(s) refused, {len(derived.inputs.blocked)} blocked "
+             f"by upstream, {len(derived.written)} written"]
+    for partition in derived.refused:
+        lines += describe_failures(spec.table, partition, derived.validation.blocking(partition))
+    lines += [f"{spec.table} [{p}] blocked: {why}" for p, why in derived.inputs.blocked.items()]
+    return "\n".join(lines)
 
 
 def _by_check(items: list) -> dict[str, list]:
@@ -415,9 +534,11 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.
     )
 
 
-def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs, partition: str) -> dict:
+def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt) -> dict:
+    validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
-    preview = validation.valid.head(PREVIEW_ROWS).astype("string").fillna("")
+    rows = validation.valid[validation.valid[PARTITION] == partition]
+    preview = rows.drop(columns=[PARTITION]).head(PREVIEW_ROWS).astype("string").fillna("")
     header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
     body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
     return {
@@ -427,9 +548,8 @@ def _metadata(spec: TableSpec, validation: Validation, receipt, inputs: _Inputs,
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,
         "quarantined_rows": receipt.quarantined_count,
-        "warn_failures": sum(1 for r in validation.results if not r.passed and not r.blocking),
-        "input_versions": dg.MetadataValue.json(inputs.versions),
-        "size_bytes": receipt.size_bytes,
+        "warn_failures": sum(1 for r in validation.results[partition] if not r.passed and not r.blocking),
+        "input_versions": dg.MetadataValue.json(derived.inputs.versions.get(partition, {})),
         "preview": dg.MetadataValue.md(header + body),
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",

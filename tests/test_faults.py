@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import base
 
 from .conftest import DAY, DAY_FLIGHTS, REPO, materialize, query, scalar
 
@@ -29,12 +29,12 @@ def test_exception_after_delete_keeps_previous_rows(home, monkeypatch):
     before = _state(home)
     deleted = []
 
-    def fail_after_delete(self, con, target, columns):
+    def fail_after_delete(con, target, columns, rows):
         # the DELETE of the partition has run in this transaction: prove it, then fail
         deleted.append(con.execute(f"SELECT count(*) FROM {target}").fetchone()[0])
         raise RuntimeError("disk full (injected)")
 
-    monkeypatch.setattr(Warehouse, "_insert", fail_after_delete)
+    monkeypatch.setattr(base, "insert_rows", fail_after_delete)
     result = materialize("flights", DAY)
     assert not result.success
     assert 0 in deleted  # staging.flights held only this partition: the delete had emptied it
@@ -49,17 +49,18 @@ def test_kill_9_inside_the_write_keeps_previous_rows(home):
     script = textwrap.dedent(f"""
         import os, signal
         import dagster as dg
-        from pipelines.definitions import all_assets
-        from pipelines.warehouse import Warehouse
+        from pipelines.definitions import defs
+        from pipelines.warehouse import base
 
-        def die_after_delete(self, con, target, columns):
+        def die_after_delete(con, target, columns, rows):
             if target == '"staging"."flights"':
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, con, target, columns)
+            return original(con, target, columns, rows)
 
-        original = Warehouse._insert
-        Warehouse._insert = die_after_delete
-        dg.materialize(all_assets, selection=dg.AssetSelection.groups("flights"), partition_key="{DAY}")
+        original = base.insert_rows
+        base.insert_rows = die_after_delete
+        dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights"), partition_key="{DAY}",
+                       resources=defs.resources)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=os.environ.copy(), capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]

@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import pytest
 
-from pipelines.factory import TABLES
+from pipelines.definitions import catalog
 from pipelines.warehouse import Warehouse
 
 from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar
@@ -37,10 +37,10 @@ def test_one_day_end_to_end(one_day):
 def test_version_log_records_every_write(one_day):
     rows = query(one_day, "SELECT asset, partition, content_hash, code_version, input_versions, row_count "
                           "FROM provline.version_log")
-    assert {r[0] for r in rows} == set(TABLES)
+    assert {r[0] for r in rows} == set(catalog.specs)
     log = {r[0]: r for r in rows}
     assert log["raw.flights"][1] == DAY and log["raw.planes"][1] == ""
-    assert log["marts.flight_facts"][3] == TABLES["marts.flight_facts"].code_version
+    assert log["marts.flight_facts"][3] == catalog["marts.flight_facts"].code_version
     inputs = json.loads(log["marts.flight_facts"][4])
     assert inputs["staging.flights"] == log["staging.flights"][2]
     assert inputs["staging.planes"] == log["staging.planes"][2]
@@ -63,7 +63,7 @@ def test_materialization_metadata_and_data_version(one_day):
     assert "|" in metadata["preview"].value
     assert event.asset_materialization.tags["dagster/data_version"] == content_hash
     columns = metadata["dagster/column_schema"].value.columns
-    assert [c.name for c in columns] == list(TABLES["staging.planes"].columns)
+    assert [c.name for c in columns] == list(catalog["staging.planes"].columns)
     assert columns[0].description == "Tail number (key)."
     key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "year_not_null")
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
@@ -88,17 +88,21 @@ def test_rematerialize_is_idempotent(home):
 
 
 def test_content_hash_is_order_independent(home):
-    warehouse = Warehouse()
+    warehouse = Warehouse(home=str(home))
+
+    def content_hash(con, table: str) -> str:
+        return warehouse.content_hashes(con, table, [""], None)[""]
+
     with warehouse.connect() as con:
         con.execute("CREATE SCHEMA s; CREATE TABLE s.a (k INTEGER, v VARCHAR); CREATE TABLE s.b (k INTEGER, v VARCHAR)")
         con.execute("INSERT INTO s.a VALUES (1, 'x'), (2, NULL), (3, 'z')")
         con.execute("INSERT INTO s.b VALUES (3, 'z'), (1, 'x'), (2, NULL)")
-        a = warehouse.content_hash(con, "s.a", "TRUE", {})
-        assert a == warehouse.content_hash(con, "s.b", "TRUE", {})
+        a = content_hash(con, "s.a")
+        assert a == content_hash(con, "s.b")
         con.execute("UPDATE s.b SET v = 'y' WHERE k = 1")
-        assert a != warehouse.content_hash(con, "s.b", "TRUE", {})
+        assert a != content_hash(con, "s.b")
         con.execute("INSERT INTO s.a VALUES (3, 'z')")  # a duplicate row changes the hash
-        assert a != warehouse.content_hash(con, "s.a", "TRUE", {})
+        assert a != content_hash(con, "s.a")
 
 
 def test_daily_schedule_is_stopped_by_default():
@@ -128,4 +132,4 @@ def test_the_ui_lists_every_asset_and_check_before_any_run():
     assert not specs[("staging/flights", "tailnum_in_staging_planes")].blocking  # WARN
     assert not specs[("staging/weather", "wind_speed_in_range")].blocking  # quarantining
     spec = graph.get(dg.AssetKey(["marts", "flight_facts"]))
-    assert "dagster/column_schema" in spec.metadata and spec.code_version == TABLES["marts.flight_facts"].code_version
+    assert "dagster/column_schema" in spec.metadata and spec.code_version == catalog["marts.flight_facts"].code_version

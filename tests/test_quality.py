@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -10,21 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from checks.flights import (
-    FlightFacts,
-    RawAirlines,
-    RawAirports,
-    RawFlights,
-    RawPlanes,
-    RawWeather,
-    StagingFlights,
-    StagingPlanes,
-    StagingWeather,
-)
-from pipelines.definitions import defs  # noqa: F401  (registers every table)
-from pipelines.factory import TABLES
+from checks.flights import FlightFacts, StagingFlights, StagingPlanes, StagingWeather
 from pipelines.quality import validate
-from pipelines.sources import read_source
 
 from .conftest import DAY, materialize, query, scalar
 
@@ -35,20 +23,7 @@ WINDY_DAY_FLIGHTS = 893
 
 
 def _failing(validation) -> dict[str, int]:
-    return {r.rule.name: r.failing_rows for r in validation.results if not r.passed}
-
-
-@pytest.fixture(scope="module")
-def year() -> dict[str, pd.DataFrame]:
-    """The full year through the pure staging transforms."""
-    fn = {name: spec.transform for name, spec in TABLES.items()}
-    return {
-        "staging.flights": fn["staging.flights"](read_source("flights", RawFlights).frame),
-        "staging.weather": fn["staging.weather"](read_source("weather", RawWeather).frame),
-        "staging.planes": fn["staging.planes"](read_source("planes", RawPlanes).frame),
-        "staging.airports": fn["staging.airports"](read_source("airports", RawAirports).frame),
-        "staging.airlines": fn["staging.airlines"](read_source("airlines", RawAirlines).frame),
-    }
+    return {r.rule.name: r.failing_rows for r in validation.results[""] if not r.passed}
 
 
 def test_full_year_flights_defects(year):
@@ -66,7 +41,7 @@ def test_full_year_flights_defects(year):
         "tailnum_in_staging_planes": 50094,  # WARN, not blocking
         "dest_in_staging_airports": 7602,  # SJU, PSE, BQN, STT: WARN
     }
-    assert not result.blocking and len(result.quarantined) == 0 and len(result.valid) == len(flights)
+    assert not result.blocking("") and len(result.quarantined) == 0 and len(result.valid) == len(flights)
     dests = result.failures.query("check_name == 'dest_in_staging_airports'")["failing_value"]
     missing = set(dests)
     assert missing == {"SJU", "PSE", "BQN", "STT"}
@@ -77,7 +52,7 @@ def test_full_year_weather_quarantines_one_reading(year):
     weather = year["staging.weather"]
     result = validate(weather, StagingWeather, key_columns=["origin", "time_hour"])
     assert _failing(result) == {"wind_speed_in_range": 1}
-    assert not result.blocking
+    assert not result.blocking("")
     assert len(result.quarantined) == 1 and len(result.valid) + 1 == len(weather)
     bad = result.quarantined.iloc[0]
     assert bad["wind_speed"] == pytest.approx(1048.36058) and bad["_quarantine_reasons"] == "wind_speed_in_range"
@@ -86,7 +61,7 @@ def test_full_year_weather_quarantines_one_reading(year):
 def test_full_year_planes_without_year(year):
     result = validate(year["staging.planes"], StagingPlanes, key_columns=["tailnum"])
     assert _failing(result) == {"year_not_null": 70}
-    assert not result.blocking
+    assert not result.blocking("")
 
 
 def test_full_year_flight_facts_weather_coverage(year):
@@ -96,17 +71,16 @@ def test_full_year_flight_facts_weather_coverage(year):
     con = duckdb.connect()
     for schema in ("staging", "marts"):
         con.execute(f"CREATE SCHEMA {schema}")
-    tables = {**year, "staging.weather": weather.valid}
+    tables = {**year, "staging.weather": weather.valid.drop(columns="_partition")}
     for name, frame in tables.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
         con.unregister("frame")
-    sql = (SQL / "flight_facts.sql").read_text()
-    days = pd.date_range("2013-01-01", "2013-12-31").strftime("%Y-%m-%d")
-    facts = pd.concat([con.execute(sql, {"partition_date": d}).df() for d in days], ignore_index=True)
-    result = validate(facts, FlightFacts, key_columns=["flight_id"], expected_rows=len(year["staging.flights"]))
+    sql = (SQL / "flight_facts.sql").read_text()  # the whole year as one range
+    facts = con.execute(sql, {"partition_start": date(2013, 1, 1), "partition_end": date(2014, 1, 1)}).df()
+    result = validate(facts, FlightFacts, key_columns=["flight_id"], expected_rows={"": len(year["staging.flights"])})
     assert _failing(result) == {"weather_coverage": 1556}
-    assert not result.blocking and len(facts) == 336776
+    assert not result.blocking("") and len(facts) == 336776
 
 
 def test_quarantine_reconciles_in_warehouse_and_dagster(home):
@@ -204,25 +178,30 @@ def test_extra_column_is_dropped_with_the_rest_written(source_dir, home):
                                       "WHERE table_schema = 'raw' AND table_name = 'airlines'")] == ["carrier", "name"]
 
 
+def materialize_selection(selection: dg.AssetSelection, **kwargs) -> dg.ExecuteInProcessResult:
+    from pipelines.definitions import defs
+    from pipelines.warehouse import Warehouse
+
+    return dg.materialize(list(defs.assets), selection=selection, partition_key=DAY, raise_on_error=False,
+                          resources={"warehouse": Warehouse.from_settings()}, **kwargs)
+
+
 def test_cross_run_blocking_and_override(source_dir, home, monkeypatch):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
     _corrupt(source_dir, "flights", 3, origin="XYZ")
     assert not materialize("flights", DAY).success  # raw.flights fails origin_isin, keeps its old version
-    from pipelines.definitions import all_assets
-
     staging_only = dg.AssetSelection.assets(dg.AssetKey(["staging", "flights"]))
-    result = dg.materialize(all_assets, selection=staging_only, partition_key=DAY, raise_on_error=False)
+    result = materialize_selection(staging_only)
     assert not result.success
     message = "\n".join(e.event_specific_data.error.message for e in result.all_events
                         if e.event_type_value == "STEP_FAILURE")
     assert "refuses to build from raw.flights [2013-01-15]" in message and "origin_isin" in message
     # the explicit override: a run tag (or PROVLINE_ALLOW_FAILED_UPSTREAM=true)
-    result = dg.materialize(all_assets, selection=staging_only, partition_key=DAY, raise_on_error=False,
-                            tags={"provline/allow_failed_upstream": "true"})
+    result = materialize_selection(staging_only, tags={"provline/allow_failed_upstream": "true"})
     assert result.success
     monkeypatch.setenv("PROVLINE_ALLOW_FAILED_UPSTREAM", "true")
-    assert dg.materialize(all_assets, selection=staging_only, partition_key=DAY, raise_on_error=False).success
+    assert materialize_selection(staging_only).success
 
 
 def test_schema_drift_is_a_warning_with_the_change(home):

@@ -8,7 +8,7 @@ import pytest
 from checks.flights import RawAirlines, RawFlights
 from pipelines.sources import SourceError, read_source, source_path
 
-from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar
+from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar, source
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -32,7 +32,7 @@ def test_user_files_are_read_from_source_dir(source_dir, home):
 def test_parquet_source(source_dir, home):
     pd.read_csv(source_dir / "airlines.csv").to_parquet(source_dir / "airlines.parquet")
     (source_dir / "airlines.csv").unlink()
-    table = read_source("airlines", RawAirlines)
+    table = read_source(source("airlines"), RawAirlines)
     assert table.path.suffix == ".parquet" and len(table.frame) == 16
     assert materialize("reference").success
     assert scalar(home, "SELECT count(*) FROM staging.airlines") == 16
@@ -43,7 +43,7 @@ def test_unparsable_value_names_file_column_and_line(source_dir, home):
     frame.loc[frame.index[41], "distance"] = "far"
     frame.to_csv(source_dir / "flights.csv", index=False)
     with pytest.raises(SourceError) as error:
-        read_source("flights", RawFlights)
+        read_source(source("flights"), RawFlights)
     message = str(error.value)
     assert "flights.csv" in message and "'distance'" in message and "line 43" in message and "'far'" in message
     assert materialize("reference").success
@@ -56,10 +56,10 @@ def test_unparsable_value_names_file_column_and_line(source_dir, home):
 def test_missing_column_and_missing_file(source_dir, home):
     pd.read_csv(source_dir / "flights.csv").drop(columns=["dest"]).to_csv(source_dir / "flights.csv", index=False)
     with pytest.raises(SourceError, match=r"flights.csv: missing column\(s\) dest"):
-        read_source("flights", RawFlights)
+        read_source(source("flights"), RawFlights)
     (source_dir / "weather.csv").unlink()
     with pytest.raises(SourceError, match="no weather.csv or weather.parquet"):
-        source_path("weather")
+        source_path(source("weather"))
 
 
 def test_bad_file_keeps_the_previous_version(source_dir, home):

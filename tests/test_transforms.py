@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from assets.flights import sources, staging
-from checks.flights import RawAirlines, RawAirports, RawFlights, RawPlanes, RawWeather
-from pipelines.definitions import defs  # noqa: F401  (registers every table)
-from pipelines.factory import TABLES
+from assets.flights import domain
+from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
+from assets.flights.staging import staging_airlines, staging_airports, staging_flights, staging_planes, staging_weather
 from pipelines.sources import read_source
 
 from .conftest import DAY, DAY_FLIGHTS
@@ -20,23 +19,26 @@ from .conftest import DAY, DAY_FLIGHTS
 SQL = Path(__file__).resolve().parent.parent / "assets" / "flights" / "sql"
 
 
-def _fn(table: str):
-    return TABLES[table].transform
+def _on(frame: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The rows of one local day, as the factory hands them to a raw transform."""
+    return frame[(frame["year"] == day.year) & (frame["month"] == day.month) & (frame["day"] == day.day)]
 
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, pd.DataFrame]:
     day = date.fromisoformat(DAY)
+    source = {spec.source.name: read_source(spec.source, spec.contract).frame
+              for spec in (raw_flights, raw_weather, raw_planes, raw_airports, raw_airlines)}
     return {
-        "flights": _fn("raw.flights")(read_source("flights", RawFlights).frame, day),
-        "weather": _fn("raw.weather")(read_source("weather", RawWeather).frame, day),
-        "planes": _fn("raw.planes")(read_source("planes", RawPlanes).frame),
-        "airports": _fn("raw.airports")(read_source("airports", RawAirports).frame),
-        "airlines": _fn("raw.airlines")(read_source("airlines", RawAirlines).frame),
+        "flights": raw_flights(flights=_on(source["flights"], day)),
+        "weather": raw_weather(weather=_on(source["weather"], day)),
+        "planes": raw_planes(planes=source["planes"]),
+        "airports": raw_airports(airports=source["airports"]),
+        "airlines": raw_airlines(airlines=source["airlines"]),
     }
 
 
-def test_raw_flights_selects_the_local_day(raw):
+def test_raw_flights_is_the_day_as_delivered(raw):
     flights = raw["flights"]
     assert len(flights) == DAY_FLIGHTS
     assert set(zip(flights["year"], flights["month"], flights["day"], strict=True)) == {(2013, 1, 15)}
@@ -44,7 +46,7 @@ def test_raw_flights_selects_the_local_day(raw):
 
 
 def test_staging_flights_keys_flags_and_timestamps(raw):
-    flights = _fn("staging.flights")(raw["flights"])
+    flights = staging_flights(raw_flights=raw["flights"])
     assert len(flights) == DAY_FLIGHTS
     assert flights["flight_id"].is_unique and flights["flight_id"].str.len().eq(16).all()
     assert (flights["cancelled"] == raw["flights"]["dep_time"].isna().to_numpy()).all()
@@ -55,45 +57,48 @@ def test_staging_flights_keys_flags_and_timestamps(raw):
     delay = (departed["actual_departure"] - departed["scheduled_departure"]).dt.total_seconds() / 60
     assert (delay == departed["dep_delay"].astype(float)).all()
     # the key is a pure function of the natural key: same rows in another order -> same ids
-    shuffled = _fn("staging.flights")(raw["flights"].sample(frac=1, random_state=7))
+    shuffled = staging_flights(raw_flights=raw["flights"].sample(frac=1, random_state=7))
     assert set(shuffled["flight_id"]) == set(flights["flight_id"])
 
 
 def test_staging_weather_uses_utc_hour_and_local_date(raw):
-    weather = _fn("staging.weather")(raw["weather"])
+    weather = staging_weather(raw_weather=raw["weather"])
     assert (weather["obs_date"] == pd.Timestamp(DAY)).all()
     assert weather["time_hour"].min() == pd.Timestamp("2013-01-15 05:00")  # local midnight EST = 05:00 UTC
     assert not weather.duplicated(["origin", "time_hour"]).any()
 
 
 def test_staging_reference_tables(raw):
-    assert list(_fn("staging.planes")(raw["planes"]).columns) == list(TABLES["staging.planes"].columns)
-    assert len(_fn("staging.airports")(raw["airports"])) == 1458
-    assert _fn("staging.airlines")(raw["airlines"])["name"].str.strip().eq(
-        _fn("staging.airlines")(raw["airlines"])["name"]).all()
+    assert list(staging_planes(raw_planes=raw["planes"]).columns) == list(staging_planes.columns)
+    assert len(staging_airports(raw_airports=raw["airports"])) == 1458
+    airlines = staging_airlines(raw_airlines=raw["airlines"])
+    assert len(airlines) == 16 and airlines["name"].str.strip().eq(airlines["name"]).all()
+    padded = pd.DataFrame({"carrier": ["AA"], "name": ["  American Airlines Inc. "]}, dtype="string")
+    assert staging_airlines(raw_airlines=padded)["name"].tolist() == ["American Airlines Inc."]
 
 
 def test_marts_sql_on_staging_frames(raw):
-    """The marts' SQL files run by DuckDB on the staging frames, with the partition bound."""
+    """The marts' SQL files run by DuckDB on the staging frames, with the day bound as a one-day range."""
     con = duckdb.connect()
     for schema in ("staging", "marts"):
         con.execute(f"CREATE SCHEMA {schema}")
     frames = {
-        "staging.flights": _fn("staging.flights")(raw["flights"]),
-        "staging.weather": _fn("staging.weather")(raw["weather"]),
-        "staging.planes": _fn("staging.planes")(raw["planes"]),
-        "staging.airports": _fn("staging.airports")(raw["airports"]),
-        "staging.airlines": _fn("staging.airlines")(raw["airlines"]),
+        "staging.flights": staging_flights(raw_flights=raw["flights"]),
+        "staging.weather": staging_weather(raw_weather=raw["weather"]),
+        "staging.planes": staging_planes(raw_planes=raw["planes"]),
+        "staging.airports": staging_airports(raw_airports=raw["airports"]),
+        "staging.airlines": staging_airlines(raw_airlines=raw["airlines"]),
     }
     for name, frame in frames.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
-    params = {"partition_date": DAY}
+    day = date.fromisoformat(DAY)
+    params = {"partition_start": day, "partition_end": day + timedelta(days=1)}
     con.execute("CREATE TABLE marts.flight_facts AS " + (SQL / "flight_facts.sql").read_text(), params)
     facts = con.execute("SELECT count(*), count(DISTINCT flight_id), count(*) FILTER (WHERE has_weather) "
                         "FROM marts.flight_facts").fetchone()
     assert facts[0] == facts[1] == DAY_FLIGHTS
-    assert facts[2] > 0.9 * DAY_FLIGHTS
+    assert facts[2] == DAY_FLIGHTS  # every flight of 2013-01-15 left in an hour with a valid observation
     perf = con.execute((SQL / "carrier_daily_performance.sql").read_text(), params).df()
     assert perf["flights"].sum() == DAY_FLIGHTS
     assert perf["cancelled"].sum() == frames["staging.flights"]["cancelled"].sum()
@@ -103,7 +108,9 @@ def test_marts_sql_on_staging_frames(raw):
     assert not routes.duplicated(["origin", "dest"]).any()
 
 
-def test_every_transform_is_registered_once():
-    assert {t.split(".")[0] for t in TABLES} == {"raw", "staging", "marts"}
-    assert len(TABLES) == 13
-    assert sources.raw_flights is not None and staging.staging_flights is not None
+def test_the_domain_declares_each_table_once():
+    tables = [spec.table for spec in domain.tables]
+    assert len(tables) == len(set(tables)) == 13
+    assert {t.split(".")[0] for t in tables} == {"raw", "staging", "marts"}
+    # every input of a table is itself a table of the domain (the graph is closed)
+    assert {i.table for spec in domain.tables for i in spec.inputs} <= set(tables)

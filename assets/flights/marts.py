@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from assets.flights.partitions import DAILY, FLIGHTS
 from assets.flights.staging import (
     staging_airlines,
     staging_airports,
@@ -17,8 +18,10 @@ flight_facts = sql_asset(
     sql="sql/flight_facts.sql",
     inputs=[staging_flights, staging_weather, staging_airlines, staging_planes, staging_airports],
     contract=FlightFacts,
+    partitions=DAILY,
     daily_on="flight_date",
     key_columns=["flight_id"],
+    group=FLIGHTS,
     relative_to=__file__,
 )
 
@@ -27,8 +30,10 @@ carrier_daily_performance = sql_asset(
     sql="sql/carrier_daily_performance.sql",
     inputs=[flight_facts],
     contract=CarrierDailyPerformance,
+    partitions=DAILY,
     daily_on="flight_date",
     key_columns=["flight_date", "carrier"],
+    group=FLIGHTS,
     relative_to=__file__,
 )
 
@@ -37,7 +42,9 @@ route_daily = sql_asset(
     sql="sql/route_daily.sql",
     inputs=[flight_facts],
     contract=RouteDaily,
+    partitions=DAILY,
     daily_on="flight_date",
     key_columns=["flight_date", "origin", "dest"],
+    group=FLIGHTS,
     relative_to=__file__,
 )

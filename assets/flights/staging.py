@@ -6,6 +6,7 @@ import hashlib
 
 import pandas as pd
 
+from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
 from checks.flights import StagingAirlines, StagingAirports, StagingFlights, StagingPlanes, StagingWeather
 from pipelines.factory import production_asset
@@ -34,8 +35,8 @@ def flight_key(frame: pd.DataFrame) -> pd.Series:
 
 
 @production_asset(
-    "staging.flights", contract=StagingFlights, inputs=[raw_flights], daily_on="flight_date",
-    key_columns=["flight_id"],
+    "staging.flights", contract=StagingFlights, inputs=[raw_flights], partitions=DAILY, daily_on="flight_date",
+    key_columns=["flight_id"], group=FLIGHTS,
     column_lineage={
         "flight_id": [
             ("raw.flights", c) for c in ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")
@@ -68,8 +69,8 @@ def staging_flights(raw_flights: pd.DataFrame) -> pd.DataFrame:
 
 
 @production_asset(
-    "staging.weather", contract=StagingWeather, inputs=[raw_weather], daily_on="obs_date",
-    key_columns=["origin", "time_hour"],
+    "staging.weather", contract=StagingWeather, inputs=[raw_weather], partitions=DAILY, daily_on="obs_date",
+    key_columns=["origin", "time_hour"], group=FLIGHTS,
     column_lineage={"obs_date": [("raw.weather", c) for c in ("year", "month", "day")]},
 )
 def staging_weather(raw_weather: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +81,8 @@ def staging_weather(raw_weather: pd.DataFrame) -> pd.DataFrame:
     return weather.drop(columns=["year", "month", "day"])
 
 
-@production_asset("staging.planes", contract=StagingPlanes, inputs=[raw_planes], key_columns=["tailnum"])
+@production_asset("staging.planes", contract=StagingPlanes, inputs=[raw_planes], key_columns=["tailnum"],
+                  group=REFERENCE)
 def staging_planes(raw_planes: pd.DataFrame) -> pd.DataFrame:
     """One row per aircraft; cruising speed (almost always empty) is dropped."""
     planes = raw_planes.drop(columns=["speed"])
@@ -88,13 +90,15 @@ def staging_planes(raw_planes: pd.DataFrame) -> pd.DataFrame:
     return planes
 
 
-@production_asset("staging.airports", contract=StagingAirports, inputs=[raw_airports], key_columns=["faa"])
+@production_asset("staging.airports", contract=StagingAirports, inputs=[raw_airports], key_columns=["faa"],
+                  group=REFERENCE)
 def staging_airports(raw_airports: pd.DataFrame) -> pd.DataFrame:
     """One row per airport; the GMT offset and DST code are implied by tzone and dropped."""
     return raw_airports.drop(columns=["tz", "dst"])
 
 
-@production_asset("staging.airlines", contract=StagingAirlines, inputs=[raw_airlines], key_columns=["carrier"])
+@production_asset("staging.airlines", contract=StagingAirlines, inputs=[raw_airlines], key_columns=["carrier"],
+                  group=REFERENCE)
 def staging_airlines(raw_airlines: pd.DataFrame) -> pd.DataFrame:
     """One row per carrier, names trimmed."""
     return raw_airlines.assign(name=raw_airlines["name"].str.strip())

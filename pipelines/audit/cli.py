@@ -1,16 +1,19 @@
-"""The audit side of `provline`: handlers and their argparse wiring (pipelines/cli.py only calls
-`add_lineage_commands` and `add_top_level_commands`). Query commands first ingest what was appended to
-the JSONL lineage log since last time (cheap: byte offsets)."""
+"""The lineage-audit side of `provline`: handlers and their argparse wiring (pipelines/cli.py calls
+`add_lineage_commands`). Query commands first ingest what was appended to the JSONL lineage log since last
+time (cheap: byte offsets)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.audit import queries
 from pipelines.audit.store import IngestError, LineageStore
+
+REPRODUCED = "reproduced"  # the verdict `provline verify` exits 0 on
 
 
 def _store(args: argparse.Namespace) -> LineageStore:
@@ -156,9 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipelines.audit.verify import REPRODUCED, verify
-
-    verdict = verify(args.dataset, args.partition, args.version)
+    verdict = args.verify(args.dataset, args.partition, args.version)
     if args.json:
         _print_json(verdict.as_dict())
     else:
@@ -168,7 +169,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.audit import report
-    from pipelines.audit.verify import verify
 
     store = _store(args)
     tree, error = None, None
@@ -184,7 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     verdict = None
     if not args.no_verify:
         partition = args.partition if args.partition is not None else (tree or {}).get("partition")
-        verdict = verify(args.dataset, partition, (tree or {}).get("version")).as_dict()
+        verdict = args.verify(args.dataset, partition, (tree or {}).get("version")).as_dict()
     html = report.render(args.dataset, args.partition, tree, versions, runs, verdict, error)
     Path(args.out).write_text(html, encoding="utf-8")
     print(f"wrote {args.out}")
@@ -240,13 +240,15 @@ def add_lineage_commands(lineage: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=cmd_serve)
 
 
-def add_top_level_commands(commands: argparse._SubParsersAction) -> None:
-    verify = commands.add_parser("verify", help="re-derive a recorded version and compare content hashes")
-    verify.add_argument("dataset")
-    verify.add_argument("--partition", help="YYYY-MM-DD (omit for unpartitioned tables)")
-    verify.add_argument("--version", help="a content hash (default: the latest)")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(func=cmd_verify)
+def add_top_level_commands(commands: argparse._SubParsersAction, verify: Callable) -> None:
+    """`verify` and `audit report`; `verify(dataset, partition, version)` re-derives a version and returns
+    its verdict (pipelines/verify.py: the audit side reads the store, never the assets' code)."""
+    check = commands.add_parser("verify", help="re-derive a recorded version and compare content hashes")
+    check.add_argument("dataset")
+    check.add_argument("--partition", help="YYYY-MM-DD (omit for unpartitioned tables)")
+    check.add_argument("--version", help="a content hash (default: the latest)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_verify, verify=verify)
 
     audit = commands.add_parser("audit", help="audit reports").add_subparsers(dest="audit", required=True)
     rep = audit.add_parser("report", help="one self-contained HTML audit page for a dataset")
@@ -256,4 +258,4 @@ def add_top_level_commands(commands: argparse._SubParsersAction) -> None:
     rep.add_argument("--out", required=True)
     rep.add_argument("--no-verify", action="store_true", help="skip the reproducibility check")
     rep.add_argument("--no-ingest", action="store_true")
-    rep.set_defaults(func=cmd_report)
+    rep.set_defaults(func=cmd_report, verify=verify)

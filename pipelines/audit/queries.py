@@ -25,7 +25,7 @@ def parse_time(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise QueryError(f"{value!r} is not an ISO 8601 time (e.g. 2013-01-15T06:00:00+00:00)") from None
+        raise QueryError(f"{value!r} is not an ISO 8601 time (e.g. 2024-05-01T06:00:00+00:00)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
 
 

@@ -42,10 +42,11 @@ __all__ = ["LineageEmitter", "ReplayResult", "main_replay", "replay"]
 
 
 class LineageEmitter:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, dataset_namespace: str | None = None) -> None:
+        """`dataset_namespace`: the warehouse's (Warehouse.lineage_namespace); by default the DuckDB file's."""
         self.settings = settings or get_settings()
         self.namespace = self.settings.lineage_namespace
-        self.dataset_namespace = naming.warehouse_namespace(self.settings.warehouse_name)
+        self.dataset_namespace = dataset_namespace or naming.warehouse_namespace(self.settings.warehouse_name)
         self._lock = threading.Lock()
         self._delivery: Delivery | None = None
         self._scrub: set[str] = set()
@@ -174,9 +175,9 @@ class LineageEmitter:
     def _input(self, ref: DatasetRef | SourceFile) -> InputDataset:
         if isinstance(ref, SourceFile):
             namespace, name = naming.file_dataset(ref.path)
-            return InputDataset(namespace=namespace, name=name)
-        dataset_facets = {"version": facets.dataset_version(ref.version)} if ref.version else {}
-        return InputDataset(namespace=self.dataset_namespace, name=naming.table_name(ref.name), facets=dataset_facets)
+            return InputDataset(namespace=namespace, name=name, facets=_version_facet(ref.version))
+        return InputDataset(namespace=self.dataset_namespace, name=naming.table_name(ref.name),
+                            facets=_version_facet(ref.version))
 
     def _output(self, run: AssetRun, output: OutputInfo | None, committed: bool) -> OutputDataset:
         if output is None:
@@ -187,6 +188,10 @@ class LineageEmitter:
             facets=facets.output_dataset_facets(output, self.dataset_namespace, committed),
             outputFacets={"outputStatistics": facets.output_statistics(output)} if committed else {},
         )
+
+
+def _version_facet(version: str | None) -> dict:
+    return {"version": facets.dataset_version(version)} if version else {}
 
 
 def _now() -> str:

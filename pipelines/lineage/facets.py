@@ -298,7 +298,6 @@ def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -
         facets["columnLineage"] = lineage
     facets["dataQualityMetrics"] = data_quality_metrics_dataset.DataQualityMetricsDatasetFacet(
         rowCount=output.row_count,
-        bytes=output.size_bytes,
         columnMetrics={
             column: data_quality_metrics_dataset.ColumnMetrics(nullCount=m.null_count, distinctCount=m.distinct_count)
             for column, m in output.column_metrics.items()
@@ -310,5 +309,5 @@ def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -
 
 def output_statistics(output: OutputInfo) -> output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet:
     return output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-        rowCount=output.row_count, size=output.size_bytes, producer=PRODUCER
+        rowCount=output.row_count, producer=PRODUCER
     )

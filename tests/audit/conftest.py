@@ -28,15 +28,16 @@ class Audited:
 
 def _changed_sources(target: Path) -> Path:
     """flights.csv with one changed dep_delay on DAY, weather.csv as delivered."""
-    from pipelines.sources import PACKAGE, source_path  # noqa: F401
+    from pipelines.sources import source_path
+    from tests.conftest import source
 
     target.mkdir(parents=True)
-    flights = pd.read_csv(source_path("flights"), dtype=str, keep_default_na=False)
+    flights = pd.read_csv(source_path(source("flights")), dtype=str, keep_default_na=False)
     on_day = (flights["month"] == "1") & (flights["day"] == "14") & (flights["dep_delay"] != "NA")
     first = flights.index[on_day][0]
     flights.loc[first, "dep_delay"] = str(int(flights.loc[first, "dep_delay"]) + 7)
     flights.to_csv(target / "flights.csv", index=False)
-    shutil.copy(source_path("weather"), target / "weather.csv")
+    shutil.copy(source_path(source("weather")), target / "weather.csv")
     return target
 
 

@@ -11,8 +11,11 @@ import pytest
 
 from pipelines.audit import queries
 from pipelines.audit.store import LineageStore
-from pipelines.audit.verify import DIFFERS, REPRODUCED, verify
 from pipelines.cli import main
+from pipelines.definitions import catalog
+from pipelines.verify import DIFFERS, REPRODUCED, Verdict
+from pipelines.verify import verify as verify_version
+from pipelines.warehouse import Warehouse
 
 from .conftest import DAY, Audited
 
@@ -22,6 +25,11 @@ def store(audit_home: Path) -> LineageStore:
     store = LineageStore()
     store.ingest_file()
     return store
+
+
+def verify(dataset: str, partition: str | None = None, version: str | None = None) -> Verdict:
+    """`provline verify` on the warehouse of this test's PROVLINE_HOME."""
+    return verify_version(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
 def _walk(node: dict):

@@ -70,7 +70,6 @@ def output(ok: bool = True) -> OutputInfo:
             Column("carrier_name", "VARCHAR", "Carrier's full name."),
         ],
         row_count=842,
-        size_bytes=20480,
         column_lineage={
             "carrier": [("staging.flights", "carrier")],
             "carrier_name": [("staging.airlines", "name")],

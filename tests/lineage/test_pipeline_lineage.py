@@ -21,13 +21,12 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _run_day() -> list[dg.ExecuteInProcessResult]:
-    from pipelines.definitions import all_assets
     from pipelines.lineage.sensors import finish_run
+    from tests.conftest import materialize
 
     results = []
     for group, partition in (("reference", None), ("flights", DAY)):
-        result = dg.materialize(all_assets, selection=dg.AssetSelection.groups(group), partition_key=partition,
-                                raise_on_error=False)
+        result = materialize(group, partition)
         finish_run(result.dagster_run)
         results.append(result)
     return results
@@ -153,11 +152,11 @@ def test_http_backend_failing_then_replayed_exactly_once(http_env: Backend, home
 
 
 def test_hanging_backend_stalls_each_step_a_bounded_time(http_env: Backend, home: Path):
-    from pipelines.definitions import all_assets
+    from tests.conftest import materialize
 
     http_env.mode = "hang"
     started = time.monotonic()
-    result = dg.materialize(all_assets, selection=dg.AssetSelection.groups("reference"), raise_on_error=False)
+    result = materialize("reference")
     elapsed = time.monotonic() - started
     assert result.success
     queued = [json.loads(p.read_text()) for p in (home / "outbox").rglob("*.json")]

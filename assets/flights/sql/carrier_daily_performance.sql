@@ -9,5 +9,5 @@ SELECT
     avg(dep_delay) AS mean_dep_delay,
     avg(arr_delay) AS mean_arr_delay
 FROM marts.flight_facts
-WHERE flight_date = $partition_date
+WHERE flight_date >= $partition_start AND flight_date < $partition_end
 GROUP BY flight_date, carrier

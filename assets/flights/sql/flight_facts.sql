@@ -1,5 +1,6 @@
 -- One row per staging flight, with its airline, plane, airports and departure-hour weather.
--- Weather joins on the UTC scheduled hour (quarantined observations are not in staging.weather).
+-- Weather joins on the UTC scheduled hour, observed on the flight's own local day (quarantined
+-- observations are not in staging.weather). The days are [$partition_start, $partition_end): one or a range.
 SELECT
     f.flight_id,
     f.flight_date,
@@ -32,5 +33,6 @@ LEFT JOIN staging.planes AS p ON p.tailnum = f.tailnum
 LEFT JOIN staging.airports AS o ON o.faa = f.origin
 LEFT JOIN staging.airports AS d ON d.faa = f.dest
 LEFT JOIN staging.weather AS w
-    ON w.origin = f.origin AND w.time_hour = f.time_hour AND w.obs_date = $partition_date
-WHERE f.flight_date = $partition_date
+    ON w.origin = f.origin AND w.time_hour = f.time_hour AND w.obs_date = f.flight_date
+    AND w.obs_date >= $partition_start AND w.obs_date < $partition_end
+WHERE f.flight_date >= $partition_start AND f.flight_date < $partition_end

@@ -9,5 +9,5 @@ SELECT
     avg(arr_delay) AS mean_arr_delay,
     max(distance) AS distance
 FROM marts.flight_facts
-WHERE flight_date = $partition_date
+WHERE flight_date >= $partition_start AND flight_date < $partition_end
 GROUP BY flight_date, origin, dest

@@ -19,11 +19,15 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.settings import Settings, get_settings
-from pipelines.warehouse import UNPARTITIONED, Warehouse, quote
+from pipelines.factory import TableSpec, derive, write_for
+from pipelines.quality import contract_metadata
+from pipelines.sources import SourceError, source_path
+from pipelines.sql import UNPARTITIONED, column_ddl, quote
+from pipelines.warehouse import Warehouse
 
 REPRODUCED, DIFFERS, CANNOT = "reproduced", "differs", "cannot verify"
 
@@ -59,22 +63,15 @@ class Verdict:
         return "\n".join(lines)
 
 
-def _tables() -> dict:
-    import pipelines.definitions  # noqa: F401 - registers every asset in TABLES
-    from pipelines.factory import TABLES
-
-    return TABLES
-
-
-def verify(dataset: str, partition: str | None = None, version: str | None = None,
-           settings: Settings | None = None) -> Verdict:
-    settings = settings or get_settings()
+def verify(dataset: str, partition: str | None, version: str | None, *, tables: Mapping[str, TableSpec],
+           warehouse: Warehouse) -> Verdict:
+    """Re-derive `dataset` [partition] at `version` (default: the latest) from its recorded inputs.
+    `tables`: every table's spec by name (pipelines.definitions.catalog)."""
     partition = partition or UNPARTITIONED
     verdict = Verdict(dataset, partition, version, CANNOT)
-    if not settings.warehouse_path.exists():
-        verdict.reasons.append(f"no warehouse at {settings.warehouse_path}")
+    if not warehouse.exists():
+        verdict.reasons.append(f"no warehouse at {warehouse.location}")
         return verdict
-    warehouse = Warehouse(settings)
     with warehouse.connect() as con:
         row = con.execute(
             """SELECT content_hash, code_version, input_versions, run_id, written_at FROM provline.version_log
@@ -90,7 +87,6 @@ def verify(dataset: str, partition: str | None = None, version: str | None = Non
         verdict.version, verdict.recorded_code_version, verdict.run_id = recorded, code_version, run_id
         verdict.written_at = written_at.isoformat()
         input_versions = json.loads(input_versions)
-        tables = _tables()
         spec = tables.get(dataset)
         if spec is None:
             verdict.reasons.append(f"code version {code_version} no longer available: no asset defines {dataset}")
@@ -99,14 +95,11 @@ def verify(dataset: str, partition: str | None = None, version: str | None = Non
         loads = _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict)
     if verdict.reasons:  # something needed is not available
         return verdict
-    return _rederive(settings, tables, spec, partition, recorded, loads, verdict)
+    return _rederive(warehouse, tables, spec, partition, recorded, loads, verdict)
 
 
 def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict) -> list[dict]:
     """The snapshots to load: recorded inputs + tables the contract's rules read (as of the write)."""
-    from checks.rules import contract_metadata
-    from pipelines.sources import SourceError, source_path
-
     loads = []
     for name, recorded in sorted(input_versions.items()):
         if name.startswith("source:"):
@@ -151,12 +144,10 @@ def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written
     return loads
 
 
-def _rederive(settings, tables, spec, partition, recorded, loads, verdict) -> Verdict:
-    from pipelines.factory import derive, write_for
-
+def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> Verdict:
     scratch = Path(tempfile.mkdtemp(prefix="provline-verify-"))
     try:
-        scratch_wh = Warehouse(dataclasses.replace(settings, home=scratch))
+        scratch_wh = Warehouse(home=str(scratch), name=warehouse.name)
         with scratch_wh.connect() as con:
             for load in loads:
                 loaded = _load_snapshot(con, tables, load)
@@ -168,8 +159,8 @@ def _rederive(settings, tables, spec, partition, recorded, loads, verdict) -> Ve
                         verdict.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, "
                                                f"its snapshot now holds {loaded}")
         try:
-            derived = derive(spec, scratch_wh, partition, allow_failed_upstream=True)
-            receipt = scratch_wh.commit(write_for(spec, partition, derived, f"verify:{recorded}"))
+            derived = derive(spec, scratch_wh, [partition], allow_failed_upstream=True)
+            receipt = scratch_wh.commit(write_for(spec, derived, f"verify:{recorded}", [partition]))[partition]
         except Exception as error:  # noqa: BLE001 - any failure to re-derive is the verdict's reason
             verdict.reasons.append(f"re-deriving failed: {type(error).__name__}: {error}")
             return verdict
@@ -195,19 +186,18 @@ def _load_snapshot(con, tables, load: dict) -> str:
     """Create the table as the factory would, fill it from the snapshot, record its version; return its hash."""
     name, part = load["name"], load["partition"]
     upstream = tables.get(name)
-    schema = name.split(".")[0]
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(name.split('.')[0])}")
     if upstream is not None:
-        ddl = ", ".join(f"{quote(c)} {t}" for c, t in upstream.columns.items())
-        con.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({ddl})")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({column_ddl(upstream.columns)})")
         con.execute(f"INSERT INTO {quote(name)} BY NAME SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
     else:
         con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
     expr = upstream.daily_on if upstream is not None else None
-    where, params = Warehouse.partition_filter(part, expr)
-    loaded = Warehouse.content_hash(con, name, where, params)
+    loaded = Warehouse.content_hashes(con, name, [part], expr)[part]
     con.execute(
-        "INSERT INTO provline.version_log VALUES (?, ?, ?, ?, '{}', 'verify', 0, 0, 0, '[]', now())",
+        """INSERT INTO provline.version_log (asset, partition, content_hash, code_version, input_versions, run_id,
+               row_count, input_row_count, quarantined_count, columns, written_at)
+           VALUES (?, ?, ?, ?, '{}', 'verify', 0, 0, 0, '[]', now())""",
         [name, part, loaded, upstream.code_version if upstream is not None else ""],
     )
     return loaded

@@ -35,8 +35,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
-from checks.rules import SCHEMA_RULE, column_check_rule, contract_metadata
-from pipelines.warehouse import DUCKDB_TYPES, quote
+from pipelines.quality.rules import SCHEMA_RULE, column_check_rule, contract_metadata
+from pipelines.sql import DUCKDB_TYPES, quote
 
 CASE_COLUMNS = ["rule", "column", "failure_case", "index", "row_key"]
 ROW = "__provline_row"
@@ -83,6 +83,7 @@ def failure_cases_sql(
     key_columns: Sequence[str] = (),
     reference_tables: Mapping[str, str] | None = None,
     row_number: str | None = None,
+    partition_column: str | None = None,
 ) -> pd.DataFrame:
     """Failure cases of `contract` on `relation` (a table or view in `con`), computed in DuckDB.
 
@@ -90,17 +91,19 @@ def failure_cases_sql(
         holding it; by default the same name, used when it exists in `con`.
     row_number: a column of `relation` holding the row number reported as `index`; by default
         `rowid` for a table, the scan position for a view.
+    partition_column: a column of `relation` naming each row's partition (a range of partitions is
+        validated in one scan): keys are unique within a partition, as when each is validated alone.
     Returns columns rule, column, failure_case (text), index (row number; null for table-level
     cases such as a missing column) and row_key.
     """
     schema = contract.to_schema()
-    source_types = {k: v for k, v in _column_types(con, relation).items() if k != row_number}
+    source_types = {k: v for k, v in _column_types(con, relation).items() if k not in (row_number, partition_column)}
     plan = _Plan()
     _plan_columns(plan, schema, source_types)
     _plan_dataframe_checks(plan, schema, source_types)
     _plan_references(plan, con, contract, source_types, reference_tables or {})
     numbered = _numbered(con, relation, row_number)
-    cases = _run(con, numbered, plan, [c for c in key_columns if c in source_types])
+    cases = _run(con, numbered, plan, [c for c in key_columns if c in source_types], partition_column)
     if plan.fallback:
         cases = pd.concat([cases, _pandera_fallback(con, numbered, schema, plan.fallback, key_columns)],
                           ignore_index=True)
@@ -116,6 +119,7 @@ def failure_cases_frame(
     con: duckdb.DuckDBPyConnection | None = None,
     reference_tables: Mapping[str, str] | None = None,
     reference_values: Mapping[str, Iterable] | None = None,
+    partition_column: str | None = None,
 ) -> pd.DataFrame:
     """`failure_cases_sql` for a pandas frame: registered in DuckDB (no copy), `index` = its position.
 
@@ -135,7 +139,7 @@ def failure_cases_frame(
                 views.append(view)
                 tables[ref.table] = view
         return failure_cases_sql(con, FRAME_VIEW, contract, key_columns=key_columns,
-                                 reference_tables=tables, row_number=ROW)
+                                 reference_tables=tables, row_number=ROW, partition_column=partition_column)
     finally:
         for view in views:
             con.unregister(view)
@@ -325,12 +329,13 @@ def _table_case(column: str | None, failure: str) -> dict:
 # --- execution: one scan, then unpivot the failing rows --------------------------------------
 
 
-def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns: list[str]) -> pd.DataFrame:
+def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns: list[str],
+         partition_column: str | None) -> pd.DataFrame:
     if plan.parsed:  # checks see the typed values, the schema rule the raw ones
         replace = ", ".join(f"{expr} AS {quote(name)}" for name, expr in plan.parsed.items())
         raws = "".join(f", {quote(name)} AS {_raw(name)}" for name in plan.parsed)
         numbered = f"SELECT * REPLACE ({replace}){raws} FROM ({numbered})"
-    _plan_unique(con, plan, numbered)
+    _plan_unique(con, plan, numbered, partition_column)
     if not plan.cases:
         return pd.DataFrame(columns=CASE_COLUMNS)
     key = " || '|' || ".join(f"coalesce(CAST(t.{quote(c)} AS VARCHAR), 'None')" for c in key_columns) or "NULL"
@@ -357,17 +362,22 @@ def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns
     return cases
 
 
-def _plan_unique(con: duckdb.DuckDBPyConnection, plan: _Plan, numbered: str) -> None:
+def _plan_unique(con: duckdb.DuckDBPyConnection, plan: _Plan, numbered: str, partition_column: str | None) -> None:
     """A key is unique in almost every run: one hash aggregate of the column alone proves it (far cheaper
-    than a window, or than this aggregate as a join inside the big scan); only duplicates are joined back."""
+    than a window, or than this aggregate as a join inside the big scan); only duplicates are joined back.
+    With a partition column, a key is unique within its partition."""
     for name in plan.unique:
         value = quote(name)
-        duplicated = (f"SELECT {value} AS __dup FROM ({numbered}) WHERE {value} IS NOT NULL "
-                      f"GROUP BY {value} HAVING count(*) > 1")
+        within = f"{quote(partition_column)} AS __dup_partition, " if partition_column else ""
+        duplicated = (f"SELECT {within}{value} AS __dup FROM ({numbered}) WHERE {value} IS NOT NULL "
+                      "GROUP BY ALL HAVING count(*) > 1")
         if con.execute(f"SELECT count(*) FROM ({duplicated})").fetchone()[0] == 0:
             continue
         alias = f"dup{len(plan.joins)}"
-        plan.joins.append(f"LEFT JOIN ({duplicated}) AS {alias} ON t.{value} = {alias}.__dup")
+        on = f"t.{value} = {alias}.__dup"
+        if partition_column:
+            on += f" AND t.{quote(partition_column)} = {alias}.__dup_partition"
+        plan.joins.append(f"LEFT JOIN ({duplicated}) AS {alias} ON {on}")
         plan.cases.append(_Case(f"{name}_unique", name, f"{alias}.__dup IS NOT NULL", value))
 
 

@@ -1,4 +1,4 @@
-"""The rule vocabulary shared by every contract in checks/.
+"""The rule vocabulary shared by every contract in checks/<domain>.py.
 
 A contract is a pandera DataFrameModel. Each of its checks becomes one named rule (a Dagster
 asset check) with a severity:
@@ -13,7 +13,7 @@ asset check) with a severity:
   expression over the table's columns>"}` (pandera's own kwarg for a check's constraints; it is
   stored on the Check, never passed to the function). A row passes when the expression is TRUE
   (NULL fails: write it null-safe, as the pandas function is); window functions are allowed
-  (`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality_sql.py runs it
+  (`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality/runner.py runs it
   in DuckDB; a check without it runs with pandera on pandas there. Built-in column checks
   (`ge=`, `in_range=`, `isin=`, `str_length=`, ...) need nothing: they are translated;
 - `Config.metadata["references"]`: referential integrity against another warehouse table;
@@ -21,6 +21,9 @@ asset check) with a severity:
   input partition;
 - `Config.metadata["drift"]`: severity of a column added, removed or retyped since the
   previous version (WARN by default);
+- `volume` (every table): a partition whose row count drops to 0, or by more than
+  `Config.metadata["max_row_drop"]` (a share, default 0.5) of its previous version, is refused:
+  an empty or truncated delivery never silently replaces good data; ERROR;
 - `schema`: columns present with parseable types; always ERROR.
 - `source_rows_in_partitions` (partitioned source tables): every row of the source file belongs to
   a daily partition, so none is silently left out; ERROR.
@@ -42,6 +45,8 @@ SCHEMA_RULE = "schema"
 SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
 COLUMN_VALUES_CHECK = "column_values"
 DRIFT_RULE = "schema_drift"
+VOLUME_RULE = "volume"
+DEFAULT_MAX_ROW_DROP = 0.5
 
 # pandera's names for its built-in checks -> the suffix of our rule name
 _CHECK_SUFFIX = {
@@ -118,7 +123,8 @@ def _describe(check: pa.Check) -> str:
 
 
 def contract_metadata(model: type[pa.DataFrameModel]) -> dict:
-    return (model.get_metadata() or {}).get(model.__name__, {}).get("dataframe") or {}
+    """The contract's `Config.metadata` (empty when its Config has none)."""
+    return getattr(model.Config, "metadata", None) or {}
 
 
 def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
@@ -150,4 +156,22 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
                           f"Exactly one row per row of {table} for the partition.", row_level=False))
     rules.append(Rule(DRIFT_RULE, meta.get("drift", WARN),
                       "Columns and types are those of the previous version.", row_level=False))
+    rules.append(Rule(VOLUME_RULE, ERROR, f"The row count does not drop to 0, or by more than "
+                      f"{max_row_drop(model):.0%} of the previous version.", row_level=False))
     return rules
+
+
+def max_row_drop(model: type[pa.DataFrameModel]) -> float:
+    return float(contract_metadata(model).get("max_row_drop", DEFAULT_MAX_ROW_DROP))
+
+
+def volume_problem(rows: int, previous_rows: int | None, max_drop: float) -> str | None:
+    """Why a partition of `rows` rows must not replace its previous version of `previous_rows`, if it must not."""
+    if previous_rows is None or previous_rows == 0:
+        return None
+    if rows == 0:
+        return f"0 rows, the previous version had {previous_rows}: an empty delivery does not replace data"
+    if rows < previous_rows * (1 - max_drop):
+        return (f"{rows} rows, down {1 - rows / previous_rows:.0%} from {previous_rows} in the previous version "
+                f"(more than the {max_drop:.0%} allowed by max_row_drop)")
+    return None

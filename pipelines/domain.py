@@ -1,0 +1,60 @@
+"""A domain: one team's pipeline, declared in assets/<domain>/ — its tables (specs made by the factory),
+partitions, jobs, schedules and sensors. pipelines/definitions.py collects every domain it finds; the
+runtime in pipelines/ knows none of them.
+
+    # assets/<domain>/__init__.py
+    DAILY = daily_partitions("2024-01-01", last_day="2024-12-31")   # or last_day=None: still delivering
+    domain = Domain("sales", tables=[...], jobs=[...], schedules=[daily_schedule(job, DAILY)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import dagster as dg
+
+from pipelines.factory import TableSpec
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    tables: Sequence[TableSpec]
+    jobs: Sequence[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = ()
+    schedules: Sequence[dg.ScheduleDefinition] = ()
+    sensors: Sequence[dg.SensorDefinition] = ()
+
+
+def daily_partitions(first_day: str, last_day: str | None = None) -> dg.DailyPartitionsDefinition:
+    """One partition per day from the data's first day. `last_day` (inclusive) for a source that no longer
+    delivers; None for one still delivering: a new partition each day, open-ended."""
+    end = (date.fromisoformat(last_day) + timedelta(days=1)).isoformat() if last_day else None
+    return dg.DailyPartitionsDefinition(start_date=first_day, end_date=end)
+
+
+def daily_schedule(
+    job: dg.UnresolvedAssetJobDefinition, partitions: dg.DailyPartitionsDefinition, *, hour_of_day: int = 6,
+    name: str | None = None, default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.ScheduleDefinition:
+    """Each day at `hour_of_day`, build the previous day's partition — when the partitions have it. A tick
+    before the first day or after the last skips, saying why; it never re-runs the last partition."""
+    first = partitions.start.date()
+    end = partitions.end.date() if partitions.end else None  # exclusive
+
+    @dg.schedule(
+        job=job, cron_schedule=f"0 {hour_of_day} * * *", name=name or f"{job.name}_schedule",
+        execution_timezone=partitions.timezone, default_status=default_status,
+        description=f"At {hour_of_day:02d}:00, materializes the previous day's partition of {job.name}.",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext):
+        day = context.scheduled_execution_time.date() - timedelta(days=1)
+        if day < first:
+            return dg.SkipReason(f"{day} is before the first partition, {first}: nothing to build yet")
+        if end is not None and day >= end:
+            return dg.SkipReason(f"{day} is after the last partition, {end - timedelta(days=1)} (the data's last "
+                                 "day): nothing to build; the last partition is not re-run")
+        return dg.RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
+
+    return _schedule

@@ -1,0 +1,30 @@
+"""Data quality: a contract's rules (rules.py: the vocabulary contracts are written in), the one-scan SQL
+runner that checks them inside DuckDB (runner.py), what the rules read from the warehouse (reads.py),
+and the verdict per partition — valid rows, quarantined rows, failure cases, results (validate.py)."""
+
+from pipelines.quality.reads import MissingTable, expected_rows, reference_values
+from pipelines.quality.rules import (
+    ERROR,
+    QUARANTINE,
+    SOURCE_COVERAGE,
+    SOURCE_COVERAGE_RULE,
+    WARN,
+    Rule,
+    contract_metadata,
+    reference,
+    rules_of,
+)
+from pipelines.quality.validate import (
+    QUARANTINE_REASONS,
+    ContractViolation,
+    RuleResult,
+    Validation,
+    describe_failures,
+    validate,
+)
+
+__all__ = [
+    "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
+    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata",
+    "describe_failures", "expected_rows", "reference", "reference_values", "rules_of", "validate",
+]

@@ -1,0 +1,188 @@
+"""Run a contract on the rows an asset is about to write, for one partition or a range at once.
+
+`validate` returns what the factory needs for the commit: the coerced valid rows, the quarantined
+rows with their reasons, the failure cases (for `quality.failures`) and, per partition, one
+`RuleResult` per rule of the contract (for Dagster asset checks and OpenLineage assertions). Every
+rule runs once over the whole frame (pipelines/quality/runner.py, inside DuckDB); its results are
+then counted per partition, so a range gives exactly the results day-by-day runs would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaError, SchemaErrors
+
+from pipelines.quality.rules import DRIFT_RULE, ERROR, VOLUME_RULE, Rule, max_row_drop, rules_of, volume_problem
+from pipelines.quality.runner import failure_cases_frame
+from pipelines.sql import PARTITION, UNPARTITIONED
+
+SAMPLE_SIZE = 5
+QUARANTINE_REASONS = "_quarantine_reasons"
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    failing_rows: int
+    rows_checked: int
+    sample: list[dict] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failing_rows == 0 and self.message is None
+
+    @property
+    def blocking(self) -> bool:
+        return not self.passed and self.rule.severity == ERROR and not self.rule.quarantine
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failing_rows / self.rows_checked if self.rows_checked else 0.0
+
+
+@dataclass
+class Validation:
+    """The contract's verdict on the rows of one or more partitions. `valid`, `quarantined` and
+    `failures` carry a PARTITION column; `results` has one list of RuleResults per partition."""
+
+    valid: pd.DataFrame
+    quarantined: pd.DataFrame
+    failures: pd.DataFrame
+    results: dict[str, list[RuleResult]]
+
+    def blocking(self, partition: str) -> list[RuleResult]:
+        return [r for r in self.results[partition] if r.blocking]
+
+    @property
+    def failed_partitions(self) -> list[str]:
+        return [p for p in self.results if self.blocking(p)]
+
+
+class ContractViolation(Exception):
+    """A blocking (ERROR) rule failed: nothing was written for the partition."""
+
+    def __init__(self, table: str, partition: str, failed: list[RuleResult]):
+        self.failed = failed
+        super().__init__("\n".join(describe_failures(table, partition, failed)))
+
+
+def describe_failures(table: str, partition: str, failed: list[RuleResult]) -> list[str]:
+    """What failed, rule by rule: name, description, how many rows, and a few failing values."""
+    lines = [f"{table} [{partition or 'unpartitioned'}]: {len(failed)} blocking check(s) failed"]
+    for result in failed:
+        what = result.message or f"{result.failing_rows} of {result.rows_checked} rows"
+        lines.append(f"  - {result.rule.name} ({result.rule.description}): {what}")
+        lines += [f"      e.g. {case}" for case in result.sample[:3]]
+    return lines
+
+
+def validate(
+    frame: pd.DataFrame,
+    contract: type[pa.DataFrameModel],
+    *,
+    key_columns: Sequence[str],
+    partitions: Sequence[str] = (UNPARTITIONED,),
+    reference_values: Mapping[str, set] | None = None,
+    expected_rows: Mapping[str, int] | None = None,
+    previous: Mapping[str, dict] | None = None,
+    columns: dict[str, str] | None = None,
+    rules: list[Rule] | None = None,
+    problems: Mapping[str, Mapping[str, str]] | None = None,
+) -> Validation:
+    """Validate `frame` against `contract`; never raises for bad data (see Validation.blocking).
+
+    frame: the rows to write; a PARTITION column says which of `partitions` each row belongs to
+        (without it, every row belongs to the only partition).
+    reference_values: rule name -> the set of values that the referenced column holds.
+    expected_rows: for `row_count_matches`, per partition the row count of that input partition.
+    previous: per partition its previous version (version-log row: `columns`, `row_count`), for
+        drift and volume.
+    columns: this write's (name -> type), for drift.
+    rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
+        and what the factory found wrong, per partition (partition -> rule name -> message).
+    """
+    rules = rules if rules is not None else rules_of(contract)
+    if PARTITION in frame:
+        labels = frame[PARTITION].to_numpy(dtype=object)
+        frame = frame.drop(columns=[PARTITION])
+    else:
+        labels = np.full(len(frame), partitions[0], dtype=object)
+    try:
+        frame = contract.to_schema().coerce_dtype(frame)
+    except (SchemaError, SchemaErrors):
+        pass  # the values that do not parse are reported below as `schema` rule failures
+    frame = frame.reset_index(drop=True).assign(**{PARTITION: labels})
+    cases = failure_cases_frame(frame, contract, key_columns=key_columns, reference_values=reference_values or {},
+                                partition_column=PARTITION)
+    table_level = cases[cases["index"].isna()]
+    shared = {rule: "; ".join(map(str, group["failure_case"].unique()))[:500]
+              for rule, group in table_level.groupby("rule")}
+    # one case per failing row and rule (a dataframe check reports each column it reads)
+    row_cases = cases[cases["index"].notna()].drop_duplicates(["rule", "index"]).copy()
+    row_cases["index"] = row_cases["index"].astype(int)
+    row_cases[PARTITION] = labels[row_cases["index"].to_numpy()]
+
+    counted = row_cases.groupby([PARTITION, "rule"]).size().to_dict()
+    samples = {key: [{"column": c, "value": v, "row_key": k}
+                     for c, v, k in group[["column", "failure_case", "row_key"]].itertuples(index=False)]
+               for key, group in row_cases.groupby([PARTITION, "rule"]).head(SAMPLE_SIZE).groupby([PARTITION, "rule"])}
+    rows = pd.Series(labels).value_counts().to_dict()
+    results = {}
+    for partition in partitions:
+        messages = _messages(rules, partition, rows.get(partition, 0), contract, expected_rows, previous, columns)
+        messages = {**shared, **messages, **(problems or {}).get(partition, {})}
+        results[partition] = [
+            RuleResult(rule, counted.get((partition, rule.name), 0), rows.get(partition, 0),
+                       samples.get((partition, rule.name), []), messages.get(rule.name))
+            for rule in rules
+        ]
+
+    severity = {rule.name: rule.severity for rule in rules}
+    quarantining = {rule.name for rule in rules if rule.quarantine}
+    to_quarantine = row_cases[row_cases["rule"].isin(quarantining)]
+    reasons = to_quarantine.groupby("index")["rule"].agg(lambda r: ",".join(sorted(set(r))))
+    quarantined = frame.loc[reasons.index].assign(**{QUARANTINE_REASONS: reasons.values})
+    failures = pd.DataFrame({
+        PARTITION: row_cases[PARTITION].to_numpy(),
+        "check_name": row_cases["rule"].to_numpy(),
+        "severity": row_cases["rule"].map(severity).fillna(ERROR).to_numpy(),
+        "column": row_cases["column"].astype("string").to_numpy(),
+        "failing_value": row_cases["failure_case"].astype("string").to_numpy(),
+        "row_key": row_cases["row_key"].astype("string").to_numpy(),
+    })
+    valid = frame.drop(index=reasons.index).reset_index(drop=True)
+    return Validation(valid, quarantined.reset_index(drop=True), failures, results)
+
+
+def _messages(
+    rules: list[Rule], partition: str, rows: int, contract: type[pa.DataFrameModel],
+    expected_rows: Mapping[str, int] | None, previous: Mapping[str, dict] | None, columns: dict[str, str] | None,
+) -> dict[str, str]:
+    """The table-level rules' findings for one partition (row count, drift, volume)."""
+    messages = {}
+    before = (previous or {}).get(partition)
+    for rule in rules:
+        if rule.name.startswith("row_count_matches_") and expected_rows is not None \
+                and expected_rows.get(partition, 0) != rows:
+            messages[rule.name] = f"{rows} rows, expected {expected_rows.get(partition, 0)} (one per input row)"
+        elif rule.name == DRIFT_RULE and before is not None and columns is not None:
+            if drift := describe_drift(before["columns"], list(columns.items())):
+                messages[rule.name] = drift
+        elif rule.name == VOLUME_RULE and before is not None:
+            if problem := volume_problem(rows, before["row_count"], max_row_drop(contract)):
+                messages[rule.name] = problem
+    return messages
+
+
+def describe_drift(previous: list[tuple[str, str]], current: list[tuple[str, str]]) -> str | None:
+    before, after = dict(previous), dict(current)
+    changes = [f"added {c} {t}" for c, t in after.items() if c not in before]
+    changes += [f"removed {c}" for c in before if c not in after]
+    changes += [f"retyped {c} {before[c]} -> {t}" for c, t in after.items() if c in before and before[c] != t]
+    return "; ".join(changes) or None

@@ -1,0 +1,81 @@
+"""SQL helpers shared by the warehouse, the quality runner and the lineage store: quoting, the type
+map, transactions. Identifiers are quoted here; values are always bound parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+UNPARTITIONED = ""
+"""The partition key of an unpartitioned table's only version."""
+PARTITION = "_partition"
+"""The column, in the frames the factory hands around, that names each row's partition key."""
+
+# a contract column's pandas dtype -> the DuckDB type it is stored as (and must parse as)
+DUCKDB_TYPES = {
+    "Int64": "BIGINT", "int64": "BIGINT", "Int32": "INTEGER", "int32": "INTEGER",
+    "Float64": "DOUBLE", "float64": "DOUBLE", "string": "VARCHAR", "str": "VARCHAR",
+    "string[pyarrow]": "VARCHAR", "string[python]": "VARCHAR", "boolean": "BOOLEAN", "bool": "BOOLEAN",
+    "datetime64[ns]": "TIMESTAMP", "datetime64[us]": "TIMESTAMP",
+}
+
+
+def quote(identifier: str) -> str:
+    """Quote a (possibly schema-qualified) identifier: raw.orders -> "raw"."orders"."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in identifier.split("."))
+
+
+def column_ddl(columns: dict[str, str]) -> str:
+    return ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in columns.items())
+
+
+def typed_select(columns: dict[str, str]) -> str:
+    """The select list that casts incoming rows to the contract's types."""
+    return ", ".join(f"CAST({quote(name)} AS {sql_type}) AS {quote(name)}" for name, sql_type in columns.items())
+
+
+def path_literal(path: Path | str) -> str:
+    """A path as a SQL string literal (COPY ... TO and ATTACH take no bound parameter)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK on any exception (KeyboardInterrupt included)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def partition_filter(partitions: list[str], partition_expr: str | None) -> tuple[str, dict]:
+    """A WHERE clause (and its parameters) selecting the rows of daily `partitions`, given the SQL
+    expression over a table's columns that gives a row's date."""
+    if partition_expr is None or partitions == [UNPARTITIONED]:
+        return "TRUE", {}
+    if len(partitions) == 1:
+        return f"({partition_expr}) = CAST($partition AS DATE)", {"partition": partitions[0]}
+    return f"list_contains(CAST($partitions AS DATE[]), CAST(({partition_expr}) AS DATE))", {"partitions": partitions}
+
+
+def partition_label(partition_expr: str, tolerant: bool = False) -> str:
+    """The SQL giving a row's daily partition key; `tolerant`: NULL where the date is invalid (source rows)
+    instead of an error. (Only in a plain projection: DuckDB 1.5 cannot group by a TRY expression.)"""
+    date = f"TRY(CAST(({partition_expr}) AS DATE))" if tolerant else f"CAST(({partition_expr}) AS DATE)"
+    return f"strftime({date}, '%Y-%m-%d')"
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether `schema.table` exists in the connection's current catalog."""
+    schema, name = table.split(".")
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()[0])

@@ -1,0 +1,111 @@
+"""The warehouse every asset writes through: a Dagster resource with one small interface.
+
+    connect()            a DuckDB connection on the warehouse (reads, and writes inside commit)
+    read(...)            the rows of some partitions of a table
+    commit(write)        replace a set of partitions atomically; returns a Receipt per partition
+    record_failures(...) keep the check results and failure cases of a write that was refused
+    latest_versions(...), blocking_failures(...)   what the version log and check history say
+
+Backends: the DuckDB file under PROVLINE_HOME (`url = "duckdb"`, the default; duckdb_file.py). Every
+backend speaks DuckDB SQL, so the write itself is shared (base.py).
+
+Configure it in Definitions like any Dagster resource; `Warehouse.from_settings()` builds it from the
+environment (pipelines/settings.py), and tests build their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from pipelines.settings import Settings, get_settings
+from pipelines.sql import table_exists, transaction
+from pipelines.warehouse import base
+from pipelines.warehouse.base import Receipt, Write, quarantine_table
+from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
+
+__all__ = ["Receipt", "Warehouse", "WarehouseLockTimeout", "Write", "quarantine_table"]
+
+
+class Warehouse(dg.ConfigurableResource):
+    """Where provline keeps tables, quarantine, failure cases, check results and the version log."""
+
+    home: str
+    """Folder of the DuckDB file, its lock and the version snapshots (PROVLINE_HOME)."""
+    name: str = "warehouse"
+    """The DuckDB file stem; also the OpenLineage dataset namespace `duckdb://<name>`."""
+    url: str = "duckdb"
+    """The backend: `duckdb` (a file under `home`)."""
+    lock_timeout_s: float = 600.0
+    """How long a step waits for the file backend's writer lock."""
+    snapshot_retention_days: int = 90
+    """How long version snapshots are kept for `provline verify`."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Warehouse:
+        settings = settings or get_settings()
+        return cls(home=str(settings.home), name=settings.warehouse_name, url=settings.warehouse_url,
+                   lock_timeout_s=settings.lock_timeout_s, snapshot_retention_days=settings.snapshot_retention_days)
+
+    @property
+    def backend(self) -> DuckDBFile:
+        if self.url != "duckdb":
+            raise ValueError(f"unknown warehouse {self.url!r}: expected 'duckdb'")
+        return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days)
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for messages (never a password)."""
+        return self.backend.location
+
+    @property
+    def lineage_namespace(self) -> str:
+        """The OpenLineage namespace of the warehouse's tables (see pipelines/lineage/naming.py)."""
+        return f"duckdb://{self.name}"
+
+    def exists(self) -> bool:
+        """Whether anything was ever written (a read must not create an empty warehouse)."""
+        return self.backend.exists()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.backend.connect() as con:
+            yield con
+
+    def commit(self, write: Write) -> dict[str, Receipt]:
+        return self.backend.commit(write)
+
+    def record_failures(self, write: Write) -> None:
+        """Check results of a write that was refused (a blocking failure): only the results and failure
+        cases are committed, so the UI and later runs see why; the data stays."""
+        at = datetime.now(UTC).replace(tzinfo=None)
+        with self.connect() as con, transaction(con):
+            base.record_check_results(con, write, at)
+
+    # the reads every backend shares
+    read = staticmethod(base.read)
+    table_exists = staticmethod(table_exists)
+    latest_versions = staticmethod(base.latest_versions)
+    latest_version = staticmethod(base.latest_version)
+    blocking_failures = staticmethod(base.blocking_failures)
+    content_hashes = staticmethod(base.content_hashes)
+
+    def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
+        return self.backend.snapshot_path(table, partition, content_hash)
+
+    def status(self) -> pd.DataFrame:
+        """Per table: partitions, rows in their latest versions, last write (for `provline status`)."""
+        with self.connect() as con:
+            return con.execute(
+                """SELECT asset, count(DISTINCT partition) AS partitions,
+                          sum(row_count) FILTER (WHERE latest) AS rows, max(written_at) AS last_written
+                   FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1
+                         AS latest FROM provline.version_log)
+                   GROUP BY asset ORDER BY asset"""
+            ).df()

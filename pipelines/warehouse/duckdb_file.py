@@ -1,0 +1,139 @@
+"""The default backend: one DuckDB file under PROVLINE_HOME.
+
+DuckDB allows one writing process per file. Dagster's multiprocess executor runs each step in its own
+process, so every connection is taken under an inter-process file lock (`<home>/<name>.lock`): steps
+queue for the warehouse instead of failing on DuckDB's lock. The lock is held only while reading inputs
+and while committing, never while a pandas transform or validation runs. A crash or kill -9 before
+COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction back on the next open).
+
+Each committed version is also kept as Parquet under `<home>/snapshots/<table>/<partition>/<hash>.parquet`
+so `provline verify` can re-derive downstream versions from their inputs as they were.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from pipelines.sql import PARTITION, UNPARTITIONED, partition_filter, partition_label, path_literal, quote, transaction
+from pipelines.warehouse.base import META_DDL, Receipt, Write, write_partitions
+
+
+class WarehouseLockTimeout(RuntimeError):
+    pass
+
+
+@contextmanager
+def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WarehouseLockTimeout(
+                        f"waited {timeout_s:.0f}s for the warehouse lock {path}; another step holds it "
+                        "(raise PROVLINE_LOCK_TIMEOUT_S for long backfills)"
+                    ) from None
+                time.sleep(0.05)  # interruptible: Ctrl-C and run cancellation end the wait
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class DuckDBFile:
+    def __init__(self, home: Path, name: str, lock_timeout_s: float, retention_days: int):
+        self.path = home / f"{name}.duckdb"
+        self.lock_path = home / f"{name}.lock"
+        self.snapshot_dir = home / "snapshots"
+        self.lock_timeout_s = lock_timeout_s
+        self.retention_days = retention_days
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection under the inter-process writer lock, with the metadata tables in place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path, self.lock_timeout_s):
+            con = duckdb.connect(str(self.path))
+            try:
+                con.execute("SET TimeZone = 'UTC'")  # hashes must not depend on the machine's zone
+                con.execute(META_DDL)
+                yield con
+            finally:
+                con.close()
+
+    def commit(self, write: Write) -> dict[str, Receipt]:
+        with self.connect() as con:
+            with transaction(con):
+                receipts = write_partitions(con, write)
+            self._snapshot(con, write, receipts)
+        return receipts
+
+    def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
+        return self.snapshot_dir / table / (partition or "_all") / f"{content_hash}.parquet"
+
+    def _snapshot(self, con: duckdb.DuckDBPyConnection, write: Write, receipts: dict[str, Receipt]) -> None:
+        """Keep each committed version as Parquet (after COMMIT: a version is never snapshotted unless
+        committed). A range is written in one COPY partitioned by partition key, then each file moves to
+        its content-addressed name. Older snapshots expire after the retention period, except each
+        partition's latest."""
+        todo = {p: self.snapshot_path(write.table, p, r.content_hash) for p, r in receipts.items()}
+        todo = {p: path for p, path in todo.items() if not path.exists()}
+        if list(todo) == [UNPARTITIONED]:
+            self._copy(con, f"SELECT * FROM {quote(write.table)}", {}, todo[UNPARTITIONED])
+        elif todo:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=self.snapshot_dir))
+            try:
+                where, params = partition_filter(list(todo), write.partition_expr)
+                con.execute(
+                    f"""COPY (SELECT *, {partition_label(write.partition_expr)} AS {quote(PARTITION)}
+                              FROM {quote(write.table)} WHERE {where})
+                        TO {path_literal(tmp)} (FORMAT parquet, PARTITION_BY ({quote(PARTITION)}))""",
+                    params,
+                )
+                for partition, target in todo.items():
+                    files = sorted((tmp / f"{PARTITION}={partition}").glob("*.parquet"))
+                    if len(files) == 1:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        files[0].replace(target)
+                    elif files:
+                        self._copy(con, "SELECT * FROM read_parquet($files, hive_partitioning = false)",
+                                   {"files": [str(f) for f in files]}, target)
+                    else:  # an empty partition: an empty file with the table's columns
+                        self._copy(con, f"SELECT * FROM {quote(write.table)} LIMIT 0", {}, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        cutoff = time.time() - self.retention_days * 86400
+        for partition, receipt in receipts.items():
+            path = self.snapshot_path(write.table, partition, receipt.content_hash)
+            path.touch()
+            for old in path.parent.glob("*.parquet"):
+                if old != path and old.stat().st_mtime < cutoff:
+                    old.unlink(missing_ok=True)
+
+    @staticmethod
+    def _copy(con: duckdb.DuckDBPyConnection, query: str, params: dict, target: Path) -> None:
+        """COPY a query to `target` as Parquet, via a temp file and rename."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".parquet.tmp")
+        con.execute(f"COPY ({query}) TO {path_literal(tmp)} (FORMAT parquet)", params)
+        tmp.replace(target)
