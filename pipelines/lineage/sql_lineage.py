@@ -113,7 +113,7 @@ class _Query:
         self.tables = {t.lower(): (t, {c.lower(): c for c in cols}) for t, cols in schemas}
 
     def lineage(self, output_columns: tuple[str, ...]) -> SqlLineage:
-        fields = {c: _sorted(self._output(self.root, c.lower())) for c in output_columns}
+        fields = {c: sorted(set(self._output(self.root, c))) for c in output_columns}
         return SqlLineage(fields, self._indirect())
 
     # -- following a column to the input tables ---------------------------------------------------
@@ -121,10 +121,10 @@ class _Query:
     def _output(self, scope: Scope, name: str) -> list[ColumnSource]:
         """The inputs of one output column of a scope (of each branch, for a UNION)."""
         branches = _branches(scope)
-        names = [s.alias_or_name for s in branches[0].selects]
-        if name not in names:
+        names = [s.alias_or_name.lower() for s in branches[0].selects]
+        if name.lower() not in names:
             return []
-        i = names.index(name)
+        i = names.index(name.lower())
         return [source for b in branches for source in self._item(b.selects[i])]
 
     def _item(self, item: exp.Expression) -> list[ColumnSource]:
@@ -204,7 +204,8 @@ def _clauses(query: exp.Expression) -> list[tuple[IndirectSubtype, exp.Expressio
 
 def _how(column: exp.Column, item: exp.Expression) -> Transformation:
     """How a column reaches the value of the SELECT item it is in: INDIRECT where it only picks
-    rows, orders a window or decides a CASE branch; else DIRECT."""
+    rows, orders a window or decides a CASE branch; else DIRECT, AGGREGATION under an aggregate,
+    IDENTITY if the item is the column itself."""
     node, aggregated = column, False
     while node is not item and node.parent is not None:
         if subtype := _subtype(node):
@@ -248,7 +249,3 @@ def _duckdb_aggregates() -> frozenset[str]:
     with duckdb.connect() as con:
         rows = con.sql("SELECT function_name FROM duckdb_functions() WHERE function_type = 'aggregate'").fetchall()
     return frozenset(name.lower() for (name,) in rows)
-
-
-def _sorted(sources: list[ColumnSource]) -> list[ColumnSource]:
-    return sorted(set(sources))
