@@ -1,14 +1,12 @@
 """Column lineage of DuckDB SQL: what `sql_lineage` returns, exactly, for each SQL case.
 
 Each case lists every output column with all its inputs and transformation types, and the whole
-dataset-level INDIRECT list. The real asset SQL is read from assets/flights/sql/ in both partition
-predicate forms: a single day (``= $partition_date``) and a range (``>= $partition_start AND <
-$partition_end``, weather joined on the flight's date).
+dataset-level INDIRECT list. The real asset SQL is read from assets/flights/sql/ (the partition range
+``>= $partition_start AND < $partition_end``, weather joined on the flight's own date).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,18 +61,10 @@ def joins(*pairs: tuple[str, str]) -> set[tuple[str, str, str]]:
     return {(dataset, column, "JOIN") for dataset, column in pairs}
 
 
-def asset_sql(name: str, form: str) -> str:
-    """An asset's SQL file, rewritten to the single-day or the range form of its partition predicate
-    (whichever of the two the file holds today)."""
+def asset_sql(name: str) -> str:
+    """An asset's SQL file, as the factory runs it."""
     sql = (SQL_DIR / f"{name}.sql").read_text()
-    if form == "day":
-        sql = sql.replace("w.obs_date = f.flight_date", "w.obs_date = $partition_date")
-        sql = re.sub(r"([\w.]+) >= \$partition_start AND \1 < \$partition_end", r"\1 = $partition_date", sql)
-        assert "$partition_date" in sql and "$partition_start" not in sql
-    else:
-        sql = sql.replace("w.obs_date = $partition_date", "w.obs_date = f.flight_date")
-        sql = re.sub(r"([\w.]+) = \$partition_date", r"\1 >= $partition_start AND \1 < $partition_end", sql)
-        assert "$partition_start" in sql and "$partition_date" not in sql
+    assert "$partition_start" in sql and "$partition_end" in sql
     return sql
 
 
@@ -85,7 +75,7 @@ FLIGHT_FACTS_JOINS = joins(
 )  # fmt: skip
 
 
-def flight_facts(form: str) -> Case:
+def flight_facts() -> Case:
     fields = {
         **identity(FLIGHTS, "flight_id", "flight_date", "carrier"),
         "airline_name": {(AIRLINES, "name", IDENTITY)},
@@ -102,13 +92,12 @@ def flight_facts(form: str) -> Case:
         **identity(WEATHER, "temp", "wind_speed", "precip", "visib"),
         "has_weather": {(WEATHER, "origin", TRANSFORMED)},  # w.origin IS NOT NULL
     }
-    # The range form joins weather on the flight's own date instead of the partition parameter.
-    date_join = joins((FLIGHTS, "flight_date")) if form == "range" else set()
-    indirect = FLIGHT_FACTS_JOINS | date_join | {(FLIGHTS, "flight_date", "FILTER")}
-    return Case(asset_sql("flight_facts", form), fields, indirect)
+    # weather joins on the flight's own date
+    indirect = FLIGHT_FACTS_JOINS | joins((FLIGHTS, "flight_date")) | {(FLIGHTS, "flight_date", "FILTER")}
+    return Case(asset_sql("flight_facts"), fields, indirect)
 
 
-def carrier_daily_performance(form: str) -> Case:
+def carrier_daily_performance() -> Case:
     fields = {
         **identity(FACTS, "flight_date", "carrier"),
         "airline_name": {(FACTS, "airline_name", AGGREGATED)},  # any_value(..)
@@ -120,10 +109,10 @@ def carrier_daily_performance(form: str) -> Case:
         "mean_arr_delay": {(FACTS, "arr_delay", AGGREGATED)},
     }
     indirect = {(FACTS, "flight_date", "FILTER"), (FACTS, "flight_date", "GROUP_BY"), (FACTS, "carrier", "GROUP_BY")}
-    return Case(asset_sql("carrier_daily_performance", form), fields, indirect)
+    return Case(asset_sql("carrier_daily_performance"), fields, indirect)
 
 
-def route_daily(form: str) -> Case:
+def route_daily() -> Case:
     fields = {
         **identity(FACTS, "flight_date", "origin", "dest"),
         "flights": set(),
@@ -133,7 +122,7 @@ def route_daily(form: str) -> Case:
         "distance": {(FACTS, "distance", AGGREGATED)},  # max(distance)
     }
     indirect = {(FACTS, c, "GROUP_BY") for c in ("flight_date", "origin", "dest")} | {(FACTS, "flight_date", "FILTER")}
-    return Case(asset_sql("route_daily", form), fields, indirect)
+    return Case(asset_sql("route_daily"), fields, indirect)
 
 
 CASES: dict[str, Case] = {
@@ -284,9 +273,9 @@ CASES: dict[str, Case] = {
         {"year": {(PLANES, "year", UNKNOWN)}, "carrier": {(AIRLINES, "carrier", UNKNOWN)}, "name": set()},
         set(),
     ),
-    **{f"flight_facts_{form}": flight_facts(form) for form in ("day", "range")},
-    **{f"carrier_daily_performance_{form}": carrier_daily_performance(form) for form in ("day", "range")},
-    **{f"route_daily_{form}": route_daily(form) for form in ("day", "range")},
+    "flight_facts": flight_facts(),
+    "carrier_daily_performance": carrier_daily_performance(),
+    "route_daily": route_daily(),
 }
 
 
@@ -308,9 +297,8 @@ def test_sql_lineage(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["flight_facts", "carrier_daily_performance", "route_daily"])
 def test_asset_cases_cover_every_output_column(name: str) -> None:
-    for form in ("day", "range"):
-        case = CASES[f"{name}_{form}"]
-        assert list(case.fields) == sqlglot.parse_one(case.sql, read="duckdb").named_selects
+    case = CASES[name]
+    assert list(case.fields) == sqlglot.parse_one(case.sql, read="duckdb").named_selects
 
 
 def test_results_are_copies_of_the_cached_lineage() -> None:
