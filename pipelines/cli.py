@@ -1,7 +1,7 @@
 """The `provline` command.
 
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
-    provline run --start 2024-05-01 --end 2024-05-31
+    provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
@@ -20,6 +20,7 @@ import sys
 from datetime import date, timedelta
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from pipelines.settings import get_settings
 
@@ -52,10 +53,16 @@ def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) ->
 
 
 def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
-                 partition: str | None = None) -> bool:
+                 days: list[str] | None = None) -> bool:
+    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days."""
     from pipelines.lineage.sensors import finish_run
 
-    result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources,
+    partition, tags = None, {}
+    if days and len(days) == 1:
+        partition = days[0]
+    elif days:  # a range in one run (the assets' backfill policy is single-run)
+        tags = {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+    result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources, tags=tags,
                             raise_on_error=False)
     finish_run(instance.get_run_by_id(result.run_id) or result.dagster_run)
     print(f"{label}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
@@ -79,9 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     others = [a for a in assets if a.partitions_def is None]
     if not args.skip_reference and others and not _materialize(instance, resources, others, "unpartitioned tables"):
         return 1
-    failed = sum(not _materialize(instance, resources, members, f"partition {day}", day)
-                 for _, members, days in work for day in days)
+    failed = sum(not _materialize(instance, resources, members, f"partitions {_span(days)}", days)
+                 for _, members, days in work)
     return 1 if failed else 0
+
+
+def _span(days: list[str]) -> str:
+    return days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,6 +66,19 @@ FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the sa
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
 PREVIEW_ROWS = 5
+_EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
+
+
+class _ChecksReportedPerPartition(logging.Filter):
+    """A range step reports its check results per partition (AssetCheckEvaluation events) instead of as the
+    check outputs Dagster gates steps on, and blocks failed partitions downstream itself; Dagster's notice
+    that the next step "will proceed without gating" on those outputs is expected, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will proceed without gating" not in record.getMessage()
+
+
+logging.getLogger("dagster._core.execution.plan.active").addFilter(_ChecksReportedPerPartition())
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,23 +223,24 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
         for check, rules in _by_check(spec.rules).items()
     ]
 
-    @dg.asset(
-        key=spec.key,
-        deps=[i.key for i in spec.inputs],
+    # A one-asset multi_asset: its outputs are Nothing-typed (no IO manager: the factory writes) and,
+    # being subsettable, its check outputs are optional, so a range reports each partition itself.
+    @dg.multi_asset(
+        name=spec.key.to_python_identifier(),
+        specs=[dg.AssetSpec(
+            spec.key,
+            deps=[i.key for i in spec.inputs],
+            partitions_def=spec.partitions,
+            group_name=spec.group,
+            code_version=spec.code_version,
+            description=spec.description,
+            kinds={"duckdb", "sql" if spec.sql else "pandas"},
+            metadata=_definition_metadata(spec),
+        )],
+        check_specs=check_specs,
         partitions_def=spec.partitions,
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitioned else None,
-        group_name=spec.group,
-        code_version=spec.code_version,
-        description=spec.description,
-        check_specs=check_specs,
-        kinds={"duckdb", "sql" if spec.sql else "pandas"},
-        metadata={
-            "dagster/column_schema": column_schema(spec),
-            "dagster/table_name": spec.table,
-            "contract": f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}",
-            "transform": spec.source_file,
-            "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
-        },
+        can_subset=True,
         required_resource_keys={"warehouse"},
         retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
     )
@@ -233,6 +248,18 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
         return (yield from materialize(spec, context, context.resources.warehouse))
 
     return _asset
+
+
+def _definition_metadata(spec: TableSpec) -> dict:
+    """What the UI shows of the asset before any run."""
+    contract = f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}"
+    return {
+        "dagster/column_schema": column_schema(spec),
+        "dagster/table_name": spec.table,
+        "contract": contract,
+        "transform": spec.source_file,
+        "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
+    }
 
 
 def column_schema(spec: TableSpec) -> dg.TableSchema:
@@ -454,7 +481,14 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
                          f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
     yield from _report(spec, context, derived, receipts)
     if derived.refused or derived.inputs.blocked:
-        raise dg.Failure(description=_failure_summary(spec, derived), allow_retries=False)
+        summary = _failure_summary(spec, derived)
+        if len(partitions) == 1 or not derived.written or not _downstream_in_run(spec, context):
+            raise dg.Failure(description=summary, allow_retries=False)
+        # a range carries on: downstream builds the other partitions and leaves these out (blocked);
+        # the last assets of the run fail it, naming every partition left out and why
+        context.log.error(summary)
+    if len(partitions) > 1:
+        yield _range_output(spec)
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
@@ -485,6 +519,19 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
             asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
             tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
         )
+
+
+def _range_output(spec: TableSpec) -> dg.Output:
+    """The asset's (Nothing) output after a range: downstream steps run. Its metadata key is Dagster's own
+    marker that asset events were already reported by the step (each partition's materialization above);
+    without it Dagster would copy one DataVersion onto every partition (dagster-io/dagster#34013)."""
+    return dg.Output(None, output_name=spec.key.to_python_identifier(), metadata={_EVENTS_REPORTED: True})
+
+
+def _downstream_in_run(spec: TableSpec, context: dg.AssetExecutionContext) -> bool:
+    """Whether an asset that reads this one runs later in the same run."""
+    layer = context.job_def.asset_layer
+    return bool(layer.asset_graph.get(spec.key).child_keys & set(layer.selected_asset_keys))
 
 
 def _failure_summary(spec: TableSpec, derived: Derived) -> str:

@@ -50,7 +50,7 @@ def test_dagster_cli_forms(env, home):
 def test_provline_run_and_status(env, home):
     result = run([PROVLINE, "run", "--date", DAY], env)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "unpartitioned tables: ok" in result.stdout and f"partition {DAY}: ok" in result.stdout
+    assert "unpartitioned tables: ok" in result.stdout and f"partitions {DAY}: ok" in result.stdout
     assert scalar(home, "SELECT sum(flights) FROM marts.route_daily") == DAY_FLIGHTS
     status = run([PROVLINE, "status"], env)
     assert status.returncode == 0 and "marts.flight_facts" in status.stdout

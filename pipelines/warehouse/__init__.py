@@ -104,7 +104,7 @@ class Warehouse(dg.ConfigurableResource):
         with self.connect() as con:
             return con.execute(
                 """SELECT asset, count(DISTINCT partition) AS partitions,
-                          sum(row_count) FILTER (WHERE latest) AS rows, max(written_at) AS last_written
+                          CAST(sum(row_count) FILTER (WHERE latest) AS BIGINT) AS rows, max(written_at) AS last_written
                    FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1
                          AS latest FROM provline.version_log)
                    GROUP BY asset ORDER BY asset"""
