@@ -153,7 +153,9 @@ END
 # keep the JSON text (a string starts with '"'), so their type can be checked; VARCHAR is used where any
 # non-string fails the check anyway (eventType, eventTime, runId) or where ->> also took the text.
 # A facets object becomes a MAP (name -> the fields we read from any facet); a facet that is not an
-# object gives a struct of NULLs, a facets value that is not an object (or has duplicate keys) a NULL map.
+# object gives a struct of NULLs, a facets value that is not an object a NULL map. Duplicate keys are kept
+# as they are (DuckDB 1.5 builds the MAP without its uniqueness check; only fetching it into Python raises):
+# SUSPECT looks for them.
 _FACET = "_producer JSON, _schemaURL JSON"
 _MAP = "MAP(VARCHAR, STRUCT({}))".format
 _INPUT_FIELDS = ("STRUCT(namespace VARCHAR, name VARCHAR, field VARCHAR, "
@@ -176,11 +178,19 @@ EVENT_STRUCTURE = json.dumps({
 KEY_PATHS = "['$', '$.run', '$.job']"  # k[1]: top-level keys, k[2]: run's, k[3]: job's
 
 _STR = "coalesce(starts_with({}, '\"'), false)".format  # a JSON-typed field holds a string
-_BAD_FACETS = ("coalesce(list_bool_or(list_transform(map_values({}), lambda f: f IS NULL OR NOT "
-               + _STR("f._producer") + " OR NOT " + _STR("f._schemaURL") + ")), false)").format
-_BAD_DATASETS = ("coalesce(list_bool_or(list_transform({}, lambda d: d IS NULL OR NOT " + _STR("d.namespace")
-                 + " OR NOT " + _STR("d.name") + " OR " + _BAD_FACETS("d.facets") + " OR "
-                 + _BAD_FACETS("d.{}") + ")), false)").format
+_DUPLICATE_KEYS = "coalesce(list_unique(map_keys({0})) < cardinality({0}), false)".format
+
+
+def _bad_facets(facets: str) -> str:
+    return (f"coalesce(list_bool_or(list_transform(map_values({facets}), lambda f: f IS NULL OR NOT "
+            f"{_STR('f._producer')} OR NOT {_STR('f._schemaURL')})), false) OR {_DUPLICATE_KEYS(facets)}")
+
+
+def _bad_datasets(datasets: str, group: str, also: str = "false") -> str:
+    return (f"coalesce(list_bool_or(list_transform({datasets}, lambda d: d IS NULL OR NOT {_STR('d.namespace')} "
+            f"OR NOT {_STR('d.name')} OR {_bad_facets('d.facets')} OR {_bad_facets(f'd.{group}')} OR {also})), false)")
+
+
 # True for every line STRUCTURAL_PROBLEM finds a problem in (and, rarely, for a fine one: duplicate
 # keys in a facets object): a superset, decided exactly line by line. Evaluated over `e` and `k`.
 UNREADABLE_FACETS = "a facets object (or columnLineage.fields) could not be read: duplicate keys?"
@@ -197,8 +207,9 @@ SUSPECT = f"""(
   OR (list_contains(k[1], 'outputs') AND e.outputs IS NULL)
   OR (list_contains(k[2], 'facets') AND e.run.facets IS NULL)
   OR (list_contains(k[3], 'facets') AND e.job.facets IS NULL)
-  OR {_BAD_FACETS("e.run.facets")} OR {_BAD_FACETS("e.job.facets")}
-  OR {_BAD_DATASETS("e.inputs", "inputFacets")} OR {_BAD_DATASETS("e.outputs", "outputFacets")}
+  OR {_bad_facets("e.run.facets")} OR {_bad_facets("e.job.facets")}
+  OR {_bad_datasets("e.inputs", "inputFacets")}
+  OR {_bad_datasets("e.outputs", "outputFacets", _DUPLICATE_KEYS("d.facets['columnLineage'].fields"))}
 )"""
 
 

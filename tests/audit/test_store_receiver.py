@@ -185,6 +185,28 @@ def test_one_pass_ingest_finds_the_first_bad_line_and_its_reason(empty_store: Li
     assert json.loads(stored) == json.loads(lines[0])
 
 
+@pytest.mark.parametrize("where", ["job", "inputs", "outputs", "columnLineage"])
+def test_duplicate_keys_anywhere_in_the_facets_refuse_the_batch(empty_store: LineageStore, where: str):
+    """DuckDB 1.5 builds a MAP with duplicate keys without complaint: the store must look for them."""
+    facet = {"_producer": PRODUCER, "_schemaURL": "https://example.com/f.json"}
+    event = {"eventTime": "2013-01-14T06:00:00+00:00", "eventType": "COMPLETE", "producer": PRODUCER,
+             "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+             "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "ns", "name": "j", "facets": {}},
+             "inputs": [{"namespace": "db", "name": "a", "facets": {}}],
+             "outputs": [{"namespace": "db", "name": "b", "outputFacets": {}, "facets": {"columnLineage": {
+                 **facet, "fields": {"x": {"inputFields": [{"namespace": "db", "name": "a", "field": "y"}]}}}}}]}
+    group = {"job": event["job"]["facets"], "inputs": event["inputs"][0]["facets"],
+             "outputs": event["outputs"][0]["outputFacets"]}.get(where)
+    if group is not None:
+        group["dup"] = facet
+    key = '"x": {' if where == "columnLineage" else '"dup": {'
+    raw = json.dumps(event)
+    with pytest.raises(IngestError, match="duplicate keys"):
+        empty_store.ingest_payloads([raw.replace(key, f'{key}"_producer": "p", "_schemaURL": "s"}}, {key}', 1)])
+    assert empty_store.counts()["events"] == 0
+    assert empty_store.ingest_payloads([raw]).added == 1  # the same event without the duplicate
+
+
 def test_one_pass_ingest_fills_the_tables_as_the_event_says(empty_store: LineageStore):
     run_id, parent = str(uuid.uuid4()), str(uuid.uuid4())
     facet = {"_producer": PRODUCER, "_schemaURL": "https://example.com/f.json"}
