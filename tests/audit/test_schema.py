@@ -14,7 +14,7 @@ from .conftest import Audited
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_package_build_ships_the_spec_and_its_license(tmp_path: Path):
+def test_the_package_build_ships_the_spec_its_license_and_the_report_template(tmp_path: Path):
     # build_py is the step that puts packages and their package data into a wheel
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
                     "--build-lib", str(tmp_path)], cwd=REPO, check=True, capture_output=True)
@@ -24,6 +24,7 @@ def test_the_package_build_ships_the_spec_and_its_license(tmp_path: Path):
     assert "Apache License" in (spec / "LICENSE").read_text()
     facets = sorted(p.name for p in (spec / "facets").glob("*.json"))
     assert len(facets) > 30 and facets == sorted(p.name for p in (SPEC_DIR / "facets").glob("*.json"))
+    assert (built / "templates" / "report.html").is_file()
     # the built copy validates on its own
     event = {"eventTime": "2013-01-14T06:00:00+00:00", "eventType": "START", "producer": "https://example.com/p",
              "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
