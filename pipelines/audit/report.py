@@ -1,6 +1,6 @@
 """`provline audit report`: one self-contained HTML page (no external assets) for one dataset:
-the provenance graph as inline SVG (layered by depth), the versions, the runs, the quality results of
-the version audited, and the reproducibility verdict.
+the provenance graph as inline SVG (layered by depth), the versions, the runs (each OpenLineage run
+beside its Dagster run), the quality results of the version audited, and the reproducibility verdict.
 
 The page is templates/report.html, rendered by jinja2 with autoescape on: every value is escaped. This
 module only arranges the data (table rows, graph coordinates)."""
@@ -8,18 +8,24 @@ module only arranges the data (table rows, graph coordinates)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 NODE_W, NODE_H, COL_GAP, ROW_GAP = 230, 46, 70, 14
+PATH_PARTS = 3  # a long path shows its file name and parent folders, up to this many parts
+# a node's colour in the graph, and the legend's
+FILLS = {"pass": "#e6f4ea", "warn": "#fff4d6", "fail": "#fde2e2", "none": "#eeeeee"}
+LEGEND = [("pass", "pass", "every check passed"), ("warn", "warn", "a warn check failed; the version was written"),
+          ("fail", "fail", "a blocking check failed"), ("none", "no checks", "a source or an external dataset")]
 _TEMPLATES = Environment(loader=PackageLoader("pipelines.audit"), autoescape=True, undefined=StrictUndefined,
                          trim_blocks=True, lstrip_blocks=True)
 
 
 @dataclass(frozen=True)
 class Table:
-    headers: list[str]
-    rows: list[list]
+    headers: list[str] | None  # None: key/value rows, no header row
+    rows: list[list]  # a cell is a value, or a _cell()
     classes: list[str | None] | None = None  # one CSS class (or None) per row
 
 
@@ -30,6 +36,26 @@ def _text(value) -> str:
 def _short(value, n: int = 12) -> str:
     text = _text(value)
     return text if len(text) <= n else text[:n] + "…"
+
+
+def _short_path(name: str) -> str:
+    """An absolute path as its last PATH_PARTS parts after an ellipsis; other names as they are."""
+    parts = PurePosixPath(name).parts
+    return "…/" + "/".join(parts[-PATH_PARTS:]) if name.startswith("/") and len(parts) > PATH_PARTS + 1 else name
+
+
+def _cell(text: str, title: str | None = None, cls: str | None = None) -> dict:
+    return {"text": text, "title": title, "class": cls}
+
+
+def _dataset_cell(name: str) -> dict:
+    short = _short_path(name)
+    return _cell(short, title=name if short != name else None)
+
+
+def _status(node: dict) -> str:
+    summary = node.get("quality_summary") or {}
+    return next((s for s in ("fail", "warn", "pass") if summary.get(s)), "none")
 
 
 def _flatten(tree: dict) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -62,15 +88,13 @@ def graph(tree: dict) -> dict:
             pos[node["key"]] = (x, 10 + i * (NODE_H + ROW_GAP))
     boxes = []
     for node in nodes:
-        summary = node.get("quality_summary") or {}
-        fill = "#fde2e2" if summary.get("fail") else "#fff4d6" if summary.get("warn") else "#e6f4ea"
-        if node.get("version") is None:
-            fill = "#eeeeee"
-        x, y = pos[node["key"]]
+        label = _short_path(node["dataset"])
+        version = f"v {_short(node['version'])}" if node.get("version") else "no version recorded"
         boxes.append({
-            "x": x, "y": y, "fill": fill, "title": f"{node['dataset']} {_text(node.get('version'))}",
-            "label": node["dataset"] if len(node["dataset"]) <= 34 else "…" + node["dataset"][-33:],
-            "detail": f"v {_short(node.get('version'))}" + (f" · {node['partition']}" if node.get("partition") else ""),
+            **dict(zip(("x", "y"), pos[node["key"]], strict=True)), "fill": FILLS[_status(node)],
+            "title": f"{node['dataset']} {_text(node.get('version'))}".strip(),
+            "label": label if len(label) <= 34 else "…" + label[-33:],
+            "detail": version + (f" · {node['partition']}" if node.get("partition") else ""),
         })
     return {
         "width": (max_depth + 1) * (NODE_W + COL_GAP) + 20,
@@ -81,16 +105,23 @@ def graph(tree: dict) -> dict:
     }
 
 
+def _quality_cell(node: dict) -> dict | str:
+    s = node.get("quality_summary")
+    if not s:
+        return node.get("note", "")
+    failed = sorted(q["assertion"] for q in node.get("quality", []) if q["result"] != "pass")
+    text = f"{s['pass']} pass / {s['warn']} warn / {s['fail']} fail" + (f": {', '.join(failed)}" if failed else "")
+    return _cell(text, cls=_status(node))
+
+
 def _provenance_rows(tree: dict) -> list[list]:
     nodes, _ = _flatten(tree)
     rows = []
     for n in sorted(nodes, key=lambda n: (n["depth"], n["dataset"])):
         run = n.get("run") or {}
-        s = n.get("quality_summary") or {}
-        rows.append([n["depth"], n["dataset"], n.get("partition"), n.get("version"), run.get("job"),
-                     run.get("run_id"), run.get("state"), n.get("code_version"),
-                     f"{s.get('pass', 0)} pass / {s.get('warn', 0)} warn / {s.get('fail', 0)} fail" if s else
-                     n.get("note", "")])
+        rows.append([n["depth"], _dataset_cell(n["dataset"]), n.get("partition"), n.get("version"), run.get("job"),
+                     run.get("run_id"), run.get("dagster_run_id"), run.get("state"), n.get("code_version"),
+                     _quality_cell(n)])
     return rows
 
 
@@ -98,7 +129,7 @@ def render(dataset: str, partition: str | None, tree: dict | None, versions: lis
            verdict: dict | None, error: str | None = None) -> str:
     tables: dict[str, Table] = {}
     if verdict:
-        tables["verdict"] = Table(["", ""], [
+        tables["verdict"] = Table(None, [
             ["version (recorded)", verdict.get("version")],
             ["re-derived hash", verdict.get("reproduced_hash")],
             ["code version recorded / now",
@@ -107,20 +138,23 @@ def render(dataset: str, partition: str | None, tree: dict | None, versions: lis
                                  [[i["name"], i["recorded"], i.get("loaded"), i["status"]]
                                   for i in verdict.get("inputs", [])])
     if tree:
-        tables["provenance"] = Table(["depth", "dataset", "partition", "version", "job", "run", "state",
-                                      "code version", "quality"], _provenance_rows(tree))
+        tables["provenance"] = Table(["depth", "dataset", "partition", "version", "job", "run", "Dagster run",
+                                      "state", "code version", "quality"], _provenance_rows(tree))
         quality = tree.get("quality", [])
         tables["quality"] = Table(["check", "column", "result", "severity", "expected", "actual"],
                                   [[q["assertion"], q["column"], q["result"], q["severity"], q["expected"],
                                     q["actual"]] for q in quality], [q["result"] for q in quality])
-    tables["versions"] = Table(["written", "partition", "version", "rows", "run", "code version"],
+    tables["versions"] = Table(["written", "partition", "version", "rows", "run", "Dagster run", "code version"],
                                [[v["event_time"], v["partition"], v["version"], v["row_count"], v["run_id"],
-                                 v["code_version"]] for v in versions])
-    tables["runs"] = Table(["started", "partition", "state", "run", "code version", "failed checks", "flags"],
-                           [[r["started"], r["partition"], r["state"], r["run_id"], r["code_version"],
-                             ", ".join(f"{a['assertion']} ({a['result']})" for a in r["failed_assertions"]),
+                                 v["dagster_run_id"], v["code_version"]] for v in versions])
+    tables["runs"] = Table(["started", "partition", "state", "run", "Dagster run", "code version", "failed checks",
+                            "flags"],
+                           [[r["started"], r["partition"], r["state"], r["run_id"], r["dagster_run_id"],
+                             r["code_version"], ", ".join(f"{a['assertion']} ({a['result']})"
+                                                          for a in r["failed_assertions"]),
                              "; ".join(r["flags"])] for r in runs],
                            ["fail" if r["state"] in ("FAIL", "ABORT") else None for r in runs])
+    legend = [(status, FILLS[status], label, meaning) for status, label, meaning in LEGEND]
     return _TEMPLATES.get_template("report.html").render(
         title=f"Audit: {dataset}" + (f" [{partition}]" if partition else ""), error=error, verdict=verdict,
-        tree=tree, graph=graph(tree) if tree else None, tables=tables)
+        tree=tree, graph=graph(tree) if tree else None, tables=tables, legend=legend)
