@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
+import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import requests
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import dataset_version_dataset, nominal_time_run
+from openlineage.client.serde import Serde
 from openlineage.client.transport.http import HttpConfig, HttpTransport
 
 from pipelines.audit.receiver import LINEAGE_PATH, LineageReceiver
@@ -100,11 +102,9 @@ def test_full_schema_validation_catches_what_the_structural_check_cannot(empty_s
 @pytest.fixture
 def receiver(empty_store: LineageStore) -> Iterator[LineageReceiver]:
     server = LineageReceiver(empty_store, "127.0.0.1", 0, max_bytes=64 * 1024)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def _event(state: RunState, run_id: str) -> RunEvent:
@@ -152,6 +152,35 @@ def test_receiver_rejects_malformed_events_with_4xx_and_keeps_going(receiver: Li
     event["eventTime"] = datetime.now(UTC).isoformat()
     ok = requests.post(url, json=event, timeout=5)  # still serving
     assert ok.status_code == 201 and receiver.store.counts()["events"] == 1
+
+
+def test_receiver_answers_500_when_the_store_fails_and_keeps_serving(receiver: LineageReceiver, monkeypatch):
+    url = receiver.url + LINEAGE_PATH
+    body = Serde.to_json(_event(RunState.START, str(uuid.uuid4())))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(receiver.store, "ingest_payloads", broken)
+    failed = requests.post(url, data=body, timeout=5)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error", "detail": "disk full"}
+    monkeypatch.undo()
+    assert requests.post(url, data=body, timeout=5).status_code == 201
+    assert receiver.received == 1
+
+
+def test_receiver_needs_a_content_length_and_serves_clients_side_by_side(receiver: LineageReceiver):
+    url = receiver.url + LINEAGE_PATH
+    chunked = requests.post(url, data=iter([b'{"eventType": "START"}']), timeout=5)  # Transfer-Encoding: chunked
+    assert chunked.status_code == 411 and "Content-Length" in chunked.json()["error"]
+    host, port = receiver.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as stalled:  # a client stuck mid-body holds no one up
+        stalled.sendall(b"POST /api/v1/lineage HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        bodies = [Serde.to_json(_event(RunState.START, str(uuid.uuid4()))) for _ in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda body: requests.post(url, data=body, timeout=5).status_code, bodies))
+        assert codes == [201] * 8 and receiver.received == 8 and receiver.store.counts()["events"] == 8
+        receiver.stop()  # nor does it hold up a stop (raises if the server is still running)
 
 
 def test_one_pass_ingest_finds_the_first_bad_line_and_its_reason(empty_store: LineageStore, events_file: Path):
