@@ -162,7 +162,11 @@ def _input_node(ctx: _Ctx, inp: dict, consumer: dict, depth: int, max_depth: int
          "before": consumer["event_time"], "consumer_partition": consumer["partition"] or ""},
     )
     if not rows:
-        leaf["note"] = "the run that wrote this version is not in the store"
+        written = ctx.rows("SELECT 1 FROM outputs WHERE namespace = $ns AND name = $name AND event_time <= $as_of "
+                           "LIMIT 1", {"ns": inp["namespace"], "name": inp["name"]})
+        # a source file's version is its content hash, recorded by the run that read it
+        leaf["note"] = ("the run that wrote this version is not in the store" if written
+                        else "a source: the version read (no run in the store writes it)")
         return leaf
     return _node(ctx, rows[0], depth + 1, max_depth, seen)
 

@@ -5,117 +5,110 @@ POST /api/v1/lineage with one RunEvent as JSON (what openlineage-python's HttpTr
 error body for a body that is not JSON or not a valid RunEvent (Marquez answers 400/422 for those;
 we answer 400 for both with the reason); 413 over the size limit; 411 without Content-Length;
 404 for other paths, 405 for other methods. A handler error answers 500 and the server keeps going.
-"""
+
+A Starlette app served by uvicorn: HTTP parsing, keep-alive (idle connections closed after 5 s),
+concurrency (asyncio: a slow client costs a socket, not a thread; the store's writes run in a worker
+thread, one at a time) and a graceful stop on Ctrl-C / SIGTERM are theirs."""
 
 from __future__ import annotations
 
 import json
-import logging
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from pipelines.audit.store import IngestError, LineageStore
-
-log = logging.getLogger(__name__)
 
 LINEAGE_PATH = "/api/v1/lineage"
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 
 
-class LineageReceiver(ThreadingHTTPServer):
-    daemon_threads = True
+class LineageReceiver:
+    """The receiver on host:port (0: a free port); `start()` serves in a thread, `serve_forever()` here."""
 
     def __init__(self, store: LineageStore, host: str = "127.0.0.1", port: int = 5000,
                  max_bytes: int = DEFAULT_MAX_BYTES):
         self.store = store
         self.max_bytes = max_bytes
         self.received = 0
-        self._count_lock = threading.Lock()
-        super().__init__((host, port), _Handler)
+        self._socket = socket.create_server((host, port))  # bound now: .url is known before serving
+        routes = [Route(path, self._post, methods=["POST"]) for path in (LINEAGE_PATH, LINEAGE_PATH + "/")]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+        # a stop waits for the requests in flight, at most 3 s (a client stalled mid-body never finishes)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                     timeout_graceful_shutdown=3))
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def serve_forever(self) -> None:
+        self._server.run(sockets=[self._socket])
 
-class _Handler(BaseHTTPRequestHandler):
-    server: LineageReceiver
-    protocol_version = "HTTP/1.1"
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the lineage receiver did not start on {self.url}")
+            time.sleep(0.01)
 
-    def log_message(self, fmt: str, *args) -> None:  # quiet by default; requests go to logging
-        log.debug("%s - %s", self.address_string(), fmt % args)
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the lineage receiver on {self.url} did not stop")
+        self._socket.close()
 
-    def _reply(self, status: int, body: dict | None = None) -> None:
-        data = json.dumps(body).encode() if body is not None else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if data:
-            self.wfile.write(data)
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        try:
-            self._post()
-        except Exception as error:  # noqa: BLE001 - never let one request take the server down
-            log.exception("lineage receiver: request failed")
-            self.close_connection = True
-            try:
-                self._reply(500, {"error": "internal error", "detail": str(error)[:500]})
-            except OSError:
-                pass
-
-    def _post(self) -> None:
-        if self.path.split("?")[0].rstrip("/") != LINEAGE_PATH:
-            self._discard()
-            return self._reply(404, {"error": f"no such endpoint {self.path}; POST events to {LINEAGE_PATH}"})
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self.close_connection = True
-            return self._reply(411, {"error": "Content-Length is required"})
-        size = int(length)
-        if size > self.server.max_bytes:
-            self.close_connection = True  # do not read the oversized body
-            return self._reply(413, {"error": f"payload of {size} bytes is over the limit of "
-                                              f"{self.server.max_bytes} bytes"})
-        body = self.rfile.read(size)
+    async def _post(self, request: Request) -> JSONResponse:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            return JSONResponse({"error": "Content-Length is required"}, 411)
+        if int(length) > self.max_bytes:  # answered without reading the body
+            return JSONResponse({"error": f"payload of {length} bytes is over the limit of {self.max_bytes} bytes"},
+                                413)
+        body = await request.body()
         try:
             event = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return self._reply(400, {"error": f"malformed JSON: {error}"})
+            return JSONResponse({"error": f"malformed JSON: {error}"}, 400)
         if isinstance(event, list):
-            return self._reply(400, {"error": "send one event per request (a JSON object), not a list"})
+            return JSONResponse({"error": "send one event per request (a JSON object), not a list"}, 400)
         try:
-            result = self.server.store.ingest_payloads([body], source="http")
+            result = await run_in_threadpool(self.store.ingest_payloads, [body], source="http")
         except IngestError as error:
-            return self._reply(400, {"error": "invalid OpenLineage RunEvent", "problems": error.problems})
-        with self.server._count_lock:
-            self.server.received += 1
-        self._reply(201, {"stored": result.added, "duplicate": result.duplicates > 0})
+            return JSONResponse({"error": "invalid OpenLineage RunEvent", "problems": error.problems}, 400)
+        self.received += 1  # on the event loop: one at a time
+        return JSONResponse({"stored": result.added, "duplicate": result.duplicates > 0}, 201)
 
-    def _discard(self) -> None:
-        length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= self.server.max_bytes:
-            self.rfile.read(int(length))
-        else:
-            self.close_connection = True
 
-    def _not_allowed(self) -> None:
-        self._discard()
-        if self.path.split("?")[0].rstrip("/") == LINEAGE_PATH:
-            return self._reply(405, {"error": f"{self.command} not allowed; POST events to {LINEAGE_PATH}"})
-        return self._reply(404, {"error": f"no such endpoint {self.path}"})
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    if error.status_code == 405:
+        return JSONResponse({"error": f"{request.method} not allowed; POST events to {LINEAGE_PATH}"}, 405)
+    return JSONResponse({"error": f"no such endpoint {request.url.path}; POST events to {LINEAGE_PATH}"},
+                        error.status_code)
 
-    do_GET = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    # uvicorn logs the traceback ("Exception in ASGI application") and keeps serving
+    return JSONResponse({"error": "internal error", "detail": str(error)[:500]}, 500)
 
 
 def serve(store: LineageStore, host: str = "127.0.0.1", port: int = 5000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     server = LineageReceiver(store, host, port, max_bytes)
     print(f"lineage receiver on {server.url}{LINEAGE_PATH} -> {store.path} (Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        server.serve_forever()  # uvicorn stops on Ctrl-C / SIGTERM, finishing the requests in flight
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
         pass
-    finally:
-        server.server_close()

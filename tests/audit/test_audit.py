@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -141,7 +142,18 @@ def test_cli_queries_and_report(audit_home: Path, tmp_path: Path, capsys):
     assert "marts.flight_facts" in capsys.readouterr().out
     assert main(["lineage", "versions", "raw.flights", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["lineage", "runs", "--json"]) == 0
+    every_run = json.loads(capsys.readouterr().out)
     assert main(["lineage", "runs", "--failed"]) == 0
+    failed = capsys.readouterr().out.splitlines()
+    # no check failed a blocking rule: --failed lists exactly the runs that did not COMPLETE, and not the
+    # staging.flights run that completed with WARN results
+    assert not any(a["result"] == "fail" for r in every_run for a in r["failed_assertions"])
+    assert any(r["job"] == "staging.flights" and r["failed_assertions"] for r in every_run)
+    incomplete = {r["run_id"] for r in every_run if r["state"] != "COMPLETE"}
+    listed = {line.rsplit(" run ", 1)[1] for line in failed if " run " in line and not line.startswith(" ")}
+    assert listed == incomplete and failed[-1] == f"{len(incomplete)} run(s)"
+    assert "staging.flights" not in "\n".join(failed)
     assert main(["lineage", "upstream", "no.such_table"]) == 2
     assert "no dataset 'no.such_table'" in capsys.readouterr().err
     assert main(["lineage", "runs", "--as-of", "yesterday"]) == 2
@@ -150,4 +162,5 @@ def test_cli_queries_and_report(audit_home: Path, tmp_path: Path, capsys):
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "raw.flights" in html
     assert "reproduced" in html and "<script" not in html and "src=" not in html and "href=" not in html
-    assert "tailnum_in_staging_planes" not in html or "warn" in html
+    # the upstream WARN results (staging.flights' reference rules) are shown as warnings, by name
+    assert re.search(r'<td class="warn">28 pass / 3 warn / 0 fail: [^<]*tailnum_in_staging_planes', html)
