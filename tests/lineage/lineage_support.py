@@ -199,7 +199,13 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.attempts += 1
             self.server.auth_headers.append(self.headers.get("Authorization"))
-        fate = self.server.fate(json.loads(body))
+        try:
+            event = json.loads(body)
+        except ValueError:  # cut off mid-request (a client process that exited)
+            self.send_response(400)
+            self.end_headers()
+            return
+        fate = self.server.fate(event)
         if fate == "hang":
             self.server.release.wait(10)
             return
@@ -210,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fate == "late":
             time.sleep(self.server.late_s)
         with self.server.lock:
-            self.server.accepted.append(json.loads(body))
+            self.server.accepted.append(event)
             self.server.bodies.append(body)
         try:
             self.send_response(201)
