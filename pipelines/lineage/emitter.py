@@ -90,7 +90,8 @@ class LineageEmitter:
     def close(self) -> None:
         """Wait at most PROVLINE_LINEAGE_EXIT_WAIT_S for queued events to be sent, then release the transports.
 
-        Optional: at process exit the same wait happens anyway."""
+        Optional: at process exit the same wait happens anyway. It stops this process's background
+        delivery to these queues until the next emission."""
         if self._delivery is not None:
             self._delivery.close()
 
