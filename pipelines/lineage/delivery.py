@@ -491,8 +491,16 @@ def stop_drainers(queues: list[Path] | None = None, wait_s: float | None = None)
 # threading's exit hook runs at interpreter exit and in multiprocessing children (Dagster's step
 # processes end with os._exit, so atexit would not run there).
 threading._register_atexit(stop_drainers)  # type: ignore[attr-defined]
-# A forked child has no drainer threads; what it emits starts its own.
-os.register_at_fork(after_in_child=_drainers.clear)
+
+
+def _forget_drainers() -> None:
+    """In a forked child: no drainer threads, and the lock may have been held by a thread that is gone."""
+    global _drainers_lock
+    _drainers_lock = threading.Lock()
+    _drainers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_drainers)
 
 
 # ---- delivery -------------------------------------------------------------------------------
