@@ -13,6 +13,19 @@ After `dead`, the outbox is counted and `pipelines.lineage.replay` sends it to a
 server; the received events are counted (and deduplicated by runId + eventType + eventTime).
 
     python benchmarks/bench_lineage.py --assets 300
+
+Benchmark of issue 11 (`--delivery`): one run of EVENTS events through a healthy backend and through a
+flaky one (tests/lineage/lineage_support.Backend: 30% HTTP 500, 10% answered only LATE_S = 3 s after
+the 2 s timeout, by a seeded schedule), each in its own process. The run is a loop as a real run emits:
+the Dagster run's START, then per asset START, the step's work, COMPLETE (the same flight_facts event
+as above), then the run's COMPLETE, then `LineageEmitter.close()` (the exit wait). The step's work is
+pure-Python CPU (`--step-ms`, calibrated once and identical in both runs), so the background drainer
+competes with it for the GIL: the worst case for the emitting code. Overhead = the loop's wall time,
+flaky over healthy. Then at most one `provline lineage replay` (the real CLI), and the backend's
+receipts are checked: every event delivered (deduplicated by runId + eventType + eventTime), 0 lost,
+START received before the terminal event of each run.
+
+    python benchmarks/bench_lineage.py --delivery --events 1000 --step-ms 500
 """
 
 from __future__ import annotations
@@ -27,13 +40,19 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "lineage"))
+from lineage_support import Backend, event_key  # noqa: E402 - the tests' loopback backend
+
 DAY = "2013-01-15"
 MODES = ("file", "dead", "hang")
+DELIVERY_MODES = ("healthy", "flaky")
+TIMEOUT_S = 2.0
+LATE_S = TIMEOUT_S + 3.0
 
 
 # ---- local servers ----------------------------------------------------------------------------
@@ -78,19 +97,6 @@ class HangingServer:
         self.sock.close()
 
 
-class Recorder(BaseHTTPRequestHandler):
-    events: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Recorder.events.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 # ---- the events -------------------------------------------------------------------------------
 
 
@@ -113,22 +119,20 @@ def flight_facts_frame():
 
 def step_lineage(frame):
     """A StepLineage for marts.flight_facts without a Dagster context, and what it emits."""
-    import assets.flights.marts  # noqa: F401 - registers the tables
-    from pipelines.factory import TABLES
+    from pipelines.definitions import catalog
     from pipelines.lineage.model import AssetRun, DatasetRef
     from pipelines.lineage.step import StepLineage
     from pipelines.quality import RuleResult
 
-    spec = TABLES["marts.flight_facts"]
+    spec = catalog["marts.flight_facts"]
     step = StepLineage.__new__(StepLineage)
-    step.spec, step.tables = spec, TABLES
-    validation = SimpleNamespace(valid=frame, results=[RuleResult(rule, 0, len(frame)) for rule in spec.rules])
+    step.spec = spec
+    validation = SimpleNamespace(valid=frame.assign(_partition=DAY),
+                                 results={DAY: [RuleResult(rule, 0, len(frame)) for rule in spec.rules]})
     started = time.perf_counter()
-    output = step._output(validation, "d41d8cd98f00b204e9800998ecf8427e", len(frame), 312_000)
+    output = step._output(validation, DAY, "d41d8cd98f00b204e9800998ecf8427e", len(frame), step._column_lineage())
     build_s = time.perf_counter() - started
-    inputs = [
-        DatasetRef(name, f"{i:032x}", DAY if TABLES[name].partitioned else None) for i, name in enumerate(spec.inputs)
-    ]
+    inputs = [DatasetRef(i.table, f"{n:032x}", DAY if i.partitioned else None) for n, i in enumerate(spec.inputs)]
     return spec, output, inputs, build_s, AssetRun, DatasetRef
 
 
@@ -160,12 +164,11 @@ def run_mode(mode: str, assets: int) -> dict:
             tags={"group": "flights"},
         )
         t0 = time.perf_counter()
-        fresh = LineageEmitter()  # what StepLineage does per step
+        LineageEmitter()  # what StepLineage does per step (and never closes)
         t1 = time.perf_counter()
         emitter.asset_started(run, inputs)
         emitter.asset_completed(run, inputs, output)
         t2 = time.perf_counter()
-        fresh.close()
         construct.append(t1 - t0)
         per_asset.append(t2 - t1)
     emitter.close()
@@ -178,6 +181,143 @@ def run_mode(mode: str, assets: int) -> dict:
         "lineage_columns": len(output.column_lineage),
         "rows": len(frame),
     }
+
+
+# ---- issue 11: a run through a flaky backend --------------------------------------------------
+
+
+def busy(iterations: int) -> int:
+    """A step's work: pure-Python CPU, holding the GIL as much as a Python step does."""
+    return sum(i * i for i in range(iterations))
+
+
+def calibrate(step_ms: float) -> int:
+    """Iterations of `busy` that take step_ms here, now (measured once, used by both runs)."""
+    started = time.perf_counter()
+    busy(1_000_000)
+    return int(1_000_000 * step_ms / 1000 / (time.perf_counter() - started))
+
+
+def run_delivery(events: int, iterations: int) -> dict:
+    """Child process: one run of `events` events, paced by the step's work; wall time of the whole loop."""
+    from datetime import date, datetime, timedelta
+
+    from pipelines.lineage.emitter import LineageEmitter
+
+    spec, output, inputs, _, AssetRun, _ = step_lineage(flight_facts_frame())
+    assets = (events - 2) // 2
+    emitter = LineageEmitter()
+    emits: list[float] = []
+
+    def timed(emit, *args) -> None:
+        t0 = time.perf_counter()
+        emit(*args)
+        emits.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    timed(emitter.run_started, "bench-delivery-run", "flights_daily")
+    for i in range(assets):
+        day = date(2013, 1, 1) + timedelta(days=i)  # one asset run per partition: distinct run ids
+        run = AssetRun(
+            dagster_run_id="bench-delivery-run", dagster_job_name="flights_daily", asset_key=spec.table,
+            partition=day.isoformat(), attempt=1, nominal_start=datetime(day.year, day.month, day.day),
+            nominal_end=datetime(day.year, day.month, day.day) + timedelta(days=1), code_version=spec.code_version,
+            sql=spec.sql, source_path=spec.source_file, description=spec.description, tags={"group": "flights"},
+        )  # fmt: skip
+        timed(emitter.asset_started, run, inputs)
+        busy(iterations)
+        timed(emitter.asset_completed, run, inputs, output)
+    timed(emitter.run_finished, "bench-delivery-run", "flights_daily", "COMPLETE")
+    closing = time.perf_counter()
+    emitter.close()
+    ended = time.perf_counter()
+    return {"wall": ended - started, "close": ended - closing, "emits": emits, "emitted": 2 + 2 * assets}
+
+
+def delivery_child(mode: str, events: int, iterations: int, home: Path, server: Backend) -> dict:
+    env = {**http_env(home, server.url), "PROVLINE_LINEAGE_TIMEOUT_S": str(TIMEOUT_S)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--events", str(events),
+           "--iterations", str(iterations)]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=7200)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def terminal_before_start(accepted: list[dict]) -> int:
+    """Runs whose terminal event was received before their START (first receipts): must be 0."""
+    first: dict[tuple[str, str], int] = {}
+    for i, event in enumerate(accepted):
+        first.setdefault((event["run"]["runId"], event["eventType"]), i)
+    return sum(1 for (rid, kind), i in first.items() if kind != "START" and first.get((rid, "START"), i + 1) > i)
+
+
+def delivery_run(mode: str, events: int, iterations: int, seed: int) -> dict:
+    """One run through a healthy or flaky backend, then one replay; what the backend received."""
+    server = start_backend()
+    if mode == "flaky":
+        server.mode, server.seed, server.refuse, server.late, server.late_s = "flaky", seed, 0.3, 0.1, LATE_S
+    with tempfile.TemporaryDirectory(prefix=f"provline-delivery-{mode}-") as tmp:
+        home = Path(tmp) / "home"
+        load = os.getloadavg()[0]
+        result = delivery_child(mode, events, iterations, home, server)
+        during = len({event_key(e) for e in server.accepted})
+        left = outbox_count(home)
+        result["replay"] = replay_cli(home, server)
+        time.sleep(LATE_S + 1)  # late answers of the replay land in the backend
+        result["remaining"] = outbox_count(home)
+    stop_backend(server)
+    keys = [event_key(e) for e in server.accepted]
+    fates = Counter(fate for _, fate in server.fates)
+    result.update(
+        load=load, during=during, left=left, received=len(keys), distinct=len(set(keys)),
+        out_of_order=terminal_before_start(server.accepted), attempts=server.attempts, fates=dict(fates),
+    )  # fmt: skip
+    return result
+
+
+def delivery_table(runs: dict[str, list[dict]], step_ms: float) -> str:
+    lines = [
+        "| backend | load1 | events | run wall s | emission median / p95 / max ms | exit wait s | delivered "
+        "during the run | outbox at the end | replay (wall) | delivered, distinct | lost | duplicates "
+        "| out of order | requests (500 / late) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode, results in runs.items():
+        for r in results:
+            e = summary(r["emits"])
+            lines.append(
+                f"| {mode} | {r['load']:.1f} | {r['emitted']} | {r['wall']:.1f} | {e['median']:.2f} / "
+                f"{e['p95']:.2f} / {e['max']:.1f} | {r['close']:.2f} | {r['during']} | {r['left']} | "
+                f"`{r['replay']['output']}` ({r['replay']['wall']:.1f} s) | {r['distinct']} | "
+                f"{r['emitted'] - r['distinct']} | {r['received'] - r['distinct']} | {r['out_of_order']} | "
+                f"{r['attempts']} ({r['fates'].get('error', 0)} / {r['fates'].get('late', 0)}) |"
+            )
+    healthy = statistics.median(r["wall"] for r in runs["healthy"])
+    flaky = statistics.median(r["wall"] for r in runs["flaky"])
+    emits = {m: statistics.median(v * 1000 for r in rs for v in r["emits"]) for m, rs in runs.items()}
+    lines += [
+        "",
+        f"Step work {step_ms:.0f} ms of pure-Python CPU per asset. Run wall time, median: healthy "
+        f"{healthy:.1f} s, flaky {flaky:.1f} s: **overhead {100 * (flaky / healthy - 1):+.1f}%**. "
+        f"Emission median: healthy {emits['healthy']:.2f} ms, flaky {emits['flaky']:.2f} ms "
+        f"({emits['flaky'] / emits['healthy']:.2f}x).",
+    ]
+    return "\n".join(lines)
+
+
+def delivery_main(args: argparse.Namespace) -> None:
+    iterations = calibrate(args.step_ms)
+    print(f"load before: {os.getloadavg()}; {iterations} iterations = {args.step_ms} ms of work", file=sys.stderr)
+    runs: dict[str, list[dict]] = {mode: [] for mode in DELIVERY_MODES}
+    for _ in range(args.repeat):
+        for mode in DELIVERY_MODES:
+            runs[mode].append(delivery_run(mode, args.events, iterations, args.seed))
+            print(f"{mode} done", file=sys.stderr)
+    print(delivery_table(runs, args.step_ms))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    print(f"load after: {os.getloadavg()}", file=sys.stderr)
 
 
 # ---- parent: one child per transport, then the outbox and replay ------------------------------
@@ -202,37 +342,42 @@ def file_events(home: Path) -> int:
     return sum(1 for _ in open(path)) if path.exists() else 0
 
 
-def replay_to_recorder(home: Path) -> dict:
-    """`pipelines.lineage.replay` of the outbox to a live local server; what it received."""
-    Recorder.events = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVLINE_", "OPENLINEAGE"))}
-    env.update(
-        PROVLINE_HOME=str(home),
-        OPENLINEAGE__TRANSPORT__TYPE="http",
-        OPENLINEAGE__TRANSPORT__URL=f"http://127.0.0.1:{server.server_address[1]}",
-    )
-    code = (
-        "from pipelines.lineage import replay; from pipelines.settings import get_settings; "
-        "import json; r = replay(get_settings()); print(json.dumps(r.__dict__))"
-    )
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - started
+def start_backend() -> Backend:
+    server = Backend(check_schema=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop_backend(server: Backend) -> None:
+    server.release.set()
     server.shutdown()
     server.server_close()
-    if out.returncode != 0:
+
+
+def http_env(home: Path, url: str) -> dict[str, str]:
+    """This environment without provline or OpenLineage settings, sending to url."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVLINE_", "OPENLINEAGE"))}
+    env.update(PROVLINE_HOME=str(home), OPENLINEAGE__TRANSPORT__TYPE="http", OPENLINEAGE__TRANSPORT__URL=url)
+    return env
+
+
+def replay_cli(home: Path, server: Backend) -> dict:
+    """One `provline lineage replay` (the console script) against server; its output and wall time."""
+    started = time.perf_counter()
+    out = subprocess.run([str(Path(sys.executable).with_name("provline")), "lineage", "replay"], cwd=REPO,
+                         env=http_env(home, server.url), capture_output=True, text=True, timeout=900)  # fmt: skip
+    if out.returncode not in (0, 1):
         raise SystemExit(f"replay failed:\n{out.stderr[-3000:]}")
-    keys = [(e["run"]["runId"], e["eventType"], e["eventTime"]) for e in Recorder.events]
-    return {
-        "result": json.loads(out.stdout.strip().splitlines()[-1]),
-        "received": len(keys),
-        "distinct": len(set(keys)),
-        "remaining": outbox_count(home),
-        "wall": wall,
-    }
+    return {"output": out.stdout.strip(), "exit": out.returncode, "wall": time.perf_counter() - started}
+
+
+def replay_to_recorder(home: Path) -> dict:
+    """`provline lineage replay` of the outbox to a live local server; what it received."""
+    server = start_backend()
+    replayed = replay_cli(home, server)
+    stop_backend(server)
+    keys = [event_key(e) for e in server.accepted]
+    return {**replayed, "received": len(keys), "distinct": len(set(keys)), "remaining": outbox_count(home)}
 
 
 def summary(values: list[float]) -> dict:
@@ -280,14 +425,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assets", type=int, default=300, help="assets (START + COMPLETE) per transport")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of file,dead,hang")
     parser.add_argument("--json", type=Path, help="write the raw timings here")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--delivery", action="store_true", help="issue 11: a run through a healthy and a flaky backend")
+    parser.add_argument("--events", type=int, default=1000, help="--delivery: events per run")
+    parser.add_argument("--step-ms", type=float, default=500, help="--delivery: CPU work per asset, ms")
+    parser.add_argument("--repeat", type=int, default=1, help="--delivery: runs per backend, interleaved")
+    parser.add_argument("--seed", type=int, default=11, help="--delivery: the flaky backend's schedule")
+    parser.add_argument("--child", choices=MODES + DELIVERY_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--iterations", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child in DELIVERY_MODES:
+        print(json.dumps(run_delivery(args.events, args.iterations)))
+        return 0
     if args.child:
         print(json.dumps(run_mode(args.child, args.assets)))
+        return 0
+    if args.delivery:
+        delivery_main(args)
         return 0
     print(f"load before: {os.getloadavg()}", file=sys.stderr)
     results: dict[str, dict] = {}
@@ -323,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(
                     f"- dead: {queued} events in the outbox (expected {2 * args.assets}); replay to a "
                     f"live recording server: {r['received']} received, {r['distinct']} distinct "
-                    f"(runId, eventType, eventTime), replay says {r['result']}, {r['remaining']} left "
+                    f"(runId, eventType, eventTime), replay says `{r['output']}`, {r['remaining']} left "
                     f"in the outbox, {r['wall']:.1f} s wall"
                 )
         print(f"{mode} done", file=sys.stderr)

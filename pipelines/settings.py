@@ -27,7 +27,13 @@ class Settings:
     lineage_namespace: str
     """PROVLINE_LINEAGE_NAMESPACE: the OpenLineage job namespace."""
     lineage_timeout_s: float
-    """PROVLINE_LINEAGE_TIMEOUT_S: the most one emission may stall a step before going to the outbox."""
+    """PROVLINE_LINEAGE_TIMEOUT_S: the HTTP timeout of one delivery attempt (emission itself never waits on a
+    remote backend: events for it go through the outbox and a background thread)."""
+    lineage_exit_wait_s: float
+    """PROVLINE_LINEAGE_EXIT_WAIT_S: the most a process waits at exit for its lineage outbox to drain; what is
+    left stays in the outbox for the next process or `provline lineage replay`."""
+    lineage_replay_budget_s: float
+    """PROVLINE_LINEAGE_REPLAY_BUDGET_S: how long `provline lineage replay` keeps retrying refused events."""
     snapshot_retention_days: int
     """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
     dagster_home: Path | None
@@ -65,6 +71,8 @@ def get_settings() -> Settings:
         lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
         lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),
         lineage_timeout_s=float(_env("PROVLINE_LINEAGE_TIMEOUT_S", "2")),
+        lineage_exit_wait_s=float(_env("PROVLINE_LINEAGE_EXIT_WAIT_S", "0.5")),
+        lineage_replay_budget_s=float(_env("PROVLINE_LINEAGE_REPLAY_BUDGET_S", "120")),
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),

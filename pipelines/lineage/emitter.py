@@ -23,14 +23,7 @@ from openlineage.client.event_v2 import (
 )
 
 from pipelines.lineage import facets, naming
-from pipelines.lineage.delivery import (
-    Delivery,
-    ReplayResult,
-    close_targets,
-    load_client_config,
-    redact,
-    replay,
-)
+from pipelines.lineage.delivery import Delivery, ReplayResult, load_client_config, redact, replay
 from pipelines.lineage.model import AssetRun, DatasetRef, OutputInfo, SourceFile
 from pipelines.settings import Settings, get_settings
 
@@ -96,8 +89,12 @@ class LineageEmitter:
         self._guard(self._asset_event, run, "ABORT", inputs, None, None, None)
 
     def close(self) -> None:
+        """Wait at most PROVLINE_LINEAGE_EXIT_WAIT_S for queued events to be sent, then release the transports.
+
+        Optional: at process exit the same wait happens anyway. It stops this process's background
+        delivery to these queues until the next emission."""
         if self._delivery is not None:
-            close_targets(self._delivery.targets)
+            self._delivery.close()
 
     # ---- internals -------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -52,11 +54,10 @@ def test_each_asset_run_has_one_start_and_one_terminal_with_parent(home: Path) -
     parent_id = naming.dagster_run_id(run.dagster_run_id)
     dagster_events = [e for e in events if e["run"]["runId"] == parent_id]
     assert [e["eventType"] for e in dagster_events] == ["START", "FAIL"]
-    assert dagster_events[0]["job"] == {
-        "namespace": "provline",
-        "name": "daily_flights",
-        "facets": dagster_events[0]["job"]["facets"],
-    }
+    job = dagster_events[0]["job"]
+    assert (job["namespace"], job["name"], list(job["facets"])) == ("provline", "daily_flights", ["jobType"])
+    job_type = job["facets"]["jobType"]
+    assert (job_type["integration"], job_type["jobType"], job_type["processingType"]) == ("DAGSTER", "JOB", "BATCH")
     by_run: dict[str, list[str]] = {}
     for e in events:
         if e["run"]["runId"] != parent_id:
@@ -126,7 +127,6 @@ def test_column_lineage_carries_direct_and_indirect_transformations(home: Path) 
     emitter = LineageEmitter()
     emitter.asset_completed(asset_run(), INPUTS, typed)
     (event,) = read_jsonl(events_file(home))
-    validate(events_file(home))
     facet = event["outputs"][0]["facets"]["columnLineage"]
     assert facet["_schemaURL"].endswith("/1-2-0/ColumnLineageDatasetFacet.json#/$defs/ColumnLineageDatasetFacet")
     assert facet["fields"]["carrier"]["inputFields"] == [
@@ -142,6 +142,7 @@ def test_column_lineage_carries_direct_and_indirect_transformations(home: Path) 
         ("staging.flights", "flight_date",
          [{"type": "INDIRECT", "subtype": "FILTER"}, {"type": "INDIRECT", "subtype": "GROUP_BY"}]),
     ]  # fmt: skip
+    validate(events_file(home))
 
 
 def test_fail_event_carries_error_and_failed_assertions_but_no_new_version(home: Path) -> None:
@@ -174,7 +175,28 @@ def test_run_ids_are_deterministic_per_attempt() -> None:
     assert first != naming.asset_run_id("r1", "marts.flight_facts", "2013-01-01", 2)
     assert first != naming.asset_run_id("r1", "marts.flight_facts", "2013-01-02", 1)
     assert first != naming.asset_run_id("r2", "marts.flight_facts", "2013-01-01", 1)
-    assert naming.dagster_run_id("r1") == naming.dagster_run_id("r1") != first
+    parent = naming.dagster_run_id("r1")
+    assert uuid.UUID(parent).version == 5
+    assert parent not in (naming.dagster_run_id("r2"), first)
+    # the same ids from another interpreter (another hash seed, nothing shared in memory)
+    code = (
+        "from pipelines.lineage import naming; "
+        "print(naming.dagster_run_id('r1'), naming.asset_run_id('r1', 'marts.flight_facts', '2013-01-01', 1))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.split() == [parent, first]
+
+
+def test_two_emitters_describe_one_materialization_identically(home: Path) -> None:
+    """Independently built emitters give the same event but for its time; another attempt, another run."""
+    LineageEmitter().asset_completed(asset_run(), INPUTS, output())
+    LineageEmitter().asset_completed(asset_run(), INPUTS, output())
+    LineageEmitter().asset_completed(asset_run(attempt=2), INPUTS, output())
+    first, second, retried = read_jsonl(events_file(home))
+    timeless = [{k: v for k, v in e.items() if k != "eventTime"} for e in (first, second, retried)]
+    assert timeless[0] == timeless[1]
+    assert retried["run"]["runId"] != first["run"]["runId"]
+    assert (retried["job"], retried["outputs"]) == (first["job"], first["outputs"])
 
 
 def test_same_materialization_emitted_twice_has_the_same_run_id(home: Path) -> None:
