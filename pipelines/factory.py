@@ -65,6 +65,9 @@ from pipelines.warehouse import Receipt, Warehouse, Write
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
+UPSTREAM_FAILED = "upstream_failed"
+"""Recorded (in quality.check_results, blocking) for a partition left out because an upstream partition
+failed: its own downstream then leaves it out too, in this run and later ones, naming the first cause."""
 PREVIEW_ROWS = 5
 _EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
 
@@ -281,6 +284,7 @@ class Inputs:
 
     versions: dict[str, dict[str, str]]  # partition -> {input table or "source:<file>": content hash}
     blocked: dict[str, str]  # partition -> why it cannot be built (an upstream partition failed)
+    causes: dict[str, str]  # partition -> the first cause of that (an upstream's failed check, in words)
     previous: dict[str, dict]  # partition -> this table's previous version-log row
     reference_values: dict[str, set] = field(default_factory=dict)
     expected_rows: dict[str, int] | None = None
@@ -356,12 +360,12 @@ def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[s
         quarantined=validation.quarantined[validation.quarantined[PARTITION].isin(partitions)],
         failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
         input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
-        check_results={p: _stored_results(validation.results[p]) for p in partitions},
+        check_results={p: _stored_results(validation.results[p], spec.table, p) for p in partitions},
     )
 
 
 def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
-    inputs = Inputs(versions={p: {} for p in partitions}, blocked={},
+    inputs = Inputs(versions={p: {} for p in partitions}, blocked={}, causes={},
                     previous=warehouse.latest_versions(con, spec.table, partitions))
     for upstream in spec.inputs:
         if not warehouse.table_exists(con, upstream.table):
@@ -373,13 +377,8 @@ def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
         for partition in partitions:
             their = partition if upstream.partitioned else UNPARTITIONED
             inputs.versions[partition][upstream.table] = versions.get(their, {}).get("content_hash", "")
-            if their in failed and not allow:
-                checks = ", ".join(f"{check} ({rows} rows)" for check, rows, _ in failed[their])
-                inputs.blocked.setdefault(partition, (
-                    f"{spec.table} refuses to build from {upstream.table} [{their or 'unpartitioned'}]: its latest "
-                    f"validation (run {failed[their][0][2]}) failed blocking check(s) {checks}. Fix and "
-                    f"re-materialize {upstream.table}, or override with PROVLINE_ALLOW_FAILED_UPSTREAM=true or "
-                    f"the run tag {ALLOW_FAILED_UPSTREAM_TAG}=true."))
+            if their in failed and not allow and partition not in inputs.blocked:
+                inputs.blocked[partition], inputs.causes[partition] = _refusal(spec, upstream, their, failed[their])
         if failed and allow and log is not None:
             log.warning(f"building from {upstream.table} despite its failed blocking checks (override set)")
     built = [p for p in partitions if p not in inputs.blocked]
@@ -391,6 +390,17 @@ def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
     inputs.reference_values = reference_values(con, spec.table, spec.contract)
     inputs.expected_rows = expected_rows(con, spec.contract, built, spec.partition_expr_of) if built else None
     return inputs
+
+
+def _refusal(spec: TableSpec, upstream: TableSpec, partition: str, failed: list[tuple]) -> tuple[str, str]:
+    """Why `spec` will not build from `upstream` [partition], and the first cause (an upstream partition that
+    failed its own checks; carried along a chain of partitions left out)."""
+    checks = ", ".join(f"{check} ({rows} rows)" for check, rows, _, _ in failed)
+    cause = "; ".join(message or check for check, _, _, message in failed)
+    return (f"{spec.table} refuses to build from {upstream.table} [{partition or 'unpartitioned'}]: its latest "
+            f"validation (run {failed[0][2]}) failed blocking check(s) {checks}; cause: {cause}. Fix and "
+            f"re-materialize {upstream.table}, or override with PROVLINE_ALLOW_FAILED_UPSTREAM=true or the run tag "
+            f"{ALLOW_FAILED_UPSTREAM_TAG}=true.", cause)
 
 
 def _sql_params(spec: TableSpec, partitions: list[str]) -> dict:
@@ -437,12 +447,33 @@ def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str]
     return frame.assign(**{PARTITION: keys})[np.isin(keys, built)]
 
 
-def _stored_results(results: list[RuleResult]) -> list[dict]:
+def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:
     return [
         {"check_name": r.rule.name, "severity": r.rule.severity, "passed": r.passed,
-         "blocking": r.blocking, "failing_rows": r.failing_rows}
+         "blocking": r.blocking, "failing_rows": r.failing_rows, "message": _finding(r, table, partition)}
         for r in results
     ]
+
+
+def _finding(result: RuleResult, table: str, partition: str) -> str | None:
+    """A failed rule in words: where, the table-level finding or a failing value."""
+    if result.passed:
+        return None
+    what = result.message or (f"{result.failing_rows} rows, e.g. {result.sample[0]['column']}="
+                              f"{result.sample[0]['value']!r}" if result.sample else f"{result.failing_rows} rows")
+    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {what}"
+
+
+def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
+    """The record of partitions left out because an upstream partition failed (see UPSTREAM_FAILED)."""
+    blocked = list(derived.inputs.blocked)
+    return Write(
+        table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
+        run_id=run_id, partitions=blocked, rows=pd.DataFrame(),
+        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": ERROR, "passed": False, "blocking": True,
+                            "failing_rows": 0, "message": derived.inputs.causes[p]}]
+                       for p in blocked},
+    )
 
 
 # --- one materialization: commit and report ------------------------------------------------
@@ -459,6 +490,8 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         )
         derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
                          on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
+        if derived.inputs.blocked:
+            warehouse.record_failures(_blocked_write(spec, derived, context.run_id))
         if not derived.built:  # every partition is blocked by its upstream: nothing to run
             raise dg.Failure("\n".join(dict.fromkeys(derived.inputs.blocked.values())), allow_retries=False)
         if derived.refused:
@@ -506,19 +539,42 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         else:
             yield from checks
         return
-    for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition]):
-            yield dg.AssetCheckEvaluation(
-                asset_key=spec.key, check_name=result.check_name, passed=result.passed,
-                metadata=result.metadata, severity=result.severity, partition=partition,
-                blocking=False,  # the factory blocks the partition downstream itself (see _failure_summary)
-            )
     for partition in derived.written:
         receipt = receipts[partition]
         yield dg.AssetMaterialization(
             asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
             tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
         )
+    targets = _materializations(context, spec, derived.written, derived.refused)
+    for partition in derived.built:
+        for result in _check_results(spec, validation.results[partition]):
+            yield dg.AssetCheckEvaluation(
+                asset_key=spec.key, check_name=result.check_name, passed=result.passed,
+                metadata=result.metadata, severity=result.severity, partition=partition,
+                target_materialization_data=targets.get(partition),
+                blocking=False,  # the factory blocks the partition downstream itself (see materialize)
+            )
+
+
+def _materializations(
+    context: dg.AssetExecutionContext, spec: TableSpec, written: list[str], refused: list[str]
+) -> dict[str, dg.AssetCheckEvaluationTargetMaterializationData]:
+    """The materialization each partition's checks evaluated: the one just recorded, or for a refused
+    partition the previous version it keeps. (What Dagster looks up for a single partition's checks.)"""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+    from dagster._core.storage.event_log.base import AssetRecordsFilter
+
+    targets = {}
+    for partitions in ([written] if written else []) + [[p] for p in refused]:  # the written ones are the newest
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions), limit=len(partitions)).records
+        for record in records:
+            partition = record.event_log_entry.dagster_event.partition
+            targets.setdefault(partition, AssetCheckEvaluationTargetMaterializationData(
+                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp))
+    return targets
 
 
 def _range_output(spec: TableSpec) -> dg.Output:

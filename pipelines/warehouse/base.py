@@ -50,8 +50,10 @@ CREATE TABLE IF NOT EXISTS quality.failures (
 );
 CREATE TABLE IF NOT EXISTS quality.check_results (
     run_id VARCHAR, asset VARCHAR, partition VARCHAR, check_name VARCHAR, severity VARCHAR,
-    passed BOOLEAN, blocking BOOLEAN, failing_rows BIGINT, recorded_at TIMESTAMP
+    passed BOOLEAN, blocking BOOLEAN, failing_rows BIGINT, recorded_at TIMESTAMP,
+    message VARCHAR                      -- what failed, in words (a table-level finding, a failing value)
 );
+ALTER TABLE quality.check_results ADD COLUMN IF NOT EXISTS message VARCHAR;  -- warehouses from before it
 """
 VERSION_COLUMNS = ("content_hash", "code_version", "run_id", "row_count", "columns", "written_at", "snapshot_id")
 
@@ -117,13 +119,14 @@ def latest_version(con: duckdb.DuckDBPyConnection, table: str, partition: str) -
 
 
 def blocking_failures(con: duckdb.DuckDBPyConnection, table: str, partitions: list[str]) -> dict[str, list[tuple]]:
-    """partition -> the blocking checks (name, failing rows, run id) that failed in its latest validation."""
+    """partition -> the blocking checks (name, failing rows, run id, message) that failed in its latest
+    validation."""
     rows = con.execute(
         """WITH latest AS (
                SELECT partition, run_id, max(recorded_at) AS recorded_at FROM quality.check_results
                WHERE asset = $asset AND list_contains($partitions, partition) GROUP BY partition, run_id
                QUALIFY row_number() OVER (PARTITION BY partition ORDER BY max(recorded_at) DESC) = 1)
-           SELECT r.partition, r.check_name, r.failing_rows, r.run_id FROM quality.check_results r
+           SELECT r.partition, r.check_name, r.failing_rows, r.run_id, r.message FROM quality.check_results r
            JOIN latest USING (partition, run_id, recorded_at)
            WHERE r.asset = $asset AND r.blocking ORDER BY r.partition, r.check_name""",
         {"asset": table, "partitions": partitions},

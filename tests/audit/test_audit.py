@@ -163,4 +163,4 @@ def test_cli_queries_and_report(audit_home: Path, tmp_path: Path, capsys):
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "raw.flights" in html
     assert "reproduced" in html and "<script" not in html and "src=" not in html and "href=" not in html
     # the upstream WARN results (staging.flights' reference rules) are shown as warnings, by name
-    assert re.search(r'<td class="warn">28 pass / 3 warn / 0 fail: [^<]*tailnum_in_staging_planes', html)
+    assert re.search(r'<td class="warn">\d+ pass / 3 warn / 0 fail: [^<]*tailnum_in_staging_planes', html)
