@@ -3,6 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline quarantine show TABLE --partition P   a partition's quarantined rows and their reasons
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
@@ -117,6 +118,61 @@ def _verify(dataset: str, partition: str | None, version: str | None):
     return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    """A partition's quarantined rows with their reasons, and the source rows kept out of every partition."""
+    from pipelines.definitions import catalog
+    from pipelines.quality import SOURCE_COVERAGE_RULE
+    from pipelines.warehouse import Warehouse, quarantine_table
+
+    spec = catalog.get(args.table)
+    if spec is None:
+        raise SystemExit(f"no table {args.table!r}; the tables are {', '.join(sorted(catalog.specs))}")
+    if spec.partitioned != bool(args.partition):
+        raise SystemExit(f"{args.table} is {'' if spec.partitioned else 'not '}partitioned: "
+                         + ("give --partition YYYY-MM-DD" if spec.partitioned else "leave out --partition"))
+    warehouse, partition = Warehouse.from_settings(), args.partition or ""
+    if not warehouse.exists():
+        raise SystemExit(f"no warehouse at {warehouse.location}")
+    table = quarantine_table(spec.table)
+    with warehouse.connect() as con:
+        frame = warehouse.read(con, table, [partition], spec.daily_on) if warehouse.table_exists(con, table) else None
+        outside = con.execute(
+            """SELECT "column", failing_value, row_key FROM quality.failures
+               WHERE asset = $asset AND partition = $partition AND check_name = $rule ORDER BY row_key""",
+            {"asset": spec.table, "partition": partition, "rule": SOURCE_COVERAGE_RULE}).fetchall()
+    rules = {rule.name: rule for rule in spec.rules}
+    rows = [_quarantined_row(row, rules) for row in (frame.to_dict("records") if frame is not None else [])]
+    found = {"table": spec.table, "partition": args.partition, "quarantine_table": table, "rows": rows,
+             "outside_partitions": [{"columns": c, "values": v, "row": k} for c, v, k in outside]}
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    print(f"{spec.table} [{args.partition or 'unpartitioned'}]: {len(rows)} quarantined row(s) in {table}")
+    for row in rows:
+        for reason in row["reasons"]:
+            print(f"  {reason['rule']}: {reason['column']}={reason['value']!r} ({reason['description']})")
+        where = f" ({row['source']})" if row["source"] else ""
+        print(f"      row{where}, run {row['run_id']}: " + ", ".join(f"{k}={v}" for k, v in row["row"].items()))
+    if outside:
+        print(f"{len(outside)} source row(s) belong to no partition and were kept out ({SOURCE_COVERAGE_RULE}):")
+        for stray in found["outside_partitions"]:
+            print(f"  {stray['values']} ({stray['row']})")
+    return 0
+
+
+def _quarantined_row(row: dict, rules: dict) -> dict:
+    """A quarantined row: its reasons (rule, column, value, what the rule says), where it came from, its values."""
+    reasons, _, source = str(row.pop("_quarantine_reasons")).partition(" (")
+    run_id = row.pop("_run_id")
+    found = []
+    for name in reasons.split(","):
+        rule = rules.get(name)
+        column = rule.column if rule is not None else None
+        found.append({"rule": name, "column": column, "value": row.get(column) if column else None,
+                      "description": rule.description if rule is not None else "(a rule no longer in the contract)"})
+    return {"reasons": found, "source": source.removesuffix(")") or None, "run_id": run_id, "row": row}
+
+
 def cmd_lineage_replay(args: argparse.Namespace) -> int:
     from pipelines.lineage import main_replay
 
@@ -138,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    quarantine = commands.add_parser("quarantine", help="quarantined rows") \
+        .add_subparsers(dest="quarantine", required=True)
+    show = quarantine.add_parser("show", help="a partition's quarantined rows with their reasons")
+    show.add_argument("table", help="e.g. staging.weather")
+    show.add_argument("--partition", help="YYYY-MM-DD (omit for unpartitioned tables)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_quarantine_show)
 
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")

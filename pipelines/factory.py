@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import logging
+import re
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,7 +43,8 @@ import pandera.pandas as pa
 
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
-    ERROR,
+    BLOCKING,
+    QUARANTINE,
     SOURCE_COVERAGE,
     SOURCE_COVERAGE_RULE,
     ContractViolation,
@@ -58,9 +60,17 @@ from pipelines.quality import (
     validate,
 )
 from pipelines.settings import get_settings
-from pipelines.sources import Source, SourceError, SourceTable, read_source, rows_outside
+from pipelines.sources import (
+    SOURCE_LINE,
+    Source,
+    SourceError,
+    SourceTable,
+    describe_outside,
+    read_source,
+    rows_outside,
+)
 from pipelines.sql import DUCKDB_TYPES, PARTITION, UNPARTITIONED, partition_label
-from pipelines.warehouse import Receipt, Warehouse, Write
+from pipelines.warehouse import Receipt, Warehouse, Write, quarantine_table
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -220,8 +230,8 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     check_specs = [
         dg.AssetCheckSpec(
             check, asset=spec.key, partitions_def=spec.partitions,
-            blocking=any(r.severity == ERROR and not r.quarantine for r in rules),
-            description="; ".join(f"[{r.severity.upper()}] {r.description}" for r in rules),
+            blocking=any(r.behaviour == BLOCKING for r in rules),
+            description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
     ]
@@ -326,12 +336,20 @@ def derive(
         built = [p for p in partitions if p not in inputs.blocked]
         frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
     problems: dict[str, dict[str, str]] = {}
+    outside, source = None, None
     if spec.source and built:
         source = read_source(spec.source, spec.contract)
-        labels = _partition_keys(source.frame, spec.daily_on) if spec.partitioned else None
-        if spec.partitioned and (outside := rows_outside(source, labels, spec.partitions)):
-            problems = {p: {SOURCE_COVERAGE_RULE: outside} for p in built}
-        inputs.frames[spec.source.name] = source.frame[np.isin(labels, built)] if labels is not None else source.frame
+        rows = source.numbered()
+        if spec.partitioned:
+            labels = _partition_keys(source.frame, spec.daily_on)
+            if len(strays := rows_outside(labels, spec.partitions)):  # kept out at the source, blocking nothing
+                message = describe_outside(source, strays, spec.partitions)
+                problems = {p: {SOURCE_COVERAGE_RULE: message} for p in built}
+                outside = _outside_cases(spec, source, strays)
+                if log is not None:
+                    log.warning(message)
+            rows = rows[np.isin(labels, built)]
+        inputs.frames[spec.source.name] = rows
         inputs.source = source
         for p in built:
             inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
@@ -342,10 +360,12 @@ def derive(
     if frame is None:
         frame = _call(spec, inputs.frames) if built else pd.DataFrame(columns=list(spec.columns))
     frame = _with_partitions(spec, frame, partitions, built)
+    # a raw transform passes its rows' source lines through; they name failing rows and are never written
+    lines = frame.pop(SOURCE_LINE) if SOURCE_LINE in frame else None
     validation = validate(
         frame, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
         expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
-        problems=problems,
+        problems=problems, row_sources=source.locations(lines) if lines is not None else None, outside=outside,
     )
     return Derived(partitions, inputs, frame, validation)
 
@@ -433,6 +453,21 @@ def _partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
     return keys
 
 
+def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) -> pd.DataFrame:
+    """The failure cases of source rows that belong to no partition: the columns that date a row and their
+    values, the row's key, its file and line."""
+    rows = source.frame.iloc[positions].astype("string").fillna("None")
+    dated = [c for c in spec.columns if c in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.daily_on)]
+    return pd.DataFrame({
+        "rule": SOURCE_COVERAGE_RULE,
+        "column": ", ".join(dated),
+        "failure_case": [", ".join(f"{c}={v}" for c, v in zip(dated, row, strict=True))
+                         for row in rows[dated].itertuples(index=False)],
+        "row_key": ["|".join(row) or None for row in rows[list(spec.key_columns)].itertuples(index=False)],
+        "source": source.locations(positions + source.first_line),
+    })
+
+
 def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str], built: list[str]) -> pd.DataFrame:
     """The transform's rows labelled with their partition; rows of blocked partitions are left out. A row
     outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
@@ -449,19 +484,15 @@ def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str]
 
 def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:
     return [
-        {"check_name": r.rule.name, "severity": r.rule.severity, "passed": r.passed,
-         "blocking": r.blocking, "failing_rows": r.failing_rows, "message": _finding(r, table, partition)}
+        {"check_name": r.rule.name, "severity": r.rule.behaviour, "passed": r.passed, "blocking": r.blocking,
+         "failing_rows": r.failing_rows, "message": None if r.passed else _finding(r, table, partition)}
         for r in results
     ]
 
 
-def _finding(result: RuleResult, table: str, partition: str) -> str | None:
-    """A failed rule in words: where, the table-level finding or a failing value."""
-    if result.passed:
-        return None
-    what = result.message or (f"{result.failing_rows} rows, e.g. {result.sample[0]['column']}="
-                              f"{result.sample[0]['value']!r}" if result.sample else f"{result.failing_rows} rows")
-    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {what}"
+def _finding(result: RuleResult, table: str, partition: str) -> str:
+    """A failed rule in words: where, and the table-level finding or a failing value."""
+    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {result.finding()}"
 
 
 def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
@@ -470,7 +501,7 @@ def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
     return Write(
         table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
         run_id=run_id, partitions=blocked, rows=pd.DataFrame(),
-        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": ERROR, "passed": False, "blocking": True,
+        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": BLOCKING, "passed": False, "blocking": True,
                             "failing_rows": 0, "message": derived.inputs.causes[p]}]
                        for p in blocked},
     )
@@ -529,7 +560,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
     validation = derived.validation
     if len(derived.partitions) == 1:
         (partition,) = derived.partitions
-        checks = _check_results(spec, validation.results[partition])
+        checks = _check_results(spec, validation.results[partition], partition)
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
@@ -547,7 +578,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
     for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition]):
+        for result in _check_results(spec, validation.results[partition], partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
                 metadata=result.metadata, severity=result.severity, partition=partition,
@@ -610,31 +641,40 @@ def _by_check(items: list) -> dict[str, list]:
     return groups
 
 
-def _check_results(spec: TableSpec, results: list[RuleResult]) -> list[dg.AssetCheckResult]:
-    return [_check_result(spec, check, group) for check, group in _by_check(results).items()]
+def _check_results(spec: TableSpec, results: list[RuleResult], partition: str) -> list[dg.AssetCheckResult]:
+    return [_check_result(spec, check, group, partition) for check, group in _by_check(results).items()]
 
 
-def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.AssetCheckResult:
+def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partition: str) -> dg.AssetCheckResult:
     failed = [r for r in results if not r.passed]
-    blocking = any(r.blocking for r in results)
+    behaviour = results[0].rule.behaviour  # the rules a check reports together act alike
     metadata = {
         "rule": "; ".join(r.rule.description for r in results),
-        "severity": results[0].rule.severity,
+        "behaviour": behaviour,
         "failing_rows": sum(r.failing_rows for r in results),
         "failure_rate": round(max((r.failure_rate for r in results), default=0.0), 6),
     }
     if len(results) > 1:  # a group: which of its rules failed, and how often
         metadata["failed_rules"] = dg.MetadataValue.json({r.rule.name: r.failing_rows for r in failed})
-    if any(r.rule.quarantine for r in results):
-        metadata["quarantined_rows"] = sum(r.failing_rows for r in results if r.rule.quarantine)
+    if behaviour == QUARANTINE:
+        metadata["quarantined_rows"] = sum(r.failing_rows for r in results)
+        metadata.update(_quarantine_metadata(spec, partition))
     if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
         metadata["problem"] = "; ".join(problems)
     if sample := [case for r in failed for case in r.sample][:10]:
         metadata["sample"] = dg.MetadataValue.json(sample)
     return dg.AssetCheckResult(
         asset_key=spec.key, check_name=check, passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN, metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR if behaviour == BLOCKING else dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
     )
+
+
+def _quarantine_metadata(spec: TableSpec, partition: str) -> dict:
+    """Where a partition's quarantined rows are, and the command that lists them with their reasons."""
+    flag = f" --partition {partition}" if partition else ""
+    return {"quarantine_table": quarantine_table(spec.table),
+            "quarantine_rows": f"provline quarantine show {spec.table}{flag}"}
 
 
 def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt) -> dict:
@@ -656,4 +696,5 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "preview": dg.MetadataValue.md(header + body),
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
+        **(_quarantine_metadata(spec, partition) if receipt.quarantined_count else {}),
     }

@@ -89,7 +89,7 @@ class StepLineage:
                            output)
         for partition in derived.refused:
             failed = [r for r in validation.results[partition] if r.blocking]
-            message = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} rows'}" for r in failed)
+            message = "; ".join(f"{r.rule.name}: {r.finding()}" for r in failed)
             output = self._output(validation, partition, None, None, lineage)
             self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
                            f"blocking check(s) failed: {message}", output)
