@@ -18,12 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from datetime import date, timedelta
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.events import RunFailureReason
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    RUN_FAILURE_REASON_TAG,
+)
 
 from pipelines.settings import get_settings
+
+INVOCATION_TAG = "provline/invocation"
+"""Tags each run `provline run` starts, so it can watch for a cancel of that run."""
+INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C
 
 
 def _instance() -> dg.DagsterInstance:
@@ -54,24 +64,56 @@ def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) ->
 
 
 def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
-                 days: list[str] | None = None) -> bool:
-    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days."""
-    from pipelines.lineage.sensors import finish_run
+                 days: list[str] | None = None) -> dg.DagsterRunStatus:
+    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days.
+    Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended."""
+    from pipelines.lineage.runs import finish_run, interrupt_on_cancel
 
-    partition, tags = None, {}
+    partition, tags = None, {INVOCATION_TAG: uuid.uuid4().hex}
     if days and len(days) == 1:
         partition = days[0]
     elif days:  # a range in one run (the assets' backfill policy is single-run)
-        tags = {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
-    result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources, tags=tags,
-                            raise_on_error=False)
-    finish_run(instance.get_run_by_id(result.run_id) or result.dagster_run)
-    print(f"{label}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
-    return result.success
+        tags |= {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+    with interrupt_on_cancel(instance, dg.RunsFilter(tags={INVOCATION_TAG: tags[INVOCATION_TAG]})):
+        result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources,
+                                tags=tags, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id) or result.dagster_run
+    finish_run(run)
+    status = _ended_as(run)
+    print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id})")
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
+    return status
+
+
+OUTCOME = {dg.DagsterRunStatus.SUCCESS: "ok", dg.DagsterRunStatus.FAILURE: "FAILED",
+           dg.DagsterRunStatus.CANCELED: "INTERRUPTED"}
+
+
+def _ended_as(run: dg.DagsterRun) -> dg.DagsterRunStatus:
+    """How the run ended; one interrupted before its cancel was recorded (between two steps) is CANCELED too
+    (Dagster ends it FAILURE "interrupted unexpectedly")."""
+    if run.tags.get(RUN_FAILURE_REASON_TAG) == RunFailureReason.UNEXPECTED_TERMINATION.value:
+        return dg.DagsterRunStatus.CANCELED
+    return run.status
+
+
+def _failure_text(event: dg.DagsterEvent) -> str:
+    """A failed step in words: the factory's own message (a dg.Failure's description), or the error."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error, lines = data.error, []
+    while error is not None:
+        lines.append(error.message.strip())
+        error = error.cause
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it)."""
+    """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it).
+    An interrupt (Ctrl-C, or a cancel through the Dagster instance) ends the run, the range with it, exit 130."""
     from pipelines.definitions import defs
     from pipelines.warehouse import Warehouse
 
@@ -85,10 +127,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources = {"warehouse": Warehouse.from_settings()}  # as configured now (the environment)
     print(f"warehouse: {resources['warehouse'].location}")
     others = [a for a in assets if a.partitions_def is None]
-    if not args.skip_reference and others and not _materialize(instance, resources, others, "unpartitioned tables"):
-        return 1
-    failed = sum(not _materialize(instance, resources, members, f"partitions {_span(days)}", days)
-                 for _, members, days in work)
+    runs = [(others, "unpartitioned tables", None)] if not args.skip_reference and others else []
+    runs += [(members, f"partitions {_span(days)}", days) for _, members, days in work]
+    failed = 0
+    try:
+        for selection, label, days in runs:
+            status = _materialize(instance, resources, selection, label, days)
+            if status == dg.DagsterRunStatus.CANCELED:
+                return INTERRUPTED
+            if status != dg.DagsterRunStatus.SUCCESS and days is None:  # the daily tables need the others
+                return 1
+            failed += status != dg.DagsterRunStatus.SUCCESS
+    except KeyboardInterrupt:  # between runs (inside one, Dagster turns it into a canceled run)
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     return 1 if failed else 0
 
 

@@ -16,6 +16,7 @@ import dagster as dg
 import assets
 from pipelines.domain import Domain
 from pipelines.factory import TableSpec, build_asset
+from pipelines.lineage.runs import lineage_executor
 from pipelines.lineage.sensors import lineage_sensors
 from pipelines.warehouse import Warehouse
 
@@ -52,8 +53,9 @@ class Catalog:
 
 
 # Each step of a run is its own process (steps run in parallel); a forkserver that has imported
-# the project once forks them, instead of every step paying the pandas/dagster import again.
-executor = dg.multiprocess_executor.configured(
+# the project once forks them, instead of every step paying the pandas/dagster import again. The
+# executor also emits the run's own OpenLineage START and terminal event (pipelines/lineage/runs.py).
+executor = lineage_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
 )
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines.lineage.runs import record_cancel
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
     BLOCKING,
@@ -79,6 +80,10 @@ UPSTREAM_FAILED = "upstream_failed"
 """Recorded (in quality.check_results, blocking) for a partition left out because an upstream partition
 failed: its own downstream then leaves it out too, in this run and later ones, naming the first cause."""
 PREVIEW_ROWS = 5
+TRANSIENT_RETRIES = 1
+"""An unexpected error (a lock, a disk) is retried once, by the factory raising RetryRequested: an asset
+RetryPolicy would do the same, but Dagster also applies it to an interrupted step, re-running what the
+operator just stopped."""
 _EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
 
 
@@ -255,7 +260,6 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitioned else None,
         can_subset=True,
         required_resource_keys={"warehouse"},
-        retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
     )
     def _asset(context):  # (no annotation: Dagster inspects it, and annotations here are strings)
         return (yield from materialize(spec, context, context.resources.warehouse))
@@ -529,15 +533,18 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
             warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
         receipts = warehouse.commit(write_for(spec, derived, context.run_id, derived.written)) \
             if derived.written else {}
-    except dg.DagsterExecutionInterruptedError:  # the run was canceled
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):  # Ctrl-C, or the run was canceled
         lineage.aborted()
-        raise
+        record_cancel(context.instance, context.run_id)
+        raise  # the step ends here, and the run with it: nothing retries an interrupt (see TRANSIENT_RETRIES)
     except Exception as error:
         lineage.failed(str(error), traceback.format_exc(), derived.validation if derived else None)
+        if isinstance(error, dg.Failure):
+            raise
         if isinstance(error, ContractViolation | SourceError | MissingTable):
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
-        raise
+        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=1) from error
     lineage.finished(derived, receipts)
     for partition in derived.written:
         receipt = receipts[partition]

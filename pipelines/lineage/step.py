@@ -23,6 +23,7 @@ from pipelines.lineage.model import (
     OutputInfo,
     SourceFile,
 )
+from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
 from pipelines.sql import PARTITION
 
@@ -33,11 +34,11 @@ class StepLineage:
     def __init__(self, spec, context: dg.AssetExecutionContext, partitions: list[str], dataset_namespace: str):
         self.spec = spec
         self.dagster_run_id = context.run_id
-        self.dagster_job_name = context.job_name
+        self.dagster_job_name = run_job_name(context.run, context.job_def)
         self.runs = {
             partition: AssetRun(
                 dagster_run_id=context.run_id,
-                dagster_job_name=context.job_name,
+                dagster_job_name=self.dagster_job_name,
                 asset_key=spec.table,
                 partition=partition or None,
                 attempt=context.retry_number + 1,
