@@ -1,7 +1,8 @@
 """Runs as an operator starts and stops them (issue 11): a `dagster asset materialize` run starts and ends in
 lineage under a name a user knows; Ctrl-C and a cancel through the Dagster instance end a run within seconds,
-ABORT, never retried, a range with it, the warehouse-lock wait included; `provline run` says what failed.
-Real subprocesses, a real Dagster instance."""
+ABORT, never retried, a range with it, the warehouse-lock wait included; `provline run` says what failed; a
+run killed with -9 is settled by `provline lineage runs` once Dagster knows how it ended. Real subprocesses, a
+real Dagster instance."""
 
 from __future__ import annotations
 
@@ -179,3 +180,31 @@ def test_provline_run_prints_what_failed(source_dir, home, monkeypatch, capsys):
     assert "raw__flights: raw.flights [2013-01-15]: 1 blocking check(s) failed" in printed
     assert "origin_not_null (origin is never null.): 1 of 894 rows" in printed
     assert "e.g. origin=None (2013|1|15|FL|345|None|600, flights.csv line 12)" in printed
+
+
+def test_lineage_runs_settles_a_killed_run_once_dagster_knows_it_failed(env, home):
+    command = [str(BIN / "provline"), "run", "--date", RANGE[0], "--skip-reference"]
+    with _waiting_for_the_lock(home, env, command, started=1) as process:
+        os.killpg(process.pid, signal.SIGKILL)  # nothing gets to emit a terminal event
+        process.wait()
+    dangling = {r["job"]: r for r in _runs(env)}
+    assert {job: r["state"] for job, r in dangling.items()} == {"materialize:group:flights": "RUNNING",
+                                                                 "raw.flights": "RUNNING"}
+    instance = _instance(env)
+    (run,) = instance.get_runs()
+    assert dangling["raw.flights"]["flags"] == [f"START with no terminal event: Dagster run {run.run_id} is STARTED"]
+    without = {key: value for key, value in env.items() if key != "DAGSTER_HOME"}
+    assert {r["state"] for r in _runs(without)} == {"RUNNING"}
+    assert "set DAGSTER_HOME" in _runs(without)[0]["flags"][0]
+
+    instance.report_run_failed(run)  # what Dagster's run monitoring does for a run whose process died
+    settled = {r["job"]: r for r in _runs(env)}
+    assert {job: r["state"] for job, r in settled.items()} == {"materialize:group:flights": "FAIL",
+                                                                "raw.flights": "FAIL"}
+    assert settled["raw.flights"]["flags"] == [
+        f"START with no terminal event: its Dagster run {run.run_id} ended FAILURE; FAIL emitted now"]
+    assert _states(home) == {"materialize:group:flights": ["START", "FAIL"], "raw.flights": ["START", "FAIL"]}
+    again = {r["job"]: r for r in _runs(env)}  # the emitted events are in the store now: nothing to settle
+    assert {job: (r["state"], r["flags"]) for job, r in again.items()} == {
+        "materialize:group:flights": ("FAIL", []), "raw.flights": ("FAIL", [])}
+    assert len(_events(home)) == 4
