@@ -508,10 +508,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
             raise dg.Failure(description=str(error), allow_retries=False) from error
         raise
     lineage.finished(derived, receipts)
-    for partition in derived.written:
-        receipt = receipts[partition]
-        context.log.info(f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
-                         f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
+    context.log.info(_written_summary(spec, receipts))  # one line for a range: each log line is a stored event
     yield from _report(spec, context, derived, receipts)
     if derived.refused or derived.inputs.blocked:
         summary = _failure_summary(spec, derived)
@@ -575,6 +572,16 @@ def _materializations(
             targets.setdefault(partition, AssetCheckEvaluationTargetMaterializationData(
                 storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp))
     return targets
+
+
+def _written_summary(spec: TableSpec, receipts: dict[str, Receipt]) -> str:
+    if len(receipts) == 1:
+        (partition, receipt), = receipts.items()
+        return (f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
+                f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
+    rows = sum(r.row_count for r in receipts.values())
+    quarantined = sum(r.quarantined_count for r in receipts.values())
+    return f"{spec.table}: {len(receipts)} partitions written, {rows} rows, {quarantined} quarantined"
 
 
 def _range_output(spec: TableSpec) -> dg.Output:
