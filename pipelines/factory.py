@@ -481,23 +481,52 @@ def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
 
 def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse):
     partitions = list(context.partition_keys) if spec.partitioned else [UNPARTITIONED]
+    single = len(partitions) == 1
     lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace)
     lineage.started()
+    allow = get_settings().allow_failed_upstream or (
+        context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
+    )
+    built: list[tuple[Derived, dict[str, Receipt]]] = []
+    # a long range is built a chunk of days at a time: memory stays bounded, results are the same
+    for chunk in _chunks(partitions, get_settings().range_chunk_days):
+        derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
+        lineage.finished(derived, receipts)
+        yield from _report(spec, context, derived, receipts, single)
+        built.append((derived, receipts))
+    context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
+    if any(derived.refused or derived.inputs.blocked for derived, _ in built):
+        summary = _failure_summary(spec, [derived for derived, _ in built])
+        if single or not any(derived.written for derived, _ in built) or not _downstream_in_run(spec, context):
+            raise dg.Failure(description=summary, allow_retries=False)
+        # a range carries on: downstream builds the other partitions and leaves these out (blocked);
+        # the last assets of the run fail it, naming every partition left out and why
+        context.log.error(summary)
+    if not single:
+        yield _range_output(spec)
+
+
+def _chunks(partitions: list[str], size: int) -> list[list[str]]:
+    return [partitions[i:i + size] for i in range(0, len(partitions), size)]
+
+
+def _build(
+    spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str], allow: bool,
+    lineage: StepLineage, single: bool,
+) -> tuple[Derived, dict[str, Receipt]]:
+    """Derive and commit some partitions: the valid ones written, the refused and blocked ones recorded."""
     derived = None
     try:
-        allow = get_settings().allow_failed_upstream or (
-            context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
-        )
         derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
                          on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
         if derived.inputs.blocked:
             warehouse.record_failures(_blocked_write(spec, derived, context.run_id))
-        if not derived.built:  # every partition is blocked by its upstream: nothing to run
-            raise dg.Failure("\n".join(dict.fromkeys(derived.inputs.blocked.values())), allow_retries=False)
+        if single and not derived.built:  # blocked by its upstream: nothing to run
+            raise dg.Failure("\n".join(derived.inputs.blocked.values()), allow_retries=False)
         if derived.refused:
             warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
-        receipts = warehouse.commit(write_for(spec, derived, context.run_id, derived.written)) \
-            if derived.written else {}
+        written = derived.written
+        return derived, warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
     except dg.DagsterExecutionInterruptedError:  # the run was canceled
         lineage.aborted()
         raise
@@ -507,24 +536,14 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
         raise
-    lineage.finished(derived, receipts)
-    context.log.info(_written_summary(spec, receipts))  # one line for a range: each log line is a stored event
-    yield from _report(spec, context, derived, receipts)
-    if derived.refused or derived.inputs.blocked:
-        summary = _failure_summary(spec, derived)
-        if len(partitions) == 1 or not derived.written or not _downstream_in_run(spec, context):
-            raise dg.Failure(description=summary, allow_retries=False)
-        # a range carries on: downstream builds the other partitions and leaves these out (blocked);
-        # the last assets of the run fail it, naming every partition left out and why
-        context.log.error(summary)
-    if len(partitions) > 1:
-        yield _range_output(spec)
 
 
-def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
-    """The Dagster events: per partition, its check results and (when written) its materialization."""
+def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
+            single: bool):
+    """The Dagster events: per partition, its check results and (when written) its materialization. A run of
+    one partition goes Dagster's own way (its events carry input provenance); a range reports each itself."""
     validation = derived.validation
-    if len(derived.partitions) == 1:
+    if single:
         (partition,) = derived.partitions
         checks = _check_results(spec, validation.results[partition])
         if partition in receipts:
@@ -597,15 +616,17 @@ def _downstream_in_run(spec: TableSpec, context: dg.AssetExecutionContext) -> bo
     return bool(layer.asset_graph.get(spec.key).child_keys & set(layer.selected_asset_keys))
 
 
-def _failure_summary(spec: TableSpec, derived: Derived) -> str:
-    if derived.partitions == derived.refused:
-        return "\n".join(line for p in derived.refused
-                         for line in describe_failures(spec.table, p, derived.validation.blocking(p)))
-    lines = [f"{spec.table}: {len(derived.refused)} partition(s) refused, {len(derived.inputs.blocked)} blocked "
-             f"by upstream, {len(derived.written)} written"]
-    for partition in derived.refused:
-        lines += describe_failures(spec.table, partition, derived.validation.blocking(partition))
-    lines += [f"{spec.table} [{p}] blocked: {why}" for p, why in derived.inputs.blocked.items()]
+def _failure_summary(spec: TableSpec, chunks: list[Derived]) -> str:
+    refused = [(p, derived.validation.blocking(p)) for derived in chunks for p in derived.refused]
+    blocked = {p: why for derived in chunks for p, why in derived.inputs.blocked.items()}
+    if not blocked and len(refused) == sum(len(derived.partitions) for derived in chunks):
+        return "\n".join(line for p, failed in refused for line in describe_failures(spec.table, p, failed))
+    written = sum(len(derived.written) for derived in chunks)
+    lines = [f"{spec.table}: {len(refused)} partition(s) refused, {len(blocked)} blocked by upstream, "
+             f"{written} written"]
+    for partition, failed in refused:
+        lines += describe_failures(spec.table, partition, failed)
+    lines += [f"{spec.table} [{p}] blocked: {why}" for p, why in blocked.items()]
     return "\n".join(lines)
 
 
