@@ -110,9 +110,9 @@ def flight_facts_frame():
 
     with tempfile.TemporaryDirectory(prefix="provline-lineage-data-") as tmp:
         db = Path(tmp) / "day.duckdb"
-        bare_sql(DAY, DAY, db)
+        bare_sql(db, None)
         with duckdb.connect(str(db), read_only=True) as con:
-            frame = con.execute("SELECT * FROM marts.flight_facts").df()
+            frame = con.execute("SELECT * FROM marts.flight_facts WHERE flight_date = CAST(? AS DATE)", [DAY]).df()
     frame["flight_date"] = frame["flight_date"].astype("datetime64[ns]")
     return FlightFacts.to_schema().coerce_dtype(frame)
 
