@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
     ERROR,
@@ -512,7 +513,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         receipt = receipts[partition]
         context.log.info(f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
                          f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
-    yield from _report(spec, context, derived, receipts)
+    yield from _report(spec, context, derived, receipts, _column_lineage_metadata(lineage.column_lineage[0]))
     if derived.refused or derived.inputs.blocked:
         summary = _failure_summary(spec, derived)
         if len(partitions) == 1 or not derived.written or not _downstream_in_run(spec, context):
@@ -524,7 +525,8 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         yield _range_output(spec)
 
 
-def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
+def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
+            column_lineage: dg.TableColumnLineage | None):
     """The Dagster events: per partition, its check results and (when written) its materialization."""
     validation = derived.validation
     if len(derived.partitions) == 1:
@@ -533,7 +535,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
-                metadata=_metadata(spec, derived, partition, receipts[partition]),
+                metadata=_metadata(spec, derived, partition, receipts[partition], column_lineage),
                 check_results=checks,
             )
         else:
@@ -542,7 +544,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
     for partition in derived.written:
         receipt = receipts[partition]
         yield dg.AssetMaterialization(
-            asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
+            asset_key=spec.key, partition=partition,
+            metadata=_metadata(spec, derived, partition, receipt, column_lineage),
             tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
@@ -637,14 +640,15 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.
     )
 
 
-def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt) -> dict:
+def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
+              column_lineage: dg.TableColumnLineage | None) -> dict:
     validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
     rows = validation.valid[validation.valid[PARTITION] == partition]
     preview = rows.drop(columns=[PARTITION]).head(PREVIEW_ROWS).astype("string").fillna("")
     header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
     body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
-    return {
+    metadata = {
         "dagster/row_count": receipt.row_count,
         "dagster/column_schema": column_schema(spec),
         "content_hash": receipt.content_hash,
@@ -657,3 +661,18 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
     }
+    if column_lineage is not None:
+        metadata["dagster/column_lineage"] = column_lineage
+    return metadata
+
+
+def _column_lineage_metadata(fields: dict[str, list[ColumnSource]]) -> dg.TableColumnLineage | None:
+    """Dagster's column lineage from the step's OpenLineage one: per output column, the input columns its
+    value comes from (direct, or inside its expression such as a CASE condition). The inputs that shape the
+    whole output (join keys, filters) have no place in Dagster's form and stay in OpenLineage."""
+    deps = {
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(dataset.split(".")), column_name=name)
+                 for dataset, name in dict.fromkeys((s.dataset, s.column) for s in sources)]
+        for column, sources in fields.items() if sources  # count(*) comes from no column
+    }
+    return dg.TableColumnLineage(deps_by_column=deps) if deps else None
