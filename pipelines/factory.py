@@ -238,7 +238,9 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             group_name=spec.group,
             code_version=spec.code_version,
             description=spec.description,
-            kinds={"duckdb", "sql" if spec.sql else "pandas"},
+            # the graph labels a node with its key's last part only (two "weather" nodes): the key's schema
+            # (raw, staging, marts) as a kind puts the layer on the node, as a badge
+            kinds={"duckdb", "sql" if spec.sql else "pandas", *spec.key.path[:-1]},
             metadata=_definition_metadata(spec),
         )],
         check_specs=check_specs,
