@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
     ERROR,
@@ -237,7 +238,9 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             group_name=spec.group,
             code_version=spec.code_version,
             description=spec.description,
-            kinds={"duckdb", "sql" if spec.sql else "pandas"},
+            # the graph labels a node with its key's last part only (two "weather" nodes): the key's schema
+            # (raw, staging, marts) as a kind puts the layer on the node, as a badge
+            kinds={"duckdb", "sql" if spec.sql else "pandas", *spec.key.path[:-1]},
             metadata=_definition_metadata(spec),
         )],
         check_specs=check_specs,
@@ -487,12 +490,13 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     allow = get_settings().allow_failed_upstream or (
         context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
     )
+    column_lineage = _column_lineage_metadata(lineage.column_lineage[0])
     built: list[tuple[Derived, dict[str, Receipt]]] = []
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
     for chunk in _chunks(partitions, get_settings().range_chunk_days):
         derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
         lineage.finished(derived, receipts)
-        yield from _report(spec, context, derived, receipts, single)
+        yield from _report(spec, context, derived, receipts, single, column_lineage)
         built.append((derived, receipts))
     context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
     if any(derived.refused or derived.inputs.blocked for derived, _ in built):
@@ -539,7 +543,7 @@ def _build(
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
-            single: bool):
+            single: bool, column_lineage: dg.TableColumnLineage | None):
     """The Dagster events: per partition, its check results and (when written) its materialization. A run of
     one partition goes Dagster's own way (its events carry input provenance); a range reports each itself."""
     validation = derived.validation
@@ -549,7 +553,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
-                metadata=_metadata(spec, derived, partition, receipts[partition]),
+                metadata=_metadata(spec, derived, partition, receipts[partition], column_lineage),
                 check_results=checks,
             )
         else:
@@ -558,7 +562,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
     for partition in derived.written:
         receipt = receipts[partition]
         yield dg.AssetMaterialization(
-            asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
+            asset_key=spec.key, partition=partition,
+            metadata=_metadata(spec, derived, partition, receipt, column_lineage),
             tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
@@ -665,14 +670,15 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.
     )
 
 
-def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt) -> dict:
+def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
+              column_lineage: dg.TableColumnLineage | None) -> dict:
     validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
     rows = validation.valid[validation.valid[PARTITION] == partition]
     preview = rows.drop(columns=[PARTITION]).head(PREVIEW_ROWS).astype("string").fillna("")
     header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
     body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
-    return {
+    metadata = {
         "dagster/row_count": receipt.row_count,
         "dagster/column_schema": column_schema(spec),
         "content_hash": receipt.content_hash,
@@ -685,3 +691,18 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
     }
+    if column_lineage is not None:
+        metadata["dagster/column_lineage"] = column_lineage
+    return metadata
+
+
+def _column_lineage_metadata(fields: dict[str, list[ColumnSource]]) -> dg.TableColumnLineage | None:
+    """Dagster's column lineage from the step's OpenLineage one: per output column, the input columns its
+    value comes from (direct, or inside its expression such as a CASE condition). The inputs that shape the
+    whole output (join keys, filters) have no place in Dagster's form and stay in OpenLineage."""
+    deps = {
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(dataset.split(".")), column_name=name)
+                 for dataset, name in dict.fromkeys((s.dataset, s.column) for s in sources)]
+        for column, sources in fields.items() if sources  # count(*) comes from no column
+    }
+    return dg.TableColumnLineage(deps_by_column=deps) if deps else None

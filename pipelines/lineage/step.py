@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import cached_property
 
 import dagster as dg
 import pandas as pd
@@ -76,11 +77,7 @@ class StepLineage:
 
     def finished(self, derived, receipts: dict) -> None:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
-        try:
-            lineage = self._column_lineage()
-        except Exception as error:  # noqa: BLE001 - lineage never fails an asset
-            log.warning("column lineage of %s could not be computed: %s", self.spec.table, error)
-            lineage = ({}, [])
+        lineage = self.column_lineage
         validation = derived.validation
         for partition in derived.written:
             receipt = receipts[partition]
@@ -140,6 +137,16 @@ class StepLineage:
             row_count=len(valid) if row_count is None else row_count,
             column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions, column_metrics=metrics,
         )
+
+    @cached_property
+    def column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
+        """The step's column lineage, computed once: the OpenLineage columnLineage facet of every partition,
+        and the factory's Dagster `dagster/column_lineage` metadata. Empty when it cannot be computed."""
+        try:
+            return self._column_lineage()
+        except Exception as error:  # noqa: BLE001 - lineage never fails an asset
+            log.warning("column lineage of %s could not be computed: %s", self.spec.table, error)
+            return {}, []
 
     def _column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
         """Per output column its inputs with transformation types; and the inputs of the whole output."""
