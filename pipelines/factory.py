@@ -154,6 +154,17 @@ class TableSpec:
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
+    @cached_property
+    def column_schema(self) -> dg.TableSchema:
+        """The columns as Dagster shows them: types from the contract, descriptions from its fields."""
+        schema = self.contract.to_schema()
+        return dg.TableSchema(columns=[
+            dg.TableColumn(name, sql_type, description=schema.columns[name].description,
+                           constraints=dg.TableColumnConstraints(
+                               nullable=schema.columns[name].nullable, unique=schema.columns[name].unique))
+            for name, sql_type in self.columns.items()
+        ])
+
     @property
     def description(self) -> str:
         doc = (inspect.getdoc(self.transform) if self.transform else None) or inspect.getdoc(self.contract) or ""
@@ -260,22 +271,12 @@ def _definition_metadata(spec: TableSpec) -> dict:
     """What the UI shows of the asset before any run."""
     contract = f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}"
     return {
-        "dagster/column_schema": column_schema(spec),
+        "dagster/column_schema": spec.column_schema,
         "dagster/table_name": spec.table,
         "contract": contract,
         "transform": spec.source_file,
         "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
     }
-
-
-def column_schema(spec: TableSpec) -> dg.TableSchema:
-    schema = spec.contract.to_schema()
-    return dg.TableSchema(columns=[
-        dg.TableColumn(name, sql_type, description=schema.columns[name].description,
-                       constraints=dg.TableColumnConstraints(
-                           nullable=schema.columns[name].nullable, unique=schema.columns[name].unique))
-        for name, sql_type in spec.columns.items()
-    ])
 
 
 # --- one materialization: read -> transform -> validate ------------------------------------
@@ -304,7 +305,7 @@ class Derived:
     frame: pd.DataFrame  # the transform's rows, with a PARTITION column
     validation: Validation
 
-    @property
+    @cached_property
     def built(self) -> list[str]:
         """The partitions validated (not blocked by an upstream failure)."""
         return [p for p in self.partitions if p not in self.inputs.blocked]
@@ -313,9 +314,23 @@ class Derived:
     def refused(self) -> list[str]:
         return self.validation.failed_partitions
 
-    @property
+    @cached_property
+    def previews(self) -> dict[str, str]:
+        """Per partition, its first valid rows as a markdown table (one grouped pass over a range)."""
+        valid = self.validation.valid
+        head = valid.groupby(PARTITION, sort=False).head(PREVIEW_ROWS)
+        columns = [c for c in valid.columns if c != PARTITION]
+        header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+        return {
+            partition: header + "".join("| " + " | ".join(row) + " |\n" for row in
+                                        rows[columns].astype("string").fillna("").itertuples(index=False))
+            for partition, rows in head.groupby(PARTITION, sort=False)
+        }
+
+    @cached_property
     def written(self) -> list[str]:
-        return [p for p in self.built if p not in self.refused]
+        refused = set(self.refused)
+        return [p for p in self.built if p not in refused]
 
 
 def derive(
@@ -674,20 +689,16 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
               column_lineage: dg.TableColumnLineage | None) -> dict:
     validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
-    rows = validation.valid[validation.valid[PARTITION] == partition]
-    preview = rows.drop(columns=[PARTITION]).head(PREVIEW_ROWS).astype("string").fillna("")
-    header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
-    body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
     metadata = {
         "dagster/row_count": receipt.row_count,
-        "dagster/column_schema": column_schema(spec),
+        "dagster/column_schema": spec.column_schema,
         "content_hash": receipt.content_hash,
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,
         "quarantined_rows": receipt.quarantined_count,
         "warn_failures": sum(1 for r in validation.results[partition] if not r.passed and not r.blocking),
         "input_versions": dg.MetadataValue.json(derived.inputs.versions.get(partition, {})),
-        "preview": dg.MetadataValue.md(header + body),
+        "preview": dg.MetadataValue.md(derived.previews.get(partition, "")),
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
     }
