@@ -121,7 +121,7 @@ def test_a_dagster_cli_run_starts_and_ends_in_lineage_under_a_name_a_user_knows(
 
     # Ctrl-C on a CLI run: CANCELED in Dagster, ABORT in lineage (not FAILURE)
     command = [*materialize, "--select", "group:flights", "--partition", DAY]
-    with _waiting_for_the_lock(home, env, command, started=6 + 2) as process:
+    with _waiting_for_the_lock(home, env, command, started=6 + 1) as process:
         os.killpg(process.pid, signal.SIGINT)
         code, out, _ = _ended_within(process, QUICKLY_S)
     assert code != 0

@@ -1,6 +1,6 @@
 """The Dagster run's own OpenLineage run (the parent of the asset runs): its job name, START and terminal event.
 
-The executor of the code location (`lineage_executor`) emits both, in the process that orchestrates the
+The executor of the code location (`with_run_lineage`) emits both, in the process that orchestrates the
 run: Dagster calls an executor once per run, wherever the run was started — `dagster asset materialize`,
 the UI, a schedule or a sensor — and it sees every step end, or the run be interrupted. No daemon is needed
 (a run-status sensor only fires under one). A run executed in process (`materialize()`, `provline run`) does
@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from dagster._core.definitions.executor_definition import multiprocess_executor
 from dagster._core.execution.retries import RetryMode
 
 from pipelines.lineage import naming
@@ -161,11 +160,11 @@ class LineageExecutor(dg.Executor):
                                  f"steps failed: {failed}" if failed else None)
 
 
-@dg.executor(
-    name="multiprocess",
-    config_schema=multiprocess_executor.config_schema,
-    requirements=multiprocess_executor.get_requirements,
-)
-def lineage_executor(init_context) -> LineageExecutor:
-    """Dagster's multiprocess executor (same config), emitting the run's own OpenLineage events."""
-    return LineageExecutor(multiprocess_executor.executor_creation_fn(init_context))
+def with_run_lineage(executor: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
+    """`executor` (same name and config), emitting each run's own OpenLineage events (LineageExecutor)."""
+
+    @dg.executor(name=executor.name, config_schema=executor.config_schema, requirements=executor.get_requirements)
+    def run_lineage_executor(init_context) -> LineageExecutor:
+        return LineageExecutor(executor.executor_creation_fn(init_context))
+
+    return run_lineage_executor
