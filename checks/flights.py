@@ -36,6 +36,7 @@ class Contract(pa.DataFrameModel):
     class Config:
         coerce = True
         strict = True
+        metadata: dict | None = None  # the rules' own settings (pipelines/quality/rules.py); none by default
 
 
 # --- raw: the source tables as delivered, typed ---------------------------------------------
