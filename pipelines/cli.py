@@ -81,9 +81,9 @@ def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list,
     finish_run(run)
     status = _ended_as(run)
     print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id})")
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
+    failures = [event for event in result.all_events if event.is_step_failure]
+    for event in failures if status == dg.DagsterRunStatus.FAILURE else []:  # an interrupt is no news
+        print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
     return status
 
 
