@@ -204,7 +204,9 @@ def production_asset(
 ) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
     """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
     (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
-    being built), and returns the rows to write."""
+    being built), and returns the rows to write. A source's rows come with a `_source_line` column (their
+    line in the file): a transform that passes rows through keeps it, and failures then name the line; one
+    that aggregates rows should drop it. It is never written."""
 
     def wrap(transform: Callable[..., pd.DataFrame]) -> TableSpec:
         return TableSpec(

@@ -144,7 +144,7 @@ def test_a_blocking_failure_names_rule_column_value_file_and_line(source_dir, ho
     assert "e.g. origin=None (2013|1|15|FL|345|None|600, flights.csv line 12)" in _failure_text(result)
     stored = scalar(home, "SELECT message FROM quality.check_results WHERE asset = 'raw.flights' "
                           "AND check_name = 'origin_not_null'")
-    assert stored == (f"raw.flights [{DAY}] failed origin_not_null: 1 of 894 rows, e.g. origin=None "
+    assert stored == (f"raw.flights [{DAY}] failed origin_not_null: 1 of 894 rows; e.g. origin=None "
                       "(2013|1|15|FL|345|None|600, flights.csv line 12)")
     assert query(home, "SELECT \"column\", failing_value, row_key FROM quality.failures WHERE asset = 'raw.flights'") \
         == [("origin", None, "2013|1|15|FL|345|None|600 (flights.csv line 12)")]

@@ -58,10 +58,8 @@ class RuleResult:
     def finding(self) -> str:
         """The failure in words: the table-level finding, or how many rows fail and a failing value
         (its column, the row's key and, for a source row, the file and line)."""
-        counted = f"{self.failing_rows} of {self.rows_checked} rows"
-        if self.message:
-            return f"{self.message}; e.g. {describe_case(self.sample[0])}" if self.sample else self.message
-        return f"{counted}, e.g. {describe_case(self.sample[0])}" if self.sample else counted
+        what = self.message or f"{self.failing_rows} of {self.rows_checked} rows"
+        return f"{what}; e.g. {describe_case(self.sample[0])}" if self.sample else what
 
 
 def describe_case(case: dict) -> str:
