@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from pipelines.audit.schema import official_schema
 from pipelines.cli import main
 from pipelines.lineage import naming
 from pipelines.warehouse.duckdb_file import file_lock
@@ -46,6 +47,11 @@ def _instance(env: dict[str, str]) -> dg.DagsterInstance:
 def _events(home: Path) -> list[dict]:
     log = home / "lineage" / "events.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _spec_problems(home: Path) -> list[str]:
+    schema = official_schema()
+    return [problem for event in _events(home) for problem in schema.problems(event)]
 
 
 def _states(home: Path) -> dict[str, list[str]]:
@@ -126,6 +132,7 @@ def test_a_dagster_cli_run_starts_and_ends_in_lineage_under_a_name_a_user_knows(
         code, out, _ = _ended_within(process, QUICKLY_S)
     assert code != 0
     assert _states(home)["materialize:group:flights"] == ["START", "ABORT"]
+    assert _spec_problems(home) == []
     run = _instance(env).get_runs(limit=1)[0]
     assert run.status == dg.DagsterRunStatus.CANCELED
     assert "STEP_UP_FOR_RETRY" not in _step_events(_instance(env), run.run_id)
@@ -207,4 +214,4 @@ def test_lineage_runs_settles_a_killed_run_once_dagster_knows_it_failed(env, hom
     again = {r["job"]: r for r in _runs(env)}  # the emitted events are in the store now: nothing to settle
     assert {job: (r["state"], r["flags"]) for job, r in again.items()} == {
         "materialize:group:flights": ("FAIL", []), "raw.flights": ("FAIL", [])}
-    assert len(_events(home)) == 4
+    assert len(_events(home)) == 4 and _spec_problems(home) == []

@@ -1,11 +1,11 @@
 """The Dagster run's own OpenLineage run (the parent of the asset runs): its job name, START and terminal event.
 
-The executor of the code location (`with_run_lineage`) emits both, in the process that orchestrates the
-run: Dagster calls an executor once per run, wherever the run was started — `dagster asset materialize`,
+The executor of the code location (`with_run_lineage`) emits both, in the process that executes the run:
+Dagster calls an executor once per run, wherever the run was started — `dagster asset materialize`,
 the UI, a schedule or a sensor — and it sees every step end, or the run be interrupted. No daemon is needed
 (a run-status sensor only fires under one). A run executed in process (`materialize()`, `provline run`) does
 not use the code location's executor: its first step emits START and `provline run` calls `finish_run`.
-The run-status sensors (sensors.py) stay as the fallback for a run whose orchestrating process died: once
+The run-status sensors (sensors.py) stay as the fallback for a run whose process died: once
 Dagster's run monitoring marks it failed, the sensor emits its FAIL. Whoever comes first emits; the others
 find the marker (see LineageEmitter.run_finished).
 
@@ -40,11 +40,6 @@ RUN_TERMINAL: dict[dg.DagsterRunStatus, RunTerminal] = {
 }
 
 
-def terminal_of(status: dg.DagsterRunStatus) -> RunTerminal | None:
-    """The OpenLineage terminal state of a finished Dagster run (None while it has not finished)."""
-    return RUN_TERMINAL.get(status)
-
-
 def run_job_name(run: dg.DagsterRun, job: dg.JobDefinition | None) -> str:
     """The name a user knows a run by: its job's, or for Dagster's internal asset jobs (`__ASSET_JOB` of a
     CLI or UI materialization, `__ephemeral_asset_job__` of `materialize()`) what it materializes:
@@ -70,15 +65,15 @@ def run_job_name(run: dg.DagsterRun, job: dg.JobDefinition | None) -> str:
 
 def finish_run(run: dg.DagsterRun, error: str | None = None, job_name: str | None = None) -> None:
     """The terminal event of a finished Dagster run (named as its START was)."""
-    if (state := terminal_of(run.status)) is not None:
+    if (state := RUN_TERMINAL.get(run.status)) is not None:
         LineageEmitter().run_finished(run.run_id, job_name or run.job_name, state, error)
 
 
 def record_cancel(instance: dg.DagsterInstance, run_id: str) -> None:
     """Record an interrupt of the run as a cancel request, unless one was made or Dagster will resume the run."""
     run = instance.get_run_by_id(run_id)
-    if run is None or run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED) \
-            or run.is_finished or instance.run_will_resume(run_id):
+    if run is None or run.is_finished or run.status == dg.DagsterRunStatus.CANCELING \
+            or instance.run_will_resume(run_id):
         return
     instance.report_run_canceling(run, message="Interrupted (Ctrl-C, a signal or a terminate request): canceling.")
 
@@ -153,11 +148,8 @@ class LineageExecutor(dg.Executor):
         except BaseException as error:
             emitter.run_finished(run.run_id, name, "ABORT" if _canceling(instance, run.run_id) else "FAIL", str(error))
             raise
-        if _canceling(instance, run.run_id):
-            emitter.run_finished(run.run_id, name, "ABORT", f"canceled; steps failed: {failed}" if failed else None)
-        else:
-            emitter.run_finished(run.run_id, name, "FAIL" if failed else "COMPLETE",
-                                 f"steps failed: {failed}" if failed else None)
+        state = "ABORT" if _canceling(instance, run.run_id) else "FAIL" if failed else "COMPLETE"
+        emitter.run_finished(run.run_id, name, state, f"steps failed: {failed}" if failed else None)
 
 
 def with_run_lineage(executor: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
