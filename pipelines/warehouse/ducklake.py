@@ -50,7 +50,8 @@ PREFIX = "ducklake:postgres:"
 LAKE_META_DDL = META_DDL.replace(SNAPSHOT_COLUMN, "")  # the version log's snapshot_id is the lake's own
 CONFLICT_MARKERS = ("Transaction conflict", "ducklake_max_retry_count")
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
-DELETE_OLDER_THAN = "1 day"  # unreferenced files younger than this may belong to a commit in flight
+DELETE_OLDER_THAN = "1 day"
+PROBE = ".provline-write-probe"  # unreferenced files younger than this may belong to a commit in flight
 T = TypeVar("T")
 
 
@@ -176,6 +177,8 @@ class DuckLake:
             return _instances[key]
 
     def _open(self) -> duckdb.DuckDBPyConnection:
+        if not self.remote:
+            self._probe_local_path()
         con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
             for extension in ("postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ())):
@@ -222,19 +225,24 @@ class DuckLake:
             return True
 
     def preflight(self) -> None:
-        """Before a step writes anything: the catalog answers, and the data path takes a file."""
+        """Before a step writes anything: the data path takes a file, and the catalog answers."""
         self._instance()
-        probe = f"{self.data_path}.provline-write-probe-{uuid.uuid4().hex}"
-        try:
-            if self.remote:  # a fixed name: object stores are not cleaned up after
-                probe = f"{self.data_path}.provline-write-probe.parquet"
+        if self.remote:  # (a local path was probed before the first ATTACH, see _open)
+            try:
                 with self.connect() as con:
-                    con.execute(f"COPY (SELECT 1 AS probe) TO {sql_literal(probe)} (FORMAT parquet)")
-            else:
-                Path(self.data_path).mkdir(parents=True, exist_ok=True)
-                Path(probe).write_bytes(b"")
-                Path(probe).unlink()
-        except (OSError, duckdb.Error, WarehouseUnavailable) as error:
+                    con.execute(f"COPY (SELECT 1 AS probe) TO {sql_literal(self.data_path + PROBE + '.parquet')} "
+                                "(FORMAT parquet)")
+            except (duckdb.Error, WarehouseUnavailable) as error:
+                raise WarehouseUnavailable(f"the lake's data path {self.data_path} is not writable: {error}") from None
+
+    def _probe_local_path(self) -> None:
+        """The first ATTACH stores DATA_PATH in the catalog for good: check it before."""
+        probe = Path(self.data_path) / f"{PROBE}-{uuid.uuid4().hex}"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
             raise WarehouseUnavailable(f"the lake's data path {self.data_path} is not writable: {error}") from None
 
     # --- writes -------------------------------------------------------------------------------------

@@ -64,3 +64,34 @@ def test_reference_and_two_days_equal_the_file_backend(lake: Lake, home: Path, t
     assert all(s is not None for (s,) in snapshots)
     assert len({s for (s,) in snapshots}) == len(snapshots) == len(lake_versions)  # one commit each
     assert failures  # the real data's defects are recorded on both backends alike
+
+
+@pytest.mark.slow
+def test_verify_reads_versions_by_time_travel_until_they_expire(lake: Lake, tmp_path: Path, monkeypatch):
+    from pipelines.definitions import catalog
+    from pipelines.verify import CANNOT, REPRODUCED, verify
+    from tests.audit.conftest import DAY, _changed_sources  # a day whose source they change
+
+    build([DAY])
+    warehouse = Warehouse.from_settings()
+    first = dict(((a, p), h) for a, p, h, *_ in latest(warehouse))
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(tmp_path / "sources")))
+    assert materialize("flights", DAY).success
+    monkeypatch.delenv("PROVLINE_SOURCE_DIR")
+    second = dict(((a, p), h) for a, p, h, *_ in latest(warehouse))
+    assert first[("staging.flights", DAY)] != second[("staging.flights", DAY)]
+
+    def check(table: str, version: str | None = None):
+        return verify(table, DAY, version, tables=catalog.specs, warehouse=warehouse)
+
+    now = check("marts.carrier_daily_performance")
+    assert now.verdict == REPRODUCED, now.text()
+    old = check("marts.flight_facts", first[("marts.flight_facts", DAY)])  # its inputs: AT (VERSION => n)
+    assert old.verdict == REPRODUCED, old.text()
+    assert {i["name"]: i["loaded"] for i in old.inputs}["staging.flights"] == first[("staging.flights", DAY)]
+
+    # retention: DuckLake expires every snapshot older than 0 days but the latest
+    assert "snapshots before" in Warehouse.from_settings().model_copy(update={"snapshot_retention_days": 0}).maintain()
+    gone = check("marts.flight_facts", first[("marts.flight_facts", DAY)])
+    assert gone.verdict == CANNOT and "expired" in " ".join(gone.reasons), gone.text()
+    assert check("marts.carrier_daily_performance").verdict == REPRODUCED  # the latest versions stay
