@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ def test_reference_and_two_days_equal_the_file_backend(lake: Lake, home: Path, t
     on_lake = Warehouse.from_settings()
     lake_versions = latest(on_lake)
     agrees_with_tables(on_lake)
+    events = [json.loads(line) for line in (home / "lineage" / "events.jsonl").read_text().splitlines()]
+    outputs = {(o["namespace"], o["name"]) for e in events for o in e.get("outputs", [])}
+    assert (f"ducklake://127.0.0.1:{lake.pg.port}/{lake.database}", "marts.flight_facts") in outputs
 
     monkeypatch.setenv("PROVLINE_HOME", str(tmp_path / "file-home"))
     monkeypatch.delenv("PROVLINE_WAREHOUSE")
