@@ -19,7 +19,7 @@
   time travel (`AT (VERSION => n)`); `maintain` runs DuckLake's CHECKPOINT, which expires snapshots older
   than the retention period and deletes the files nothing references any more.
 - One DuckDB instance per process holds the attached lake (loading the extensions and attaching cost ~1 s);
-  `connect()` hands out a cursor on it.
+  `connect()` hands out a cursor on it, in one read transaction.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class DuckLake:
                 time.sleep(0.2 + random.random() * 0.5)
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         cursor = self._instance().cursor()
         try:
             cursor.execute(f"USE {quote(self.name)}")
@@ -219,6 +219,13 @@ class DuckLake:
             raise WarehouseUnavailable(self._explain(error)) from None
         finally:
             cursor.close()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: every read sees the same snapshot (a step's inputs are
+        consistent with each other), and DuckLake looks the snapshot up once instead of per statement."""
+        with self._cursor() as cursor, transaction(cursor):
+            yield cursor
 
     def exists(self) -> bool:
         with self.connect():
@@ -279,14 +286,14 @@ class DuckLake:
                         {"what": what, "run": write.run_id})
             return receipts
 
-        with self.connect() as con:
+        with self._cursor() as con:
             receipts = self._retrying(con, body, what)
             snapshot = con.execute(f"FROM {quote(self.name)}.last_committed_snapshot()").fetchone()[0]
         return {p: replace(r, snapshot_id=snapshot) for p, r in receipts.items()}
 
     def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
         """Any other write (the check results of a refused write): one transaction, retried on conflicts."""
-        with self.connect() as con:
+        with self._cursor() as con:
             return self._retrying(con, body, what)
 
     # --- versions -----------------------------------------------------------------------------------
@@ -305,17 +312,18 @@ class DuckLake:
         where, params = partition_filter([partition], partition_expr)
         if latest == content_hash:
             return con.execute(f"SELECT * FROM {quote(table)} WHERE {where}", params).to_arrow_table()
-        try:
-            return con.execute(f"SELECT * FROM {quote(table)} AT (VERSION => $snapshot) WHERE {where}",
-                               {**params, "snapshot": snapshot}).to_arrow_table()
-        except duckdb.InvalidInputException as error:  # "No snapshot found at version n"
-            raise VersionUnavailable(f"lake snapshot {snapshot} expired (retention {self.retention_days} days): "
-                                     f"{_last_line(error)}") from None
+        # (asked first: a failed AT would abort the caller's transaction)
+        kept = con.execute(f"SELECT count(*) FROM {quote(self.name)}.snapshots() WHERE snapshot_id = $snapshot",
+                           {"snapshot": snapshot}).fetchone()[0]
+        if not kept:
+            raise VersionUnavailable(f"lake snapshot {snapshot} expired (retention {self.retention_days} days)")
+        return con.execute(f"SELECT * FROM {quote(table)} AT (VERSION => $snapshot) WHERE {where}",
+                           {**params, "snapshot": snapshot}).to_arrow_table()
 
     def maintain(self) -> str:
         """DuckLake's CHECKPOINT: flush inlined rows, expire snapshots older than the retention period, merge
         small files, delete the files no snapshot needs any more."""
-        with self.connect() as con:
+        with self._cursor() as con:
             catalog = quote(self.name)
             before = con.execute(f"SELECT count(*) FROM {catalog}.snapshots()").fetchone()[0]
             con.execute(f"CALL {catalog}.set_option('expire_older_than', $v)", {"v": f"{self.retention_days} days"})
