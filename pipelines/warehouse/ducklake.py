@@ -164,7 +164,7 @@ class DuckLake:
     def _explain(self, error: BaseException) -> str:
         """DuckDB's message without the conninfo it echoes (and without the password, should one slip in)."""
         text = str(error).replace(self.conninfo, "<conninfo>")
-        if self.password:
+        if self.password and len(self.password) > 3:  # (it is never in the conninfo DuckDB sees)
             text = text.replace(self.password, "<password>")
         text = re.sub(r"password\s*=\s*\S+", "password=<redacted>", text)
         return f"{self.location} (user {self.fields.get('user', 'default')}): {text}"
@@ -257,8 +257,9 @@ class DuckLake:
     def _retrying(self, con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T],
                   what: str) -> T:
         """BEGIN; body; COMMIT — the whole transaction again after a commit conflict, until wait_s is spent."""
-        deadline = time.monotonic() + self.wait_s
-        for attempt in range(1, 1_000_000):
+        deadline, attempt = time.monotonic() + self.wait_s, 0
+        while True:
+            attempt += 1
             try:
                 with transaction(con):
                     return body(con)
@@ -275,7 +276,6 @@ class DuckLake:
                 log.warning("%s: commit conflict (attempt %d), retrying in %.2fs: %s", what, attempt, delay,
                             _last_line(error))
                 time.sleep(delay)
-        raise AssertionError("unreachable")
 
     def commit(self, write: Write) -> dict[str, Receipt]:
         what = f"{write.table} [{', '.join(write.partitions) or 'unpartitioned'}]"

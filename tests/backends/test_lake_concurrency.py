@@ -117,31 +117,26 @@ KILL = textwrap.dedent("""
     import os, random, signal, sys, threading
     import dagster as dg
     from pipelines.definitions import defs
-    from pipelines.warehouse import base, ducklake
+    from pipelines.warehouse import ducklake
 
-    where = sys.argv[1]
-    if where == "after-delete":  # inside the transaction: the partition was just deleted
-        def insert_rows(con, target, columns, rows):
-            if target == '"staging"."flights"':
+    def write_partitions(con, write):  # the partition deleted and rewritten, in the open transaction
+        receipts = original(con, write)
+        if write.table == "staging.flights":
+            if sys.argv[1] == "before-commit":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(con, target, columns, rows)
-        original = base.insert_rows
-        base.insert_rows = insert_rows
-    else:  # while COMMIT talks to the catalog and writes the files
-        def write_partitions(con, write):
-            receipts = original(con, write)
-            if write.table == "staging.flights":
-                threading.Timer(random.uniform(0, 0.05), os.kill, (os.getpid(), signal.SIGKILL)).start()
-            return receipts
-        original = ducklake.write_partitions
-        ducklake.write_partitions = write_partitions
+            threading.Timer(random.uniform(0, 0.05), os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return receipts
+
+    original = ducklake.write_partitions
+    ducklake.write_partitions = write_partitions
     dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights"), partition_key=sys.argv[2],
                    resources=defs.resources)
 """)
 
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["after-delete", "during-commit"])
+@pytest.mark.parametrize("where", ["before-commit", "during-commit"])
 def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, where: str):
     from tests.audit.conftest import DAY as CHANGED_DAY
     from tests.audit.conftest import _changed_sources
