@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.warehouse import Warehouse
 from tests.conftest import DAY, DAY_FLIGHTS, materialize
+from tests.lineage.lineage_support import validate
 
 from .conftest import Lake
 
@@ -68,6 +69,7 @@ def test_reference_and_two_days_equal_the_file_backend(lake: Lake, home: Path, t
     assert all(s is not None for (s,) in snapshots)
     assert len({s for (s,) in snapshots}) == len(snapshots) == len(lake_versions)  # one commit each
     assert failures  # the real data's defects are recorded on both backends alike
+    validate(home / "lineage" / "events.jsonl")  # the lake's events against the official schemas (last: may skip)
 
 
 @pytest.mark.slow
