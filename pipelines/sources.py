@@ -123,8 +123,9 @@ def rows_outside(keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> 
     the partitions): loading partition by partition would silently leave them out. `keys` are the rows'
     partition keys (None where the date is invalid)."""
     first, end = _bounds(partitions)
-    valid = np.array([k is not None and k >= first and (end is None or k < end) for k in keys], dtype=bool)
-    return np.flatnonzero(~valid)
+    labels = pd.Series(keys, dtype=object).fillna("")  # "" sorts before every day
+    valid = (labels >= first) & (labels < end) if end else labels >= first
+    return np.flatnonzero(~valid.to_numpy())
 
 
 def describe_outside(table: SourceTable, positions: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str:
