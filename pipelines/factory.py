@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines import monitor
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
     ERROR,
@@ -224,7 +225,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             description="; ".join(f"[{r.severity.upper()}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
-    ]
+    ] + monitor.check_specs(spec)
 
     # A one-asset multi_asset: its outputs are Nothing-typed (no IO manager: the factory writes) and,
     # being subsettable, its check outputs are optional, so a range reports each partition itself.
@@ -507,12 +508,13 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
         raise
-    lineage.finished(derived, receipts)
+    monitors = monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
+    lineage.finished(derived, receipts, monitors)
     for partition in derived.written:
         receipt = receipts[partition]
         context.log.info(f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
                          f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
-    yield from _report(spec, context, derived, receipts)
+    yield from _report(spec, context, derived, receipts, monitors)
     if derived.refused or derived.inputs.blocked:
         summary = _failure_summary(spec, derived)
         if len(partitions) == 1 or not derived.written or not _downstream_in_run(spec, context):
@@ -524,12 +526,14 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         yield _range_output(spec)
 
 
-def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
-    """The Dagster events: per partition, its check results and (when written) its materialization."""
+def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
+            monitors: monitor.Monitors):
+    """The Dagster events: per partition, its check results (the contract's, then the anomaly monitors') and
+    (when written) its materialization."""
     validation = derived.validation
     if len(derived.partitions) == 1:
         (partition,) = derived.partitions
-        checks = _check_results(spec, validation.results[partition])
+        checks = _check_results(spec, validation.results[partition]) + monitors.check_results(partition)
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
@@ -547,7 +551,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
     for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition]):
+        for result in _check_results(spec, validation.results[partition]) + monitors.check_results(partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
                 metadata=result.metadata, severity=result.severity, partition=partition,

@@ -42,6 +42,16 @@ class Settings:
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
     the same for one run)."""
+    alert_webhook_url: str | None
+    """PROVLINE_ALERT_WEBHOOK_URL: Slack-compatible incoming webhook for alerts (a secret: never logged)."""
+    alert_timeout_s: float
+    """PROVLINE_ALERT_TIMEOUT_S: the HTTP timeout of one alert delivery attempt, and the most a process
+    waits at exit for its alerts."""
+    alert_max_attempts: int
+    """PROVLINE_ALERT_MAX_ATTEMPTS: attempts per alert before it is recorded as undelivered."""
+    alert_window_s: float
+    """PROVLINE_ALERT_WINDOW_S: an alert repeated for the same (asset, partition, check) within this window
+    is not sent again."""
 
     @property
     def lineage_dir(self) -> Path:
@@ -54,6 +64,10 @@ class Settings:
     @property
     def lineage_store_path(self) -> Path:
         return self.home / "lineage.duckdb"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.home / "alerts.duckdb"
 
 
 def _env(name: str, default: str) -> str:
@@ -76,6 +90,10 @@ def get_settings() -> Settings:
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
+        alert_webhook_url=os.environ.get("PROVLINE_ALERT_WEBHOOK_URL", "").strip() or None,
+        alert_timeout_s=float(_env("PROVLINE_ALERT_TIMEOUT_S", "2")),
+        alert_max_attempts=int(_env("PROVLINE_ALERT_MAX_ATTEMPTS", "5")),
+        alert_window_s=float(_env("PROVLINE_ALERT_WINDOW_S", "21600")),
     )
 
 

@@ -5,6 +5,7 @@ emits what day-by-day steps would), built from the factory's own objects into th
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 import dagster as dg
@@ -24,6 +25,7 @@ from pipelines.lineage.model import (
     SourceFile,
 )
 from pipelines.lineage.sql_lineage import sql_lineage
+from pipelines.monitor.anomaly import MEAN
 from pipelines.sql import PARTITION
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ class StepLineage:
                 if isinstance(ref, DatasetRef)
             ] + ([SourceFile(str(source.path), source.content_hash)] if source is not None else [])
 
-    def finished(self, derived, receipts: dict) -> None:
+    def finished(self, derived, receipts: dict, monitors) -> None:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
         try:
             lineage = self._column_lineage()
@@ -84,7 +86,8 @@ class StepLineage:
         validation = derived.validation
         for partition in derived.written:
             receipt = receipts[partition]
-            output = self._output(validation, partition, receipt.content_hash, receipt.row_count, lineage)
+            output = self._output(validation, partition, receipt.content_hash, receipt.row_count, lineage,
+                                  monitors.findings.get(partition, []))
             self._terminal(partition, self.emitter.asset_completed, self.runs[partition], self.inputs[partition],
                            output)
         for partition in derived.refused:
@@ -117,7 +120,9 @@ class StepLineage:
         emit(*args, **kwargs)
 
     def _output(self, validation, partition: str, version: str | None, row_count: int | None,
-                lineage: tuple[dict, list]) -> OutputInfo:
+                lineage: tuple[dict, list], findings: list = ()) -> OutputInfo:
+        """The output as written; `findings` (the anomaly monitors') add their verdicts to the assertions and
+        the means they watch to the metrics (as the facet's sum and count)."""
         schema = self.spec.contract.to_schema()
         columns = [Column(name, sql_type, schema.columns[name].description)
                    for name, sql_type in self.spec.columns.items()]
@@ -133,7 +138,14 @@ class StepLineage:
                 actual=r.message or f"{r.failing_rows} of {r.rows_checked} rows fail",
             )
             for r in validation.results[partition]
+        ] + [
+            Assertion(name=f.metric.check, success=not f.anomalous, severity="warn", column=f.metric.column or None,
+                      expected=f.expected_text, actual=f.actual_text)
+            for f in findings if f.expected is not None
         ]
+        for column in (f.metric.column for f in findings if f.metric.kind == MEAN):
+            values = valid[column].astype("float64")
+            metrics[column] = replace(metrics[column], sum=float(values.sum()), count=int(values.count()))
         column_lineage, indirect = lineage
         return OutputInfo(
             name=self.spec.table, version=version, columns=columns,
