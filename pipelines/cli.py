@@ -3,6 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline landing seed --start D --end D   split the source tables into daily landing files
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -117,6 +119,21 @@ def _verify(dataset: str, partition: str | None, version: str | None):
     return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def cmd_landing_seed(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.landing import landing_sources, seed
+
+    folder = Path(args.to) if args.to else get_settings().landing_dir
+    if folder is None:
+        raise SystemExit("provline landing seed: set PROVLINE_LANDING_DIR or pass --to DIR")
+    sources = landing_sources(list(catalog))
+    for partitions in dict.fromkeys(spec.partitions for spec in sources):
+        days = _days(args, partitions)
+        written = seed([spec for spec in sources if spec.partitions is partitions], days, folder)
+        print(f"{len(written)} landing file(s) for {_span(days)} in {folder}")
+    return 0
+
+
 def cmd_lineage_replay(args: argparse.Namespace) -> int:
     from pipelines.lineage import main_replay
 
@@ -138,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")
+    seed = landing.add_subparsers(dest="landing", required=True).add_parser(
+        "seed", help="split the partitioned source tables into daily landing files (demos, tests)")
+    seed.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    seed.add_argument("--end", help="last day (inclusive; default: --start)")
+    seed.add_argument("--to", help="the landing folder (default: PROVLINE_LANDING_DIR)")
+    seed.set_defaults(func=cmd_landing_seed, date=None)
 
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")

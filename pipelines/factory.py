@@ -42,6 +42,7 @@ import pandera.pandas as pa
 
 from pipelines import monitor
 from pipelines.lineage.step import StepLineage
+from pipelines.monitor.landing import read_landed
 from pipelines.quality import (
     ERROR,
     SOURCE_COVERAGE,
@@ -328,7 +329,7 @@ def derive(
         frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
     problems: dict[str, dict[str, str]] = {}
     if spec.source and built:
-        source = read_source(spec.source, spec.contract)
+        source = read_landed(spec, built) or read_source(spec.source, spec.contract)
         labels = _partition_keys(source.frame, spec.daily_on) if spec.partitioned else None
         if spec.partitioned and (outside := rows_outside(source, labels, spec.partitions)):
             problems = {p: {SOURCE_COVERAGE_RULE: outside} for p in built}

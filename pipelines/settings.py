@@ -42,6 +42,12 @@ class Settings:
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
     the same for one run)."""
+    landing_dir: Path | None
+    """PROVLINE_LANDING_DIR: daily files arrive here as `<source>/<YYYY-MM-DD>.csv|parquet`; when set, the
+    partitioned source tables read each day from here (pipelines/monitor/landing.py)."""
+    landing_settle_s: float
+    """PROVLINE_LANDING_SETTLE_S: a landing file is read only once it has not changed for this long and
+    since the sensor's previous tick (a file still being written is left alone)."""
     alert_webhook_url: str | None
     """PROVLINE_ALERT_WEBHOOK_URL: Slack-compatible incoming webhook for alerts (a secret: never logged)."""
     alert_timeout_s: float
@@ -75,11 +81,15 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).resolve() if value else None
+
+
 def get_settings() -> Settings:
-    source_dir = os.environ.get("PROVLINE_SOURCE_DIR", "").strip()
     return Settings(
         home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
-        source_dir=Path(source_dir).resolve() if source_dir else None,
+        source_dir=_path("PROVLINE_SOURCE_DIR"),
         warehouse_url=_env("PROVLINE_WAREHOUSE", "duckdb"),
         warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
         lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
@@ -90,6 +100,8 @@ def get_settings() -> Settings:
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
+        landing_dir=_path("PROVLINE_LANDING_DIR"),
+        landing_settle_s=float(_env("PROVLINE_LANDING_SETTLE_S", "10")),
         alert_webhook_url=os.environ.get("PROVLINE_ALERT_WEBHOOK_URL", "").strip() or None,
         alert_timeout_s=float(_env("PROVLINE_ALERT_TIMEOUT_S", "2")),
         alert_max_attempts=int(_env("PROVLINE_ALERT_MAX_ATTEMPTS", "5")),
