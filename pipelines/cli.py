@@ -3,6 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
     provline landing seed --start D --end D   split the source tables into daily landing files
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
@@ -119,6 +120,17 @@ def _verify(dataset: str, partition: str | None, version: str | None):
     return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.health import render, summarize
+    from pipelines.warehouse import Warehouse
+
+    settings = get_settings()
+    health = summarize(catalog, Warehouse.from_settings(settings), settings)
+    print(json.dumps(health.as_dict(), indent=2, default=str) if args.json else render(health))
+    return 0
+
+
 def cmd_landing_seed(args: argparse.Namespace) -> int:
     from pipelines.definitions import catalog
     from pipelines.monitor.landing import landing_sources, seed
@@ -155,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    health = commands.add_parser("health", help="per asset: freshness, failing checks, anomalies, what waits")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
 
     landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")
     seed = landing.add_subparsers(dest="landing", required=True).add_parser(

@@ -104,6 +104,7 @@ class TableSpec:
     group: str | None = None
     column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     owners: tuple[str, ...] = ()
+    freshness: dg.FreshnessPolicy | None = None
 
     def __post_init__(self) -> None:
         if (self.partitions is None) != (self.daily_on is None):
@@ -176,6 +177,7 @@ def production_asset(
     key_columns: Sequence[str] = (),
     column_lineage: dict[str, list[tuple[str, str]]] | None = None,
     group: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
     """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
     (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
@@ -184,7 +186,7 @@ def production_asset(
     def wrap(transform: Callable[..., pd.DataFrame]) -> TableSpec:
         return TableSpec(
             table, contract, tuple(inputs), source, transform=transform, partitions=partitions, daily_on=daily_on,
-            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}),
+            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}), freshness=freshness,
         )
 
     return wrap
@@ -201,6 +203,7 @@ def sql_asset(
     key_columns: Sequence[str] = (),
     group: str | None = None,
     relative_to: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> TableSpec:
     """A SQL asset: the file is a DuckDB SELECT over the input tables. A partitioned one selects the
     days in [$partition_start, $partition_end) (bound as DATEs, never formatted in): one day, or a range."""
@@ -208,7 +211,7 @@ def sql_asset(
     sql_path = (base / sql).resolve()
     return TableSpec(
         table, contract, tuple(inputs), sql=sql_path.read_text(), sql_path=sql_path, partitions=partitions,
-        daily_on=daily_on, key_columns=tuple(key_columns), group=group,
+        daily_on=daily_on, key_columns=tuple(key_columns), group=group, freshness=freshness,
     )
 
 
@@ -241,6 +244,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             description=spec.description,
             kinds={"duckdb", "sql" if spec.sql else "pandas"},
             metadata=_definition_metadata(spec),
+            freshness_policy=spec.freshness,
         )],
         check_specs=check_specs,
         partitions_def=spec.partitions,

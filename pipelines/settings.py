@@ -58,6 +58,10 @@ class Settings:
     alert_window_s: float
     """PROVLINE_ALERT_WINDOW_S: an alert repeated for the same (asset, partition, check) within this window
     is not sent again."""
+    outbox_alert_threshold: int
+    """PROVLINE_OUTBOX_ALERT_THRESHOLD: alert when more lineage events than this wait in the outbox."""
+    health_partitions: int
+    """PROVLINE_HEALTH_PARTITIONS: how many of an asset's latest partitions `provline health` sums up."""
 
     @property
     def lineage_dir(self) -> Path:
@@ -106,6 +110,8 @@ def get_settings() -> Settings:
         alert_timeout_s=float(_env("PROVLINE_ALERT_TIMEOUT_S", "2")),
         alert_max_attempts=int(_env("PROVLINE_ALERT_MAX_ATTEMPTS", "5")),
         alert_window_s=float(_env("PROVLINE_ALERT_WINDOW_S", "21600")),
+        outbox_alert_threshold=int(_env("PROVLINE_OUTBOX_ALERT_THRESHOLD", "1000")),
+        health_partitions=int(_env("PROVLINE_HEALTH_PARTITIONS", "7")),
     )
 
 
