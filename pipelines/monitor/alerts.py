@@ -16,7 +16,6 @@ file and a lineage outbox backlog over its threshold (`Event.kind`).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from pipelines.lineage.delivery import queue_lock
 from pipelines.settings import Settings, get_settings
 from pipelines.warehouse.duckdb_file import file_lock
 
@@ -181,7 +181,7 @@ def deliver_due(settings: Settings, stop: threading.Event | None = None) -> floa
     url = settings.alert_webhook_url
     if url is None:
         return None
-    with _sending(settings) as mine:
+    with queue_lock(settings.home / "alert-sender") as mine:  # one sender at a time: none sent twice
         if not mine:
             return None
         with connect(settings) as con:
@@ -216,23 +216,6 @@ def _attempted(settings: Settings, alert_id: str, attempts: int, error: str | No
             {"status": status, "attempts": attempts, "error": error, "retry_at": retry_at,
              "delivered_at": now if error is None else None, "id": alert_id},
         )
-
-
-@contextmanager
-def _sending(settings: Settings) -> Iterator[bool]:
-    """One sender at a time across processes (so an alert is not sent twice); False: another one sends."""
-    path = settings.home / "alerts.send.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Sender:

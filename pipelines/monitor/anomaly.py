@@ -39,6 +39,7 @@ import pandera.pandas as pa
 
 from pipelines.quality import WARN, contract_metadata
 from pipelines.sql import partition_filter, partition_label, quote, transaction
+from pipelines.warehouse.base import _insert_frame as insert_frame  # the warehouse's own frame insert
 
 if TYPE_CHECKING:
     from pipelines.factory import TableSpec
@@ -286,15 +287,7 @@ def _store_stats(con, table: str, stats: dict[str, dict[Metric, float]], hashes:
     ).assign(recorded_at=datetime.now(UTC).replace(tzinfo=None))
     con.execute("DELETE FROM quality.partition_stats WHERE asset = $asset AND list_contains($partitions, partition)",
                 {"asset": table, "partitions": list(stats)})
-    _insert(con, "quality.partition_stats", frame)
-
-
-def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    con.register("incoming_monitor_rows", frame)
-    try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_monitor_rows")
-    finally:
-        con.unregister("incoming_monitor_rows")
+    insert_frame(con, "quality.partition_stats", frame)
 
 
 def judge(stats: dict[str, dict[Metric, float]], written: list[str], metrics: list[Metric],
@@ -321,7 +314,7 @@ def _store_results(con, table: str, verdicts: dict[str, list[Finding]], receipts
         for p, found in verdicts.items() for check, group in by_check(found).items()
         for failed in [[f for f in group if f.anomalous]]
     ]
-    _insert(con, "quality.check_results", pd.DataFrame(rows))
+    insert_frame(con, "quality.check_results", pd.DataFrame(rows))
 
 
 def by_check(found: list[Finding]) -> dict[str, list[Finding]]:
