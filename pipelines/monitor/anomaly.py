@@ -233,16 +233,16 @@ def findings(
 
 
 def _earlier_versions(con: duckdb.DuckDBPyConnection, table: str, written: list[str], window: int) -> dict[str, str]:
-    """The partitions not written now that a baseline may need (the `window` before the first written one, and
-    any between the written ones): partition -> its latest content hash."""
-    rows = con.execute(
-        """SELECT partition, content_hash FROM provline.version_log
-           WHERE asset = $asset AND partition < $last AND NOT list_contains($written, partition)
-           QUALIFY row_number() OVER (PARTITION BY partition ORDER BY written_at DESC) = 1
-           ORDER BY partition DESC LIMIT $limit""",
-        {"asset": table, "last": written[-1], "written": written, "limit": window + len(written)},
-    ).fetchall()
-    return dict(rows)
+    """The partitions not written now in the baseline of a written one (the `window` partitions with a version
+    before it): partition -> its latest content hash."""
+    versions = dict(con.execute(
+        """SELECT partition, content_hash FROM provline.version_log WHERE asset = $asset AND partition < $last
+           QUALIFY row_number() OVER (PARTITION BY partition ORDER BY written_at DESC) = 1""",
+        {"asset": table, "last": written[-1]},
+    ).fetchall())
+    days = sorted(set(versions) | set(written))
+    needed = {p for w in written for p in days[max(0, days.index(w) - window):days.index(w)]} - set(written)
+    return {p: versions[p] for p in sorted(needed)}
 
 
 def _stored_stats(con, table: str, partitions: list[str]) -> dict[str, tuple[str, dict[Metric, float]]]:

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pandas as pd
 import pytest
 
 from pipelines.definitions import catalog, defs
 from pipelines.monitor import alerts
-from pipelines.monitor.anomaly import MonitorConfig, expected
+from pipelines.monitor.anomaly import MonitorConfig, _earlier_versions, expected
 from pipelines.warehouse import Warehouse
 from tests.conftest import _isolate, query
 from tests.lineage.lineage_support import read_events, validate
@@ -150,3 +151,17 @@ def test_an_anomaly_alerts_once_then_resolves_once(cut: Cut, monkeypatch: pytest
     resolved = eventually(lambda: [t for t in cut.webhook.texts() if t.startswith("[provline] Resolved")
                                    and "anomaly_volume" in t], what="the resolution")
     assert resolved == [f"[provline] Resolved: Anomaly: raw.flights [{CUT}] anomaly_volume: passes again"]
+
+
+def test_each_written_partition_gets_the_window_before_it_however_far_apart():
+    """Written partitions far apart (a range whose middle was refused keeps older versions there): each is
+    judged against the `window` partitions with a version before it."""
+    with duckdb.connect() as con:
+        con.execute("CREATE SCHEMA provline; CREATE TABLE provline.version_log "
+                    "(asset VARCHAR, partition VARCHAR, content_hash VARCHAR, written_at TIMESTAMP)")
+        days = [d.strftime("%Y-%m-%d") for d in pd.date_range("2013-01-01", "2013-04-30")]
+        con.executemany("INSERT INTO provline.version_log VALUES ('t', ?, ?, now())", [[d, f"h{d}"] for d in days])
+        needed = _earlier_versions(con, "t", ["2013-01-03", "2013-04-20"], 14)
+    expected_days = ["2013-01-01", "2013-01-02"] + [d.strftime("%Y-%m-%d")
+                                                   for d in pd.date_range("2013-04-06", "2013-04-19")]
+    assert needed == {d: f"h{d}" for d in expected_days}

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
 from pipelines.definitions import catalog, defs
 from pipelines.domain import daily_partitions
@@ -127,6 +128,15 @@ def test_the_monitor_sensor_puts_the_summary_in_each_assets_metadata_when_it_cha
         path.unlink()  # the lineage event was delivered
     third = tick(again.cursor)
     assert [e.asset_key.to_user_string() for e in third.asset_events] == ["raw/flights"]
+
+
+def test_the_marts_carry_a_dagster_freshness_policy():
+    policies = {s.key.to_user_string(): s.freshness_policy for s in defs.resolve_all_asset_specs()}
+    marts = {key: policy for key, policy in policies.items() if key.startswith("marts/")}
+    assert len(marts) == 3 and all(isinstance(p, TimeWindowFreshnessPolicy) for p in marts.values())
+    assert {(p.fail_window.to_timedelta(), p.warn_window.to_timedelta()) for p in marts.values()} == \
+        {(timedelta(hours=27), timedelta(hours=25))}
+    assert {key for key, policy in policies.items() if policy is not None} == set(marts)
 
 
 def test_freshness_is_the_time_since_the_last_materialization_until_the_source_ends():
