@@ -5,6 +5,7 @@
     provline status                           what the warehouse holds (version log)
     provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
     provline landing seed --start D --end D   split the source tables into daily landing files
+    provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
@@ -112,6 +113,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from pipelines.warehouse import Warehouse
+
+    print(Warehouse.from_settings().maintain())
+    return 0
+
+
 def _verify(dataset: str, partition: str | None, version: str | None):
     from pipelines.definitions import catalog
     from pipelines.verify import verify
@@ -179,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--end", help="last day (inclusive; default: --start)")
     seed.add_argument("--to", help="the landing folder (default: PROVLINE_LANDING_DIR)")
     seed.set_defaults(func=cmd_landing_seed, date=None)
+
+    maintain = commands.add_parser("maintain", help="expire versions older than the retention period "
+                                   "(DuckLake: snapshots and their files; run it daily)")
+    maintain.set_defaults(func=cmd_maintain)
 
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")

@@ -19,7 +19,11 @@ class Settings:
     source_dir: Path | None
     """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of the domains' own data."""
     warehouse_url: str
-    """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME)."""
+    """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME) or
+    `ducklake:postgres:<libpq conninfo>` (DuckLake with its catalog in that PostgreSQL database)."""
+    lake_data_path: str
+    """PROVLINE_LAKE_DATA_PATH: DuckLake's data files: a folder every host sees at the same path, or an
+    object-store prefix (`s3://bucket/prefix/`)."""
     warehouse_name: str
     """PROVLINE_WAREHOUSE_NAME: the DuckDB file stem, also the OpenLineage dataset namespace."""
     lock_timeout_s: float
@@ -38,6 +42,8 @@ class Settings:
     """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
     dagster_home: Path | None
     """DAGSTER_HOME: Dagster's instance; `provline run` records its runs there when set."""
+    range_chunk_days: int
+    """PROVLINE_RANGE_CHUNK_DAYS: a range of partitions is built this many days at a time (bounds memory)."""
     allow_failed_upstream: bool
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
@@ -95,6 +101,7 @@ def get_settings() -> Settings:
         home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
         source_dir=_path("PROVLINE_SOURCE_DIR"),
         warehouse_url=_env("PROVLINE_WAREHOUSE", "duckdb"),
+        lake_data_path=_env("PROVLINE_LAKE_DATA_PATH", ""),
         warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
         lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
         lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),
@@ -103,6 +110,7 @@ def get_settings() -> Settings:
         lineage_replay_budget_s=float(_env("PROVLINE_LINEAGE_REPLAY_BUDGET_S", "120")),
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
+        range_chunk_days=int(_env("PROVLINE_RANGE_CHUNK_DAYS", "366")),
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
         landing_dir=_path("PROVLINE_LANDING_DIR"),
         landing_settle_s=float(_env("PROVLINE_LANDING_SETTLE_S", "10")),

@@ -1,10 +1,11 @@
 """The default backend: one DuckDB file under PROVLINE_HOME.
 
-DuckDB allows one writing process per file. Dagster's multiprocess executor runs each step in its own
-process, so every connection is taken under an inter-process file lock (`<home>/<name>.lock`): steps
-queue for the warehouse instead of failing on DuckDB's lock. The lock is held only while reading inputs
-and while committing, never while a pandas transform or validation runs. A crash or kill -9 before
-COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction back on the next open).
+DuckDB allows one writing process per file, and runs (a backfill's, a CLI's beside `dagster dev`, a
+multiprocess run's steps) are separate processes, so every connection is taken under an inter-process file
+lock (`<home>/<name>.lock`): they queue for the warehouse instead of failing on DuckDB's lock. The lock is
+held only while reading inputs and while committing, never while a pandas transform or validation runs.
+A crash or kill -9 before COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction
+back on the next open).
 
 Each committed version is also kept as Parquet under `<home>/snapshots/<table>/<partition>/<hash>.parquet`
 so `provline verify` can re-derive downstream versions from their inputs as they were.
@@ -16,14 +17,18 @@ import fcntl
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
+import pyarrow as pa
 
 from pipelines.sql import PARTITION, UNPARTITIONED, partition_filter, partition_label, path_literal, quote, transaction
-from pipelines.warehouse.base import META_DDL, Receipt, Write, write_partitions
+from pipelines.warehouse.base import META_DDL, Receipt, VersionUnavailable, Write, write_partitions
+
+T = TypeVar("T")
 
 
 class WarehouseLockTimeout(RuntimeError):
@@ -54,6 +59,7 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
 
 class DuckDBFile:
     def __init__(self, home: Path, name: str, lock_timeout_s: float, retention_days: int):
+        self.name = name
         self.path = home / f"{name}.duckdb"
         self.lock_path = home / f"{name}.lock"
         self.snapshot_dir = home / "snapshots"
@@ -64,8 +70,16 @@ class DuckDBFile:
     def location(self) -> str:
         return str(self.path)
 
+    @property
+    def lineage_namespace(self) -> str:
+        """The logical warehouse name, never a path (see pipelines/lineage/naming.py)."""
+        return f"duckdb://{self.name}"
+
     def exists(self) -> bool:
         return self.path.exists()
+
+    def preflight(self) -> None:
+        """Nothing to check before a step: the file and its folder are created on first connect."""
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -87,8 +101,25 @@ class DuckDBFile:
             self._snapshot(con, write, receipts)
         return receipts
 
+    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
+        """Any other write, in one transaction under the lock (`what` names it for the lake's retries)."""
+        with self.connect() as con, transaction(con):
+            return body(con)
+
     def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
         return self.snapshot_dir / table / (partition or "_all") / f"{content_hash}.parquet"
+
+    def read_version(self, con: duckdb.DuckDBPyConnection, table: str, partition: str, content_hash: str,
+                     partition_expr: str | None) -> pa.Table:
+        """The rows of a recorded version, from its Parquet snapshot."""
+        path = self.snapshot_path(table, partition, content_hash)
+        if not path.exists():
+            raise VersionUnavailable(str(path))
+        return con.execute("SELECT * FROM read_parquet($path)", {"path": str(path)}).to_arrow_table()
+
+    def maintain(self) -> str:
+        return (f"{self.path}: nothing to do (Parquet snapshots older than {self.retention_days} days are "
+                "removed at each commit)")
 
     def _snapshot(self, con: duckdb.DuckDBPyConnection, write: Write, receipts: dict[str, Receipt]) -> None:
         """Keep each committed version as Parquet (after COMMIT: a version is never snapshotted unless
