@@ -38,7 +38,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.quality import WARN, contract_metadata
-from pipelines.sql import partition_filter, partition_label, quote, transaction
+from pipelines.sql import partition_filter, partition_label, quote
 from pipelines.warehouse.base import _insert_frame as insert_frame  # the warehouse's own frame insert
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ absolute difference (5 percentage points). Measured on real data: docs/benchmark
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "BOOLEAN")
 _PARTITION = "__monitor_partition"
 
-STATS_DDL = """
-CREATE TABLE IF NOT EXISTS quality.partition_stats (
+STATS_TABLE = "quality.partition_stats"
+STATS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {STATS_TABLE} (
     asset VARCHAR, partition VARCHAR, content_hash VARCHAR, metric VARCHAR, "column" VARCHAR, value DOUBLE,
     recorded_at TIMESTAMP
 )"""
@@ -213,22 +214,26 @@ class Finding:
 def findings(
     spec: TableSpec, warehouse: Warehouse, receipts: dict[str, Receipt], run_id: str
 ) -> dict[str, list[Finding]]:
-    """Statistics and verdicts for the partitions just written, in partition order; stored with them."""
+    """Statistics and verdicts for the partitions just written, in partition order; stored with them (read on
+    one snapshot of the warehouse, written in one transaction: DuckLake retries it whole on a conflict)."""
     metrics = metrics_of(spec)
     config = config_of(spec.contract, spec.columns)
     written = sorted(receipts)
     with warehouse.connect() as con:
-        con.execute(STATS_DDL)
         earlier = _earlier_versions(con, spec.table, written, config.window)
-        stored = _stored_stats(con, spec.table, list(earlier))
+        stored = _stored_stats(con, spec.table, list(earlier)) if warehouse.table_exists(con, STATS_TABLE) else {}
         stale = [p for p, content_hash in earlier.items() if p not in stored or stored[p][0] != content_hash]
         fresh = compute_stats(con, spec, metrics, written + stale)
-        hashes = {**earlier, **{p: r.content_hash for p, r in receipts.items()}}
-        stats = {**{p: values for p, (_, values) in stored.items()}, **fresh}
-        verdicts = judge(stats, written, metrics, config)
-        with transaction(con):
-            _store_stats(con, spec.table, fresh, hashes)
-            _store_results(con, spec.table, verdicts, receipts, run_id)
+    hashes = {**earlier, **{p: r.content_hash for p, r in receipts.items()}}
+    stats = {**{p: values for p, (_, values) in stored.items()}, **fresh}
+    verdicts = judge(stats, written, metrics, config)
+
+    def store(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(STATS_DDL)
+        _store_stats(con, spec.table, fresh, hashes)
+        _store_results(con, spec.table, verdicts, receipts, run_id)
+
+    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}")
     return verdicts
 
 
