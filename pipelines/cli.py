@@ -3,6 +3,8 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
+    provline landing seed --start D --end D   split the source tables into daily landing files
     provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
     provline quarantine show TABLE --partition P   a partition's quarantined rows and their reasons
     provline lineage replay                   resend OpenLineage events waiting in the outbox
@@ -21,6 +23,7 @@ import json
 import sys
 import uuid
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.events import RunFailureReason
@@ -233,6 +236,32 @@ def _quarantined_row(row: dict, rules: dict) -> dict:
     return {"reasons": found, "source": source.removesuffix(")") or None, "run_id": run_id, "row": row}
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.health import render, summarize
+    from pipelines.warehouse import Warehouse
+
+    settings = get_settings()
+    health = summarize(catalog, Warehouse.from_settings(settings), settings)
+    print(json.dumps(health.as_dict(), indent=2, default=str) if args.json else render(health))
+    return 0
+
+
+def cmd_landing_seed(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.landing import landing_sources, seed
+
+    folder = Path(args.to) if args.to else get_settings().landing_dir
+    if folder is None:
+        raise SystemExit("provline landing seed: set PROVLINE_LANDING_DIR or pass --to DIR")
+    sources = landing_sources(list(catalog))
+    for partitions in dict.fromkeys(spec.partitions for spec in sources):
+        days = _days(args, partitions)
+        written = seed([spec for spec in sources if spec.partitions is partitions], days, folder)
+        print(f"{len(written)} landing file(s) for {_span(days)} in {folder}")
+    return 0
+
+
 def cmd_lineage_replay(args: argparse.Namespace) -> int:
     from pipelines.lineage import main_replay
 
@@ -254,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    health = commands.add_parser("health", help="per asset: freshness, failing checks, anomalies, what waits")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+
+    landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")
+    seed = landing.add_subparsers(dest="landing", required=True).add_parser(
+        "seed", help="split the partitioned source tables into daily landing files (demos, tests)")
+    seed.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    seed.add_argument("--end", help="last day (inclusive; default: --start)")
+    seed.add_argument("--to", help="the landing folder (default: PROVLINE_LANDING_DIR)")
+    seed.set_defaults(func=cmd_landing_seed, date=None)
 
     maintain = commands.add_parser("maintain", help="expire versions older than the retention period "
                                    "(DuckLake: snapshots and their files; run it daily)")

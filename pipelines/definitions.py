@@ -18,6 +18,7 @@ from pipelines.domain import Domain
 from pipelines.factory import TableSpec, build_asset
 from pipelines.lineage.runs import with_run_lineage
 from pipelines.lineage.sensors import lineage_sensors
+from pipelines.monitor.sensors import monitor_sensors
 from pipelines.warehouse import Warehouse
 
 
@@ -65,7 +66,8 @@ def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = N
         assets=[build_asset(spec) for spec in catalog],
         jobs=[job for domain in domains for job in domain.jobs],
         schedules=[schedule for domain in domains for schedule in domain.schedules],
-        sensors=[*lineage_sensors, *(sensor for domain in domains for sensor in domain.sensors)],
+        sensors=[*lineage_sensors, *monitor_sensors(list(catalog)),
+                 *(sensor for domain in domains for sensor in domain.sensors)],
         resources={"warehouse": warehouse or Warehouse.from_settings()},
         executor=executor,
     )

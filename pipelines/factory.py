@@ -41,9 +41,11 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines import monitor
 from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.runs import record_cancel
 from pipelines.lineage.step import StepLineage
+from pipelines.monitor.landing import read_landed
 from pipelines.quality import (
     BLOCKING,
     QUARANTINE,
@@ -118,6 +120,7 @@ class TableSpec:
     group: str | None = None
     column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     owners: tuple[str, ...] = ()
+    freshness: dg.FreshnessPolicy | None = None
 
     def __post_init__(self) -> None:
         if (self.partitions is None) != (self.daily_on is None):
@@ -201,6 +204,7 @@ def production_asset(
     key_columns: Sequence[str] = (),
     column_lineage: dict[str, list[tuple[str, str]]] | None = None,
     group: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
     """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
     (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
@@ -211,7 +215,7 @@ def production_asset(
     def wrap(transform: Callable[..., pd.DataFrame]) -> TableSpec:
         return TableSpec(
             table, contract, tuple(inputs), source, transform=transform, partitions=partitions, daily_on=daily_on,
-            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}),
+            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}), freshness=freshness,
         )
 
     return wrap
@@ -228,6 +232,7 @@ def sql_asset(
     key_columns: Sequence[str] = (),
     group: str | None = None,
     relative_to: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> TableSpec:
     """A SQL asset: the file is a DuckDB SELECT over the input tables. A partitioned one selects the
     days in [$partition_start, $partition_end) (bound as DATEs, never formatted in): one day, or a range."""
@@ -235,7 +240,7 @@ def sql_asset(
     sql_path = (base / sql).resolve()
     return TableSpec(
         table, contract, tuple(inputs), sql=sql_path.read_text(), sql_path=sql_path, partitions=partitions,
-        daily_on=daily_on, key_columns=tuple(key_columns), group=group,
+        daily_on=daily_on, key_columns=tuple(key_columns), group=group, freshness=freshness,
     )
 
 
@@ -253,7 +258,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
-    ]
+    ] + monitor.check_specs(spec)
 
     # A one-asset multi_asset: its outputs are Nothing-typed (no IO manager: the factory writes) and,
     # being subsettable, its check outputs are optional, so a range reports each partition itself.
@@ -270,6 +275,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             # (raw, staging, marts) as a kind puts the layer on the node, as a badge
             kinds={"duckdb", "sql" if spec.sql else "pandas", *spec.key.path[:-1]},
             metadata=_definition_metadata(spec),
+            freshness_policy=spec.freshness,
         )],
         check_specs=check_specs,
         partitions_def=spec.partitions,
@@ -362,7 +368,7 @@ def derive(
     problems: dict[str, dict[str, str]] = {}
     outside, source = None, None
     if spec.source and built:
-        source = read_source(spec.source, spec.contract)
+        source = read_landed(spec, built) or read_source(spec.source, spec.contract)
         rows = source.numbered()
         if spec.partitioned:
             labels = _partition_keys(source.frame, spec.daily_on)
@@ -547,8 +553,9 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
     for chunk in _chunks(partitions, get_settings().range_chunk_days):
         derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
-        lineage.finished(derived, receipts)
-        yield from _report(spec, context, derived, receipts, single, column_lineage)
+        monitors = monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
+        lineage.finished(derived, receipts, monitors)
+        yield from _report(spec, context, derived, receipts, single, column_lineage, monitors)
         built.append((derived, receipts))
     context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
     if any(derived.refused or derived.inputs.blocked for derived, _ in built):
@@ -598,13 +605,14 @@ def _build(
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
-            single: bool, column_lineage: dg.TableColumnLineage | None):
-    """The Dagster events: per partition, its check results and (when written) its materialization. A run of
-    one partition goes Dagster's own way (its events carry input provenance); a range reports each itself."""
+            single: bool, column_lineage: dg.TableColumnLineage | None, monitors: monitor.Monitors):
+    """The Dagster events: per partition, its check results (the contract's, then the anomaly monitors') and
+    (when written) its materialization. A run of one partition goes Dagster's own way (its events carry input
+    provenance); a range reports each itself."""
     validation = derived.validation
     if single:
         (partition,) = derived.partitions
-        checks = _check_results(spec, validation.results[partition], partition)
+        checks = _check_results(spec, validation.results[partition], partition) + monitors.check_results(partition)
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
@@ -623,7 +631,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
     for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition], partition):
+        for result in _check_results(spec, validation.results[partition], partition) + \
+                monitors.check_results(partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
                 metadata=result.metadata, severity=result.severity, partition=partition,

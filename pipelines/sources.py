@@ -83,7 +83,11 @@ def source_path(source: Source) -> Path:
 
 def read_source(source: Source, contract: type[pa.DataFrameModel]) -> SourceTable:
     """Read one source table, typed by its contract. Cached per file version within a process."""
-    path = source_path(source)
+    return read_file(source_path(source), contract)
+
+
+def read_file(path: Path, contract: type[pa.DataFrameModel]) -> SourceTable:
+    """Read one file of a source table (the whole table, or one day of it), typed by its contract."""
     stat = path.stat()
     return _read(path, stat.st_mtime_ns, stat.st_size, contract)
 
