@@ -61,7 +61,7 @@ class SourceTable:
         return _first_line(self.path)
 
     def locations(self, lines: np.ndarray | pd.Series) -> np.ndarray:
-        """`flights.csv line 12` for each line number (`row 12` in Parquet)."""
+        """`orders.csv line 12` for each line number (`row 12` in Parquet)."""
         label = f"{self.path.name} {'row' if self.first_line == 1 else 'line'} "
         return (label + pd.Series(lines).astype("string")).to_numpy(dtype=object)
 

