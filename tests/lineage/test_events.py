@@ -213,7 +213,9 @@ def _start_from_a_step(_: int) -> None:
 
 
 def test_run_started_is_emitted_once_across_step_processes(home: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # spawned, not forked: this process has threads (lineage and alert senders, DuckDB's) whose locks a fork
+    # could copy held, leaving a child to wait forever
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         pool.map(_start_from_a_step, range(8))
     emitter = LineageEmitter()
