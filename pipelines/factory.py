@@ -185,38 +185,31 @@ def _build(
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
             single: bool, column_lineage: dg.TableColumnLineage | None, monitors: monitor.Monitors):
-    """The Dagster events: per partition, its check results (the contract's, then the anomaly monitors') and
-    (when written) its materialization. A run of one partition goes Dagster's own way (its events carry input
-    provenance); a range reports each itself."""
-    validation = derived.validation
-    if single:
-        (partition,) = derived.partitions
-        checks = _check_results(spec, validation.results[partition], partition) + monitors.check_results(partition)
-        if partition in receipts:
-            yield dg.MaterializeResult(
-                data_version=dg.DataVersion(receipts[partition].content_hash),
-                metadata=_metadata(spec, derived, partition, receipts[partition], column_lineage),
-                check_results=checks,
-            )
-        else:
-            yield from checks
-        return
+    """The Dagster events: per partition, its materialization (when written), then its check results (the
+    contract's, then the anomaly monitors'), each pointing at the materialization it checked. A run of one
+    partition materializes Dagster's own way (its event carries the input provenance staleness reads); a
+    range reports each partition itself. Check results are events, not check outputs: half the writes."""
     for partition in derived.written:
         receipt = receipts[partition]
-        yield dg.AssetMaterialization(
-            asset_key=spec.key, partition=partition,
-            metadata=_metadata(spec, derived, partition, receipt, column_lineage),
-            tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
-        )
+        metadata = _metadata(spec, derived, partition, receipt, column_lineage)
+        if single:
+            yield dg.MaterializeResult(data_version=dg.DataVersion(receipt.content_hash), metadata=metadata)
+        else:
+            yield dg.AssetMaterialization(
+                asset_key=spec.key, partition=partition, metadata=metadata,
+                tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
+            )
     targets = _materializations(context, spec, derived.written, derived.refused)
+    blocking = {check for check, rules in _by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
     for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition], partition) + \
+        for result in _check_results(spec, derived.validation.results[partition], partition) + \
                 monitors.check_results(partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
-                metadata=result.metadata, severity=result.severity, partition=partition,
+                metadata=result.metadata, severity=result.severity, partition=partition or None,
                 target_materialization_data=targets.get(partition),
-                blocking=False,  # the factory blocks the partition downstream itself (see materialize)
+                # a range goes on with the other partitions: the factory blocks this one downstream itself
+                blocking=single and result.check_name in blocking,
             )
 
 
@@ -233,9 +226,10 @@ def _materializations(
     targets = {}
     for partitions in ([written] if written else []) + [[p] for p in refused]:  # the written ones are the newest
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions), limit=len(partitions)).records
+            AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions if spec.partitioned else None),
+            limit=len(partitions)).records
         for record in records:
-            partition = record.event_log_entry.dagster_event.partition
+            partition = record.event_log_entry.dagster_event.partition or UNPARTITIONED
             targets.setdefault(partition, AssetCheckEvaluationTargetMaterializationData(
                 storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp))
     return targets
