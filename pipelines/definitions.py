@@ -15,10 +15,11 @@ import dagster as dg
 
 import assets
 from pipelines.domain import Domain
-from pipelines.factory import TableSpec, build_asset
+from pipelines.factory import build_asset
 from pipelines.lineage.runs import with_run_lineage
 from pipelines.lineage.sensors import lineage_sensors
 from pipelines.monitor.sensors import monitor_sensors
+from pipelines.spec import TableSpec
 from pipelines.warehouse import Warehouse
 
 

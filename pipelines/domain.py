@@ -15,7 +15,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from pipelines.factory import TableSpec
+from pipelines.spec import TableSpec
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.factory import TableSpec, derive, write_for
+from pipelines.derive import derive, write_for
 from pipelines.quality import contract_metadata
 from pipelines.sources import SourceError, source_path
+from pipelines.spec import TableSpec
 from pipelines.sql import UNPARTITIONED, column_ddl, quote
 from pipelines.warehouse import VersionUnavailable, Warehouse
 

@@ -18,7 +18,8 @@ from pipelines.monitor.anomaly import Finding, by_check, check_result, check_spe
 from pipelines.quality import ERROR
 
 if TYPE_CHECKING:
-    from pipelines.factory import Derived, TableSpec
+    from pipelines.derive import Derived
+    from pipelines.spec import TableSpec
     from pipelines.warehouse import Receipt, Warehouse
 
 __all__ = ["Monitors", "check_specs", "evaluate"]

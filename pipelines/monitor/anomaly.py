@@ -42,7 +42,7 @@ from pipelines.sql import partition_filter, partition_label, quote
 from pipelines.warehouse.base import _insert_frame as insert_frame  # the warehouse's own frame insert
 
 if TYPE_CHECKING:
-    from pipelines.factory import TableSpec
+    from pipelines.spec import TableSpec
     from pipelines.warehouse import Receipt, Warehouse
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from pipelines.monitor import alerts
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
-    from pipelines.factory import TableSpec
+    from pipelines.spec import TableSpec
     from pipelines.warehouse import Warehouse
 
 PASS, WARN, FAIL, COMPLETE, UNKNOWN, NO_POLICY = "PASS", "WARN", "FAIL", "COMPLETE", "UNKNOWN", "-"

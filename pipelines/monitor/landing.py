@@ -52,7 +52,7 @@ from pipelines.sources import SourceError, SourceTable, read_file, read_source, 
 from pipelines.sql import partition_label
 
 if TYPE_CHECKING:
-    from pipelines.factory import TableSpec
+    from pipelines.spec import TableSpec
 
 DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet)$")
 SUFFIXES = (".csv", ".parquet")

@@ -23,7 +23,7 @@ from pipelines.monitor.health import FAIL, Health, summarize
 from pipelines.settings import get_settings
 
 if TYPE_CHECKING:
-    from pipelines.factory import TableSpec
+    from pipelines.spec import TableSpec
 
 MONITOR_INTERVAL_S = 60
 

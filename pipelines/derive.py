@@ -1,0 +1,274 @@
+"""A materialization's pure path, for one partition or a range at once (set-based): read the inputs ->
+run the transform -> validate; and the writes that follow from it. Used by the factory and by
+`provline verify` (on a scratch warehouse holding the recorded input versions); nothing here writes.
+
+Partitions whose upstream partition's latest blocking check failed are left out (cross-run blocking;
+override: PROVLINE_ALLOW_FAILED_UPSTREAM or the run tag provline/allow_failed_upstream=true).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from pipelines.monitor.landing import read_landed
+from pipelines.quality import (
+    BLOCKING,
+    SOURCE_COVERAGE_RULE,
+    MissingTable,
+    RuleResult,
+    Validation,
+    expected_rows,
+    reference_values,
+    validate,
+)
+from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_source, rows_outside
+from pipelines.spec import TableSpec
+from pipelines.sql import PARTITION, UNPARTITIONED, partition_label
+from pipelines.warehouse import Warehouse, Write
+
+ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
+UPSTREAM_FAILED = "upstream_failed"
+"""Recorded (in quality.check_results, blocking) for a partition left out because an upstream partition
+failed: its own downstream then leaves it out too, in this run and later ones, naming the first cause."""
+PREVIEW_ROWS = 5
+
+
+@dataclass
+class Inputs:
+    """What a materialization read, per partition where it differs."""
+
+    versions: dict[str, dict[str, str]]  # partition -> {input table or "source:<file>": content hash}
+    blocked: dict[str, str]  # partition -> why it cannot be built (an upstream partition failed)
+    causes: dict[str, str]  # partition -> the first cause of that (an upstream's failed check, in words)
+    previous: dict[str, dict]  # partition -> this table's previous version-log row
+    reference_values: dict[str, set] = field(default_factory=dict)
+    expected_rows: dict[str, int] | None = None
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    source: SourceTable | None = None
+
+
+@dataclass
+class Derived:
+    """What one materialization computes from its inputs, before anything is written."""
+
+    partitions: list[str]  # the partitions asked for
+    inputs: Inputs
+    frame: pd.DataFrame  # the transform's rows, with a PARTITION column
+    validation: Validation
+
+    @cached_property
+    def built(self) -> list[str]:
+        """The partitions validated (not blocked by an upstream failure)."""
+        return [p for p in self.partitions if p not in self.inputs.blocked]
+
+    @property
+    def refused(self) -> list[str]:
+        return self.validation.failed_partitions
+
+    @cached_property
+    def previews(self) -> dict[str, str]:
+        """Per partition, its first valid rows as a markdown table (one grouped pass over a range)."""
+        valid = self.validation.valid
+        head = valid.groupby(PARTITION, sort=False).head(PREVIEW_ROWS)
+        columns = [c for c in valid.columns if c != PARTITION]
+        text = head[columns].astype("string").fillna("")
+        previews = {}
+        for partition, row in zip(head[PARTITION], text.itertuples(index=False), strict=True):
+            previews.setdefault(partition, "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
+            previews[partition] += "| " + " | ".join(row) + " |\n"
+        return previews
+
+    @cached_property
+    def written(self) -> list[str]:
+        refused = set(self.refused)
+        return [p for p in self.built if p not in refused]
+
+
+def derive(
+    spec: TableSpec, warehouse: Warehouse, partitions: list[str], *, allow_failed_upstream: bool = False,
+    log=None, on_inputs: Callable[[Inputs], None] | None = None,
+) -> Derived:
+    """Read the inputs, run the pure transform, validate: for one partition or a range. Used by
+    materialize and by `provline verify` (on a scratch warehouse holding the recorded input versions)."""
+    with warehouse.connect() as con:
+        inputs = _read_inputs(spec, warehouse, con, partitions, allow_failed_upstream, log)
+        built = [p for p in partitions if p not in inputs.blocked]
+        frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
+    problems: dict[str, dict[str, str]] = {}
+    outside, source = None, None
+    if spec.source and built:
+        source = read_landed(spec, built) or read_source(spec.source, spec.contract)
+        rows = source.numbered()
+        if spec.partitioned:
+            labels = _partition_keys(source.frame, spec.daily_on)
+            if len(strays := rows_outside(labels, spec.partitions)):  # kept out at the source, blocking nothing
+                message = describe_outside(source, strays, spec.partitions)
+                problems = {p: {SOURCE_COVERAGE_RULE: message} for p in built}
+                outside = _outside_cases(spec, source, strays)
+                if log is not None:
+                    log.warning(message)
+            rows = rows[pd.Series(labels).isin(built).to_numpy()]
+        inputs.frames[spec.source.name] = rows
+        inputs.source = source
+        for p in built:
+            inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
+        if source.extra_columns and log is not None:
+            log.warning(f"{source.path}: extra column(s) not in the contract, dropped: {source.extra_columns}")
+    if on_inputs is not None:
+        on_inputs(inputs)
+    if frame is None:
+        frame = _call(spec, inputs.frames) if built else pd.DataFrame(columns=list(spec.columns))
+    frame = _with_partitions(spec, frame, partitions, built)
+    # a raw transform passes its rows' source lines through; they name failing rows and are never written
+    lines = frame.pop(SOURCE_LINE) if SOURCE_LINE in frame else None
+    validation = validate(
+        frame, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
+        expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
+        problems=problems, row_sources=source.locations(lines) if lines is not None else None, outside=outside,
+    )
+    return Derived(partitions, inputs, frame, validation)
+
+
+def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[str]) -> Write:
+    """The write of some of the derived partitions (the valid ones; or the refused ones, for their checks)."""
+    validation = derived.validation
+    return Write(
+        table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
+        run_id=run_id, partitions=partitions,
+        rows=validation.valid[validation.valid[PARTITION].isin(partitions)],
+        quarantined=validation.quarantined[validation.quarantined[PARTITION].isin(partitions)],
+        failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
+        input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
+        check_results={p: _stored_results(validation.results[p], spec.table, p) for p in partitions},
+    )
+
+
+def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
+    inputs = Inputs(versions={p: {} for p in partitions}, blocked={}, causes={},
+                    previous=warehouse.latest_versions(con, spec.table, partitions))
+    for upstream in spec.inputs:
+        if not warehouse.table_exists(con, upstream.table):
+            raise MissingTable(f"{spec.table} needs {upstream.table}, which has never been materialized: "
+                               "materialize it first")
+        theirs = partitions if upstream.partitioned else [UNPARTITIONED]
+        failed = warehouse.blocking_failures(con, upstream.table, theirs)
+        versions = warehouse.latest_versions(con, upstream.table, theirs)
+        for partition in partitions:
+            their = partition if upstream.partitioned else UNPARTITIONED
+            inputs.versions[partition][upstream.table] = versions.get(their, {}).get("content_hash", "")
+            if their in failed and not allow and partition not in inputs.blocked:
+                inputs.blocked[partition], inputs.causes[partition] = _refusal(spec, upstream, their, failed[their])
+        if failed and allow and log is not None:
+            log.warning(f"building from {upstream.table} despite its failed blocking checks (override set)")
+    built = [p for p in partitions if p not in inputs.blocked]
+    if spec.transform is not None and built:
+        for upstream in spec.inputs:
+            theirs = built if upstream.partitioned else [UNPARTITIONED]
+            inputs.frames[upstream.table.replace(".", "_")] = warehouse.read(con, upstream.table, theirs,
+                                                                             upstream.daily_on)
+    inputs.reference_values = reference_values(con, spec.table, spec.contract)
+    inputs.expected_rows = expected_rows(con, spec.contract, built, spec.partition_expr_of) if built else None
+    return inputs
+
+
+def _refusal(spec: TableSpec, upstream: TableSpec, partition: str, failed: list[tuple]) -> tuple[str, str]:
+    """Why `spec` will not build from `upstream` [partition], and the first cause (an upstream partition that
+    failed its own checks; carried along a chain of partitions left out)."""
+    checks = ", ".join(f"{check} ({rows} rows)" for check, rows, _, _ in failed)
+    cause = "; ".join(message or check for check, _, _, message in failed)
+    return (f"{spec.table} refuses to build from {upstream.table} [{partition or 'unpartitioned'}]: its latest "
+            f"validation (run {failed[0][2]}) failed blocking check(s) {checks}; cause: {cause}. Fix and "
+            f"re-materialize {upstream.table}, or override with PROVLINE_ALLOW_FAILED_UPSTREAM=true or the run tag "
+            f"{ALLOW_FAILED_UPSTREAM_TAG}=true.", cause)
+
+
+def _sql_params(spec: TableSpec, partitions: list[str]) -> dict:
+    """The SQL's range: [first day, day after the last) of the partitions being built."""
+    if not spec.partitioned:
+        return {}
+    first, last = min(partitions), max(partitions)
+    end = (pd.Timestamp(last) + pd.Timedelta(days=1)).date()
+    params = {"partition_start": pd.Timestamp(first).date(), "partition_end": end}
+    return {name: value for name, value in params.items() if f"${name}" in spec.sql}
+
+
+def _call(spec: TableSpec, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    kwargs = {}
+    for name in inspect.signature(spec.transform).parameters:
+        if name not in frames:
+            raise TypeError(f"{spec.transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
+        kwargs[name] = frames[name]
+    return spec(**kwargs)
+
+
+def _partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
+    """Each row's daily partition key (None when its date is invalid), computed by DuckDB."""
+    with duckdb.connect() as con:
+        con.register("partition_rows", frame)
+        column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
+                                       "FROM partition_rows").fetchnumpy().values()))
+    keys = np.ma.getdata(column).astype(object)
+    keys[np.ma.getmaskarray(column)] = None
+    return keys
+
+
+def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) -> pd.DataFrame:
+    """The failure cases of source rows that belong to no partition: the columns that date a row and their
+    values, the row's key, its file and line."""
+    rows = source.frame.iloc[positions].astype("string").fillna("None")
+    dated = [c for c in spec.columns if c in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.daily_on)]
+    return pd.DataFrame({
+        "rule": SOURCE_COVERAGE_RULE,
+        "column": ", ".join(dated),
+        "failure_case": [", ".join(f"{c}={v}" for c, v in zip(dated, row, strict=True))
+                         for row in rows[dated].itertuples(index=False)],
+        "row_key": ["|".join(row) or None for row in rows[list(spec.key_columns)].itertuples(index=False)],
+        "source": source.locations(positions + source.first_line),
+    })
+
+
+def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str], built: list[str]) -> pd.DataFrame:
+    """The transform's rows labelled with their partition; rows of blocked partitions are left out. A row
+    outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
+    if not spec.partitioned:
+        return frame.assign(**{PARTITION: UNPARTITIONED})
+    keys = pd.Series(_partition_keys(frame, spec.daily_on), index=frame.index)
+    stray = ~keys.isin(partitions)
+    if stray.any():
+        raise ValueError(f"{spec.table}: the transform returned {int(stray.sum())} row(s) outside the partitions "
+                         f"being built (e.g. partition {keys[stray].iloc[0]!r}); it must only return rows of its "
+                         f"inputs' partitions")
+    return frame.assign(**{PARTITION: keys})[keys.isin(built)]
+
+
+def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:
+    return [
+        {"check_name": r.rule.name, "severity": r.rule.behaviour, "passed": r.passed, "blocking": r.blocking,
+         "failing_rows": r.failing_rows, "message": None if r.passed else _finding(r, table, partition)}
+        for r in results
+    ]
+
+
+def _finding(result: RuleResult, table: str, partition: str) -> str:
+    """A failed rule in words: where, and the table-level finding or a failing value."""
+    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {result.finding()}"
+
+
+def blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
+    """The record of partitions left out because an upstream partition failed (see UPSTREAM_FAILED)."""
+    blocked = list(derived.inputs.blocked)
+    return Write(
+        table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
+        run_id=run_id, partitions=blocked, rows=pd.DataFrame(),
+        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": BLOCKING, "passed": False, "blocking": True,
+                            "failing_rows": 0, "message": derived.inputs.causes[p]}]
+                       for p in blocked},
+    )
