@@ -33,6 +33,15 @@ def verify(dataset: str, partition: str | None = None, version: str | None = Non
     return verify_version(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def _stored_results(home: Path, asset: str) -> dict[str, str]:
+    """The check results of asset [DAY]'s latest run, as stored in the warehouse: name -> pass / warn / fail."""
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            """SELECT check_name, passed, lower(severity) FROM quality.check_results WHERE asset = ? AND partition = ?
+               QUALIFY recorded_at = max(recorded_at) OVER ()""", [asset, DAY]).fetchall()
+    return {name: "pass" if passed else "warn" if severity == "warn" else "fail" for name, passed, severity in rows}
+
+
 def _walk(node: dict):
     yield node
     for child in node.get("inputs", []):
@@ -42,14 +51,19 @@ def _walk(node: dict):
 def test_upstream_of_a_mart_reaches_raw_flights_with_version_and_checks(store: LineageStore, audited: Audited):
     with store.connect() as con:
         tree = queries.upstream(con, "marts.carrier_daily_performance", partition=DAY)
-    assert tree["run"]["state"] == "COMPLETE" and tree["code_version"]
+    assert tree["run"]["state"] == "COMPLETE"
+    assert tree["code_version"] == catalog["marts.carrier_daily_performance"].code_version
     raw = [n for n in _walk(tree) if n["dataset"] == "raw.flights"]
     assert len(raw) == 1
     assert raw[0]["version"] == audited.second_hash and raw[0]["partition"] == DAY
-    assert raw[0]["quality"] and {q["result"] for q in raw[0]["quality"]} <= {"pass", "warn", "fail"}
-    assert raw[0]["quality_summary"]["pass"] > 0
     staging = next(n for n in _walk(tree) if n["dataset"] == "staging.flights")
-    assert staging["quality_summary"]["warn"] > 0  # the WARN reference rules on tailnum / dest
+    # each node's checks are those its run stored in the warehouse, as pass / warn / fail
+    for node in (raw[0], staging):
+        stored = _stored_results(audited.home, node["dataset"])
+        assert {q["assertion"]: q["result"] for q in node["quality"]} == stored, node["dataset"]
+        assert node["quality_summary"] == {k: list(stored.values()).count(k) for k in ("pass", "warn", "fail")}
+    assert raw[0]["quality_summary"]["pass"] == len(raw[0]["quality"])
+    assert staging["quality_summary"]["warn"] == 3  # the WARN rules on tailnum and dest
     # the raw table's own input is the source file
     assert raw[0]["inputs"][0]["namespace"] == "file"
 
