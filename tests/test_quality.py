@@ -116,6 +116,13 @@ def test_stored_failures_are_replaced_not_piled_up(home):
     assert len(runs) == 1  # only the latest run's failure cases remain
 
 
+def test_quarantined_rows_are_replaced_not_piled_up(home):
+    weather = dg.AssetSelection.assets(dg.AssetKey(["raw", "weather"]), dg.AssetKey(["staging", "weather"]))
+    first, second = materialize(weather, WINDY_DAY), materialize(weather, WINDY_DAY)
+    assert first.success and second.success
+    assert query(home, "SELECT origin, _run_id FROM quarantine.staging_weather") == [("EWR", second.run_id)]
+
+
 def _corrupt(folder: Path, table: str, row: int, **values) -> None:
     frame = pd.read_csv(folder / f"{table}.csv", dtype=str)
     for column, value in values.items():
