@@ -74,6 +74,7 @@ def test_materialization_metadata_and_data_version(one_day):
     assert evaluation.metadata["failing_rows"].value == 70
 
 
+@pytest.mark.slow
 def test_rematerialize_is_idempotent(home):
     assert materialize("reference").success
     assert materialize("flights", DAY).success

@@ -15,6 +15,7 @@ from pipelines.warehouse import Warehouse
 
 from .conftest import _isolate, local_day, materialize, query, write_sources
 
+pytestmark = pytest.mark.slow  # a month in one run, and days one by one
 FIRST, LAST = "2013-02-01", "2013-02-28"
 WINDY_DAY = "2013-02-12"  # EWR 03:00 reported 1048 mph
 DAYS = [d.strftime("%Y-%m-%d") for d in pd.date_range(FIRST, LAST)]

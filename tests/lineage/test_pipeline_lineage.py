@@ -139,6 +139,7 @@ def test_join_keys_and_filters_are_indirect_column_lineage(day_events):
                                                  "transformations": [{"type": "DIRECT", "subtype": "TRANSFORMATION"}]}]
 
 
+@pytest.mark.slow
 def test_http_backend_failing_then_replayed_exactly_once(http_env: Backend, home: Path):
     http_env.mode = "error"
     assert all(r.success for r in _run_day())  # emission never fails an asset
