@@ -110,9 +110,9 @@ def flight_facts_frame():
 
     with tempfile.TemporaryDirectory(prefix="provline-lineage-data-") as tmp:
         db = Path(tmp) / "day.duckdb"
-        bare_sql(DAY, DAY, db)
+        bare_sql(db, None)
         with duckdb.connect(str(db), read_only=True) as con:
-            frame = con.execute("SELECT * FROM marts.flight_facts").df()
+            frame = con.execute("SELECT * FROM marts.flight_facts WHERE flight_date = CAST(? AS DATE)", [DAY]).df()
     frame["flight_date"] = frame["flight_date"].astype("datetime64[ns]")
     return FlightFacts.to_schema().coerce_dtype(frame)
 
@@ -121,7 +121,7 @@ def step_lineage(frame):
     """A StepLineage for marts.flight_facts without a Dagster context, and what it emits."""
     from pipelines.definitions import catalog
     from pipelines.lineage.model import AssetRun, DatasetRef
-    from pipelines.lineage.step import StepLineage
+    from pipelines.lineage.step import StepLineage, partition_stats
     from pipelines.quality import RuleResult
 
     spec = catalog["marts.flight_facts"]
@@ -130,7 +130,8 @@ def step_lineage(frame):
     validation = SimpleNamespace(valid=frame.assign(_partition=DAY),
                                  results={DAY: [RuleResult(rule, 0, len(frame)) for rule in spec.rules]})
     started = time.perf_counter()
-    output = step._output(validation, DAY, "d41d8cd98f00b204e9800998ecf8427e", len(frame), step._column_lineage())
+    stats = partition_stats(validation.valid, list(spec.columns))[DAY]
+    output = step._output(validation, DAY, "d41d8cd98f00b204e9800998ecf8427e", stats, step._column_lineage())
     build_s = time.perf_counter() - started
     inputs = [DatasetRef(i.table, f"{n:032x}", DAY if i.partitioned else None) for n, i in enumerate(spec.inputs)]
     return spec, output, inputs, build_s, AssetRun, DatasetRef

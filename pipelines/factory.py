@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.step import StepLineage
 from pipelines.quality import (
     ERROR,
@@ -153,6 +154,17 @@ class TableSpec:
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
+    @cached_property
+    def column_schema(self) -> dg.TableSchema:
+        """The columns as Dagster shows them: types from the contract, descriptions from its fields."""
+        schema = self.contract.to_schema()
+        return dg.TableSchema(columns=[
+            dg.TableColumn(name, sql_type, description=schema.columns[name].description,
+                           constraints=dg.TableColumnConstraints(
+                               nullable=schema.columns[name].nullable, unique=schema.columns[name].unique))
+            for name, sql_type in self.columns.items()
+        ])
+
     @property
     def description(self) -> str:
         doc = (inspect.getdoc(self.transform) if self.transform else None) or inspect.getdoc(self.contract) or ""
@@ -237,7 +249,9 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             group_name=spec.group,
             code_version=spec.code_version,
             description=spec.description,
-            kinds={"duckdb", "sql" if spec.sql else "pandas"},
+            # the graph labels a node with its key's last part only (two "weather" nodes): the key's schema
+            # (raw, staging, marts) as a kind puts the layer on the node, as a badge
+            kinds={"duckdb", "sql" if spec.sql else "pandas", *spec.key.path[:-1]},
             metadata=_definition_metadata(spec),
         )],
         check_specs=check_specs,
@@ -257,22 +271,12 @@ def _definition_metadata(spec: TableSpec) -> dict:
     """What the UI shows of the asset before any run."""
     contract = f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}"
     return {
-        "dagster/column_schema": column_schema(spec),
+        "dagster/column_schema": spec.column_schema,
         "dagster/table_name": spec.table,
         "contract": contract,
         "transform": spec.source_file,
         "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
     }
-
-
-def column_schema(spec: TableSpec) -> dg.TableSchema:
-    schema = spec.contract.to_schema()
-    return dg.TableSchema(columns=[
-        dg.TableColumn(name, sql_type, description=schema.columns[name].description,
-                       constraints=dg.TableColumnConstraints(
-                           nullable=schema.columns[name].nullable, unique=schema.columns[name].unique))
-        for name, sql_type in spec.columns.items()
-    ])
 
 
 # --- one materialization: read -> transform -> validate ------------------------------------
@@ -301,7 +305,7 @@ class Derived:
     frame: pd.DataFrame  # the transform's rows, with a PARTITION column
     validation: Validation
 
-    @property
+    @cached_property
     def built(self) -> list[str]:
         """The partitions validated (not blocked by an upstream failure)."""
         return [p for p in self.partitions if p not in self.inputs.blocked]
@@ -310,9 +314,23 @@ class Derived:
     def refused(self) -> list[str]:
         return self.validation.failed_partitions
 
-    @property
+    @cached_property
+    def previews(self) -> dict[str, str]:
+        """Per partition, its first valid rows as a markdown table (one grouped pass over a range)."""
+        valid = self.validation.valid
+        head = valid.groupby(PARTITION, sort=False).head(PREVIEW_ROWS)
+        columns = [c for c in valid.columns if c != PARTITION]
+        header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+        return {
+            partition: header + "".join("| " + " | ".join(row) + " |\n" for row in
+                                        rows[columns].astype("string").fillna("").itertuples(index=False))
+            for partition, rows in head.groupby(PARTITION, sort=False)
+        }
+
+    @cached_property
     def written(self) -> list[str]:
-        return [p for p in self.built if p not in self.refused]
+        refused = set(self.refused)
+        return [p for p in self.built if p not in refused]
 
 
 def derive(
@@ -481,23 +499,53 @@ def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
 
 def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse):
     partitions = list(context.partition_keys) if spec.partitioned else [UNPARTITIONED]
+    single = len(partitions) == 1
     lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace)
     lineage.started()
+    allow = get_settings().allow_failed_upstream or (
+        context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
+    )
+    column_lineage = _column_lineage_metadata(lineage.column_lineage[0])
+    built: list[tuple[Derived, dict[str, Receipt]]] = []
+    # a long range is built a chunk of days at a time: memory stays bounded, results are the same
+    for chunk in _chunks(partitions, get_settings().range_chunk_days):
+        derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
+        lineage.finished(derived, receipts)
+        yield from _report(spec, context, derived, receipts, single, column_lineage)
+        built.append((derived, receipts))
+    context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
+    if any(derived.refused or derived.inputs.blocked for derived, _ in built):
+        summary = _failure_summary(spec, [derived for derived, _ in built])
+        if single or not any(derived.written for derived, _ in built) or not _downstream_in_run(spec, context):
+            raise dg.Failure(description=summary, allow_retries=False)
+        # a range carries on: downstream builds the other partitions and leaves these out (blocked);
+        # the last assets of the run fail it, naming every partition left out and why
+        context.log.error(summary)
+    if not single:
+        yield _range_output(spec)
+
+
+def _chunks(partitions: list[str], size: int) -> list[list[str]]:
+    return [partitions[i:i + size] for i in range(0, len(partitions), size)]
+
+
+def _build(
+    spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str], allow: bool,
+    lineage: StepLineage, single: bool,
+) -> tuple[Derived, dict[str, Receipt]]:
+    """Derive and commit some partitions: the valid ones written, the refused and blocked ones recorded."""
     derived = None
     try:
-        allow = get_settings().allow_failed_upstream or (
-            context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
-        )
         derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
                          on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
         if derived.inputs.blocked:
             warehouse.record_failures(_blocked_write(spec, derived, context.run_id))
-        if not derived.built:  # every partition is blocked by its upstream: nothing to run
-            raise dg.Failure("\n".join(dict.fromkeys(derived.inputs.blocked.values())), allow_retries=False)
+        if single and not derived.built:  # blocked by its upstream: nothing to run
+            raise dg.Failure("\n".join(derived.inputs.blocked.values()), allow_retries=False)
         if derived.refused:
             warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
-        receipts = warehouse.commit(write_for(spec, derived, context.run_id, derived.written)) \
-            if derived.written else {}
+        written = derived.written
+        return derived, warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
     except dg.DagsterExecutionInterruptedError:  # the run was canceled
         lineage.aborted()
         raise
@@ -507,33 +555,20 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
         raise
-    lineage.finished(derived, receipts)
-    for partition in derived.written:
-        receipt = receipts[partition]
-        context.log.info(f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
-                         f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
-    yield from _report(spec, context, derived, receipts)
-    if derived.refused or derived.inputs.blocked:
-        summary = _failure_summary(spec, derived)
-        if len(partitions) == 1 or not derived.written or not _downstream_in_run(spec, context):
-            raise dg.Failure(description=summary, allow_retries=False)
-        # a range carries on: downstream builds the other partitions and leaves these out (blocked);
-        # the last assets of the run fail it, naming every partition left out and why
-        context.log.error(summary)
-    if len(partitions) > 1:
-        yield _range_output(spec)
 
 
-def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt]):
-    """The Dagster events: per partition, its check results and (when written) its materialization."""
+def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
+            single: bool, column_lineage: dg.TableColumnLineage | None):
+    """The Dagster events: per partition, its check results and (when written) its materialization. A run of
+    one partition goes Dagster's own way (its events carry input provenance); a range reports each itself."""
     validation = derived.validation
-    if len(derived.partitions) == 1:
+    if single:
         (partition,) = derived.partitions
         checks = _check_results(spec, validation.results[partition])
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
-                metadata=_metadata(spec, derived, partition, receipts[partition]),
+                metadata=_metadata(spec, derived, partition, receipts[partition], column_lineage),
                 check_results=checks,
             )
         else:
@@ -542,7 +577,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
     for partition in derived.written:
         receipt = receipts[partition]
         yield dg.AssetMaterialization(
-            asset_key=spec.key, partition=partition, metadata=_metadata(spec, derived, partition, receipt),
+            asset_key=spec.key, partition=partition,
+            metadata=_metadata(spec, derived, partition, receipt, column_lineage),
             tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
@@ -577,6 +613,16 @@ def _materializations(
     return targets
 
 
+def _written_summary(spec: TableSpec, receipts: dict[str, Receipt]) -> str:
+    if len(receipts) == 1:
+        (partition, receipt), = receipts.items()
+        return (f"{spec.table} [{partition or 'unpartitioned'}]: {receipt.row_count} rows written, "
+                f"{receipt.quarantined_count} quarantined, hash {receipt.content_hash}")
+    rows = sum(r.row_count for r in receipts.values())
+    quarantined = sum(r.quarantined_count for r in receipts.values())
+    return f"{spec.table}: {len(receipts)} partitions written, {rows} rows, {quarantined} quarantined"
+
+
 def _range_output(spec: TableSpec) -> dg.Output:
     """The asset's (Nothing) output after a range: downstream steps run. Its metadata key is Dagster's own
     marker that asset events were already reported by the step (each partition's materialization above);
@@ -590,15 +636,17 @@ def _downstream_in_run(spec: TableSpec, context: dg.AssetExecutionContext) -> bo
     return bool(layer.asset_graph.get(spec.key).child_keys & set(layer.selected_asset_keys))
 
 
-def _failure_summary(spec: TableSpec, derived: Derived) -> str:
-    if derived.partitions == derived.refused:
-        return "\n".join(line for p in derived.refused
-                         for line in describe_failures(spec.table, p, derived.validation.blocking(p)))
-    lines = [f"{spec.table}: {len(derived.refused)} partition(s) refused, {len(derived.inputs.blocked)} blocked "
-             f"by upstream, {len(derived.written)} written"]
-    for partition in derived.refused:
-        lines += describe_failures(spec.table, partition, derived.validation.blocking(partition))
-    lines += [f"{spec.table} [{p}] blocked: {why}" for p, why in derived.inputs.blocked.items()]
+def _failure_summary(spec: TableSpec, chunks: list[Derived]) -> str:
+    refused = [(p, derived.validation.blocking(p)) for derived in chunks for p in derived.refused]
+    blocked = {p: why for derived in chunks for p, why in derived.inputs.blocked.items()}
+    if not blocked and len(refused) == sum(len(derived.partitions) for derived in chunks):
+        return "\n".join(line for p, failed in refused for line in describe_failures(spec.table, p, failed))
+    written = sum(len(derived.written) for derived in chunks)
+    lines = [f"{spec.table}: {len(refused)} partition(s) refused, {len(blocked)} blocked by upstream, "
+             f"{written} written"]
+    for partition, failed in refused:
+        lines += describe_failures(spec.table, partition, failed)
+    lines += [f"{spec.table} [{p}] blocked: {why}" for p, why in blocked.items()]
     return "\n".join(lines)
 
 
@@ -637,23 +685,35 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.
     )
 
 
-def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt) -> dict:
+def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
+              column_lineage: dg.TableColumnLineage | None) -> dict:
     validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
-    rows = validation.valid[validation.valid[PARTITION] == partition]
-    preview = rows.drop(columns=[PARTITION]).head(PREVIEW_ROWS).astype("string").fillna("")
-    header = "| " + " | ".join(preview.columns) + " |\n|" + "---|" * len(preview.columns) + "\n"
-    body = "".join("| " + " | ".join(row) + " |\n" for row in preview.itertuples(index=False))
-    return {
+    metadata = {
         "dagster/row_count": receipt.row_count,
-        "dagster/column_schema": column_schema(spec),
+        "dagster/column_schema": spec.column_schema,
         "content_hash": receipt.content_hash,
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,
         "quarantined_rows": receipt.quarantined_count,
         "warn_failures": sum(1 for r in validation.results[partition] if not r.passed and not r.blocking),
         "input_versions": dg.MetadataValue.json(derived.inputs.versions.get(partition, {})),
-        "preview": dg.MetadataValue.md(header + body),
+        "preview": dg.MetadataValue.md(derived.previews.get(partition, "")),
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
     }
+    if column_lineage is not None:
+        metadata["dagster/column_lineage"] = column_lineage
+    return metadata
+
+
+def _column_lineage_metadata(fields: dict[str, list[ColumnSource]]) -> dg.TableColumnLineage | None:
+    """Dagster's column lineage from the step's OpenLineage one: per output column, the input columns its
+    value comes from (direct, or inside its expression such as a CASE condition). The inputs that shape the
+    whole output (join keys, filters) have no place in Dagster's form and stay in OpenLineage."""
+    deps = {
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(dataset.split(".")), column_name=name)
+                 for dataset, name in dict.fromkeys((s.dataset, s.column) for s in sources)]
+        for column, sources in fields.items() if sources  # count(*) comes from no column
+    }
+    return dg.TableColumnLineage(deps_by_column=deps) if deps else None

@@ -38,6 +38,8 @@ class Settings:
     """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
     dagster_home: Path | None
     """DAGSTER_HOME: Dagster's instance; `provline run` records its runs there when set."""
+    range_chunk_days: int
+    """PROVLINE_RANGE_CHUNK_DAYS: a range of partitions is built this many days at a time (bounds memory)."""
     allow_failed_upstream: bool
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
@@ -75,6 +77,7 @@ def get_settings() -> Settings:
         lineage_replay_budget_s=float(_env("PROVLINE_LINEAGE_REPLAY_BUDGET_S", "120")),
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
+        range_chunk_days=int(_env("PROVLINE_RANGE_CHUNK_DAYS", "366")),
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
     )
 

@@ -5,7 +5,9 @@ emits what day-by-day steps would), built from the factory's own objects into th
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 
 import dagster as dg
 import pandas as pd
@@ -27,6 +29,28 @@ from pipelines.lineage.sql_lineage import sql_lineage
 from pipelines.sql import PARTITION
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    rows: int = 0
+    columns: dict[str, ColumnMetrics] = field(default_factory=dict)
+
+
+def partition_stats(valid: pd.DataFrame, columns: list[str]) -> dict[str, PartitionStats]:
+    """Per partition of the valid rows: the row count and each column's null and distinct counts, in one
+    grouped pass over a range instead of a filter per partition."""
+    present = [c for c in columns if c in valid]
+    if valid.empty:
+        return {}
+    groups = valid.groupby(PARTITION, sort=False)
+    nulls = valid[present].isna().groupby(valid[PARTITION], sort=False).sum()
+    distinct = groups[present].nunique(dropna=True)
+    return {
+        partition: PartitionStats(int(rows), {
+            c: ColumnMetrics(int(nulls.at[partition, c]), int(distinct.at[partition, c])) for c in present})
+        for partition, rows in groups.size().items()
+    }
 
 
 class StepLineage:
@@ -76,21 +100,18 @@ class StepLineage:
 
     def finished(self, derived, receipts: dict) -> None:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
-        try:
-            lineage = self._column_lineage()
-        except Exception as error:  # noqa: BLE001 - lineage never fails an asset
-            log.warning("column lineage of %s could not be computed: %s", self.spec.table, error)
-            lineage = ({}, [])
+        lineage = self.column_lineage
         validation = derived.validation
+        stats = partition_stats(validation.valid, list(self.spec.columns))
         for partition in derived.written:
             receipt = receipts[partition]
-            output = self._output(validation, partition, receipt.content_hash, receipt.row_count, lineage)
+            output = self._output(validation, partition, receipt.content_hash, stats.get(partition), lineage)
             self._terminal(partition, self.emitter.asset_completed, self.runs[partition], self.inputs[partition],
                            output)
         for partition in derived.refused:
             failed = [r for r in validation.results[partition] if r.blocking]
             message = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} rows'}" for r in failed)
-            output = self._output(validation, partition, None, None, lineage)
+            output = self._output(validation, partition, None, stats.get(partition), lineage)
             self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
                            f"blocking check(s) failed: {message}", output)
         for partition, why in derived.inputs.blocked.items():
@@ -98,13 +119,14 @@ class StepLineage:
 
     def failed(self, error: str, stack: str, validation=None) -> None:
         """FAIL for every partition still open (the step raised)."""
+        try:
+            stats = partition_stats(validation.valid, list(self.spec.columns)) if validation is not None else {}
+        except Exception:  # noqa: BLE001 - the FAIL event goes out without the output's details
+            stats, validation = {}, None
         for partition in sorted(self.open):
             output = None
             if validation is not None and partition in validation.results:
-                try:
-                    output = self._output(validation, partition, None, None, ({}, []))
-                except Exception:  # noqa: BLE001
-                    output = None
+                output = self._output(validation, partition, None, stats.get(partition), ({}, []))
             self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
                            error, output, stack_trace=stack)
 
@@ -116,16 +138,10 @@ class StepLineage:
         self.open.discard(partition)
         emit(*args, **kwargs)
 
-    def _output(self, validation, partition: str, version: str | None, row_count: int | None,
+    def _output(self, validation, partition: str, version: str | None, stats: PartitionStats | None,
                 lineage: tuple[dict, list]) -> OutputInfo:
-        schema = self.spec.contract.to_schema()
-        columns = [Column(name, sql_type, schema.columns[name].description)
-                   for name, sql_type in self.spec.columns.items()]
-        valid = validation.valid[validation.valid[PARTITION] == partition]
-        metrics = {
-            name: ColumnMetrics(int(valid[name].isna().sum()), int(valid[name].nunique(dropna=True)))
-            for name in self.spec.columns if name in valid
-        }
+        """The output dataset of one partition; `stats` are its valid rows' (see partition_stats)."""
+        stats = stats or PartitionStats()
         assertions = [
             Assertion(
                 name=r.rule.name, success=r.passed, severity=r.rule.severity, column=r.rule.column,
@@ -136,10 +152,26 @@ class StepLineage:
         ]
         column_lineage, indirect = lineage
         return OutputInfo(
-            name=self.spec.table, version=version, columns=columns,
-            row_count=len(valid) if row_count is None else row_count,
-            column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions, column_metrics=metrics,
+            name=self.spec.table, version=version, columns=self.columns,
+            row_count=stats.rows, column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions,
+            column_metrics=stats.columns,
         )
+
+    @cached_property
+    def columns(self) -> list[Column]:
+        schema = self.spec.contract.to_schema()
+        return [Column(name, sql_type, schema.columns[name].description)
+                for name, sql_type in self.spec.columns.items()]
+
+    @cached_property
+    def column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
+        """The step's column lineage, computed once: the OpenLineage columnLineage facet of every partition,
+        and the factory's Dagster `dagster/column_lineage` metadata. Empty when it cannot be computed."""
+        try:
+            return self._column_lineage()
+        except Exception as error:  # noqa: BLE001 - lineage never fails an asset
+            log.warning("column lineage of %s could not be computed: %s", self.spec.table, error)
+            return {}, []
 
     def _column_lineage(self) -> tuple[dict[str, list[ColumnSource]], list[IndirectSource]]:
         """Per output column its inputs with transformation types; and the inputs of the whole output."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ class Validation:
     def blocking(self, partition: str) -> list[RuleResult]:
         return [r for r in self.results[partition] if r.blocking]
 
-    @property
+    @cached_property
     def failed_partitions(self) -> list[str]:
         return [p for p in self.results if self.blocking(p)]
 

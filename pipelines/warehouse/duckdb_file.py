@@ -1,10 +1,11 @@
 """The default backend: one DuckDB file under PROVLINE_HOME.
 
-DuckDB allows one writing process per file. Dagster's multiprocess executor runs each step in its own
-process, so every connection is taken under an inter-process file lock (`<home>/<name>.lock`): steps
-queue for the warehouse instead of failing on DuckDB's lock. The lock is held only while reading inputs
-and while committing, never while a pandas transform or validation runs. A crash or kill -9 before
-COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction back on the next open).
+DuckDB allows one writing process per file, and runs (a backfill's, a CLI's beside `dagster dev`, a
+multiprocess run's steps) are separate processes, so every connection is taken under an inter-process file
+lock (`<home>/<name>.lock`): they queue for the warehouse instead of failing on DuckDB's lock. The lock is
+held only while reading inputs and while committing, never while a pandas transform or validation runs.
+A crash or kill -9 before COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction
+back on the next open).
 
 Each committed version is also kept as Parquet under `<home>/snapshots/<table>/<partition>/<hash>.parquet`
 so `provline verify` can re-derive downstream versions from their inputs as they were.
