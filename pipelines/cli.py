@@ -3,6 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
@@ -109,6 +110,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from pipelines.warehouse import Warehouse
+
+    print(Warehouse.from_settings().maintain())
+    return 0
+
+
 def _verify(dataset: str, partition: str | None, version: str | None):
     from pipelines.definitions import catalog
     from pipelines.verify import verify
@@ -138,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    maintain = commands.add_parser("maintain", help="expire versions older than the retention period "
+                                   "(DuckLake: snapshots and their files; run it daily)")
+    maintain.set_defaults(func=cmd_maintain)
 
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")

@@ -320,12 +320,12 @@ class Derived:
         valid = self.validation.valid
         head = valid.groupby(PARTITION, sort=False).head(PREVIEW_ROWS)
         columns = [c for c in valid.columns if c != PARTITION]
-        header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-        return {
-            partition: header + "".join("| " + " | ".join(row) + " |\n" for row in
-                                        rows[columns].astype("string").fillna("").itertuples(index=False))
-            for partition, rows in head.groupby(PARTITION, sort=False)
-        }
+        text = head[columns].astype("string").fillna("")
+        previews = {}
+        for partition, row in zip(head[PARTITION], text.itertuples(index=False), strict=True):
+            previews.setdefault(partition, "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
+            previews[partition] += "| " + " | ".join(row) + " |\n"
+        return previews
 
     @cached_property
     def written(self) -> list[str]:
@@ -349,7 +349,8 @@ def derive(
         labels = _partition_keys(source.frame, spec.daily_on) if spec.partitioned else None
         if spec.partitioned and (outside := rows_outside(source, labels, spec.partitions)):
             problems = {p: {SOURCE_COVERAGE_RULE: outside} for p in built}
-        inputs.frames[spec.source.name] = source.frame[np.isin(labels, built)] if labels is not None else source.frame
+        inputs.frames[spec.source.name] = source.frame[pd.Series(labels).isin(built).to_numpy()] \
+            if labels is not None else source.frame
         inputs.source = source
         for p in built:
             inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
@@ -456,13 +457,13 @@ def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str]
     outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
     if not spec.partitioned:
         return frame.assign(**{PARTITION: UNPARTITIONED})
-    keys = _partition_keys(frame, spec.daily_on)
-    stray = ~np.isin(keys, partitions)
+    keys = pd.Series(_partition_keys(frame, spec.daily_on), index=frame.index)
+    stray = ~keys.isin(partitions)
     if stray.any():
         raise ValueError(f"{spec.table}: the transform returned {int(stray.sum())} row(s) outside the partitions "
-                         f"being built (e.g. partition {keys[stray][0]!r}); it must only return rows of its inputs' "
-                         f"partitions")
-    return frame.assign(**{PARTITION: keys})[np.isin(keys, built)]
+                         f"being built (e.g. partition {keys[stray].iloc[0]!r}); it must only return rows of its "
+                         f"inputs' partitions")
+    return frame.assign(**{PARTITION: keys})[keys.isin(built)]
 
 
 def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:

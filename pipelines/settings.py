@@ -19,7 +19,11 @@ class Settings:
     source_dir: Path | None
     """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of the domains' own data."""
     warehouse_url: str
-    """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME)."""
+    """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME) or
+    `ducklake:postgres:<libpq conninfo>` (DuckLake with its catalog in that PostgreSQL database)."""
+    lake_data_path: str
+    """PROVLINE_LAKE_DATA_PATH: DuckLake's data files: a folder every host sees at the same path, or an
+    object-store prefix (`s3://bucket/prefix/`)."""
     warehouse_name: str
     """PROVLINE_WAREHOUSE_NAME: the DuckDB file stem, also the OpenLineage dataset namespace."""
     lock_timeout_s: float
@@ -69,6 +73,7 @@ def get_settings() -> Settings:
         home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
         source_dir=Path(source_dir).resolve() if source_dir else None,
         warehouse_url=_env("PROVLINE_WAREHOUSE", "duckdb"),
+        lake_data_path=_env("PROVLINE_LAKE_DATA_PATH", ""),
         warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
         lock_timeout_s=float(_env("PROVLINE_LOCK_TIMEOUT_S", "600")),
         lineage_namespace=_env("PROVLINE_LINEAGE_NAMESPACE", "provline"),

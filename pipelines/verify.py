@@ -1,11 +1,12 @@
 """`provline verify`: re-derive a recorded version in a scratch warehouse and compare content hashes.
 
 The version log records, for each version, its code version and the versions of its inputs
-({"<table>": "<content hash>", "source:<file>": "<md5>"}); every committed version is kept as Parquet
-under PROVLINE_HOME/snapshots. Verify loads the recorded input versions from their snapshots into a
-scratch warehouse (a temporary PROVLINE_HOME) under the same table names, plus the tables the
-contract's reference rules read (their versions as of the write), then runs the factory's own pure path
-(`derive` -> `write_for` -> `commit`) and compares the content hash with the recorded one.
+({"<table>": "<content hash>", "source:<file>": "<md5>"}); the warehouse keeps every committed version
+(`Warehouse.read_version`: a Parquet snapshot under PROVLINE_HOME/snapshots for the DuckDB file, time
+travel for DuckLake). Verify loads the recorded input versions into a scratch warehouse (a temporary
+PROVLINE_HOME) under the same table names, plus the tables the contract's reference rules read (their
+versions as of the write), then runs the factory's own pure path (`derive` -> `write_for` -> `commit`)
+and compares the content hash with the recorded one.
 
 Verdicts: reproduced | differs (both hashes, and what changed: an input whose snapshot no longer holds
 the recorded version, or the code version) | cannot verify (why: the asset's code is gone, an input
@@ -27,7 +28,7 @@ from pipelines.factory import TableSpec, derive, write_for
 from pipelines.quality import contract_metadata
 from pipelines.sources import SourceError, source_path
 from pipelines.sql import UNPARTITIONED, column_ddl, quote
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import VersionUnavailable, Warehouse
 
 REPRODUCED, DIFFERS, CANNOT = "reproduced", "differs", "cannot verify"
 
@@ -120,12 +121,13 @@ def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written
             continue
         upstream = tables.get(name)
         part = partition if upstream is not None and upstream.partitioned else UNPARTITIONED
-        snapshot = warehouse.snapshot_path(name, part, recorded)
-        if not snapshot.exists():
+        try:
+            rows = warehouse.read_version(con, name, part, recorded, upstream.daily_on if upstream else None)
+        except VersionUnavailable as gone:
             verdict.inputs.append({"name": name, "recorded": recorded, "loaded": None, "status": "missing"})
-            verdict.reasons.append(f"input snapshot of {name} version {recorded} expired or missing ({snapshot})")
+            verdict.reasons.append(f"input snapshot of {name} version {recorded} expired or missing ({gone})")
             continue
-        loads.append({"name": name, "partition": part, "recorded": recorded, "path": snapshot, "input": True})
+        loads.append({"name": name, "partition": part, "recorded": recorded, "rows": rows, "input": True})
     meta = contract_metadata(spec.contract)
     context = {ref.table for ref in meta.get("references", [])}
     if meta.get("row_count_matches"):
@@ -136,11 +138,14 @@ def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written
         row = con.execute(
             """SELECT content_hash FROM provline.version_log WHERE asset = ? AND partition = ? AND written_at <= ?
                ORDER BY written_at DESC LIMIT 1""", [name, part, written_at]).fetchone()
-        snapshot = warehouse.snapshot_path(name, part, row[0]) if row else None
-        if snapshot is None or not snapshot.exists():
+        try:
+            if row is None:
+                raise VersionUnavailable("never written")
+            rows = warehouse.read_version(con, name, part, row[0], upstream.daily_on if upstream else None)
+        except VersionUnavailable:
             verdict.reasons.append(f"{spec.table}'s rules read {name}, whose version at {written_at} has no snapshot")
             continue
-        loads.append({"name": name, "partition": part, "recorded": row[0], "path": snapshot, "input": False})
+        loads.append({"name": name, "partition": part, "recorded": row[0], "rows": rows, "input": False})
     return loads
 
 
@@ -183,15 +188,17 @@ def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> V
 
 
 def _load_snapshot(con, tables, load: dict) -> str:
-    """Create the table as the factory would, fill it from the snapshot, record its version; return its hash."""
+    """Create the table as the factory would, fill it with the version's rows, record its version; return its hash."""
     name, part = load["name"], load["partition"]
     upstream = tables.get(name)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(name.split('.')[0])}")
+    con.register("version_rows", load["rows"])
     if upstream is not None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({column_ddl(upstream.columns)})")
-        con.execute(f"INSERT INTO {quote(name)} BY NAME SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
+        con.execute(f"INSERT INTO {quote(name)} BY NAME SELECT * FROM version_rows")
     else:
-        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM read_parquet($path)", {"path": str(load["path"])})
+        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM version_rows")
+    con.unregister("version_rows")
     expr = upstream.daily_on if upstream is not None else None
     loaded = Warehouse.content_hashes(con, name, [part], expr)[part]
     con.execute(

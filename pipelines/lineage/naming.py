@@ -4,6 +4,18 @@ Datasets
 - Warehouse tables: namespace ``duckdb://<warehouse name>``, name ``<schema>.<table>``.
   The namespace is the logical warehouse name (PROVLINE_WAREHOUSE_NAME), never a file path,
   so the same table has the same identity on every machine and in every PROVLINE_HOME.
+- DuckLake tables (PROVLINE_WAREHOUSE=ducklake:postgres:...): namespace
+  ``ducklake://<host>:<port>/<catalog database>``, name ``<schema>.<table>``. The OpenLineage naming
+  spec has no entry for DuckLake. Its rule is namespace = the data source (``scheme://authority``),
+  name = the dataset within it; for a lake the data source is its catalog: every host that attaches
+  the same PostgreSQL database sees the same tables, whatever its data path looks like locally. So
+  the scheme says it is a DuckLake (not ``postgres://``: the catalog database holds DuckLake's metadata
+  tables, not ``raw.flights``, and a PostgreSQL integration would name those), the authority is the
+  catalog server's host and port as the spec does for PostgreSQL, and the catalog database follows as
+  a path, as the spec's Azure Cosmos DB namespace carries its database (``azurecosmos://host/dbs/db``).
+  The name stays ``<schema>.<table>``, so a table has the same name on both backends and the audit
+  queries take the same arguments. Use the same host name for the catalog on every machine (the
+  spec's advice for any host-based namespace). Never the user or password.
 - Source files: the OpenLineage naming spec for a local file system: namespace ``file``, name =
   the absolute path (``openlineage.client.naming.dataset.LocalFileSystem``).
 

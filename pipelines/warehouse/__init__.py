@@ -5,9 +5,12 @@
     commit(write)        replace a set of partitions atomically; returns a Receipt per partition
     record_failures(...) keep the check results and failure cases of a write that was refused
     latest_versions(...), blocking_failures(...)   what the version log and check history say
+    read_version(...)    the rows of one recorded version of (table, partition), for `provline verify`
+    maintain()           retention: expire old versions (`provline maintain`)
 
-Backends: the DuckDB file under PROVLINE_HOME (`url = "duckdb"`, the default; duckdb_file.py). Every
-backend speaks DuckDB SQL, so the write itself is shared (base.py).
+Backends: the DuckDB file under PROVLINE_HOME (`url = "duckdb"`, the default; duckdb_file.py) and DuckLake
+on a PostgreSQL catalog (`url = "ducklake:postgres:<libpq conninfo>"`, data under `lake_data_path`;
+ducklake.py). Every backend speaks DuckDB SQL, so the write itself is shared (base.py).
 
 Configure it in Definitions like any Dagster resource; `Warehouse.from_settings()` builds it from the
 environment (pipelines/settings.py), and tests build their own.
@@ -23,14 +26,18 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from pipelines.settings import Settings, get_settings
-from pipelines.sql import table_exists, transaction
+from pipelines.sql import table_exists, transaction  # noqa: F401 (the lineage store imports it from here)
 from pipelines.warehouse import base
-from pipelines.warehouse.base import Receipt, Write, quarantine_table
+from pipelines.warehouse.base import Receipt, VersionUnavailable, Write, quarantine_table
 from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
+from pipelines.warehouse.ducklake import PREFIX as DUCKLAKE
+from pipelines.warehouse.ducklake import CommitConflict, DuckLake, WarehouseUnavailable
 
-__all__ = ["Receipt", "Warehouse", "WarehouseLockTimeout", "Write", "quarantine_table"]
+__all__ = ["CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
+           "WarehouseUnavailable", "Write", "quarantine_table"]
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -41,23 +48,35 @@ class Warehouse(dg.ConfigurableResource):
     name: str = "warehouse"
     """The DuckDB file stem; also the OpenLineage dataset namespace `duckdb://<name>`."""
     url: str = "duckdb"
-    """The backend: `duckdb` (a file under `home`)."""
+    """The backend: `duckdb` (a file under `home`) or `ducklake:postgres:<libpq conninfo>`."""
+    lake_data_path: str = ""
+    """DuckLake only: the folder or object-store prefix (s3://bucket/prefix/) of the data files."""
     lock_timeout_s: float = 600.0
-    """How long a step waits for the file backend's writer lock."""
+    """How long a write waits for other writers: the file backend's lock, or DuckLake's commit conflicts."""
     snapshot_retention_days: int = 90
-    """How long version snapshots are kept for `provline verify`."""
+    """How long versions are kept for `provline verify` (Parquet snapshots, or DuckLake snapshots)."""
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Warehouse:
         settings = settings or get_settings()
         return cls(home=str(settings.home), name=settings.warehouse_name, url=settings.warehouse_url,
-                   lock_timeout_s=settings.lock_timeout_s, snapshot_retention_days=settings.snapshot_retention_days)
+                   lake_data_path=settings.lake_data_path, lock_timeout_s=settings.lock_timeout_s,
+                   snapshot_retention_days=settings.snapshot_retention_days)
 
     @property
-    def backend(self) -> DuckDBFile:
-        if self.url != "duckdb":
-            raise ValueError(f"unknown warehouse {self.url!r}: expected 'duckdb'")
-        return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days)
+    def backend(self) -> DuckDBFile | DuckLake:
+        if self.url == "duckdb":
+            return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days)
+        if self.url.startswith(DUCKLAKE):
+            return DuckLake(self.url.removeprefix(DUCKLAKE), self.lake_data_path, self.name, self.lock_timeout_s,
+                            self.snapshot_retention_days)
+        scheme = self.url.split(":")[0]  # (never the rest: it may hold a password)
+        raise ValueError(f"unknown warehouse {scheme!r}: expected 'duckdb' or '{DUCKLAKE}<libpq conninfo>'")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Dagster calls this before a step runs: an unreachable catalog or a data path that takes no file
+        fails here, before anything is written."""
+        self.backend.preflight()
 
     @property
     def location(self) -> str:
@@ -67,7 +86,7 @@ class Warehouse(dg.ConfigurableResource):
     @property
     def lineage_namespace(self) -> str:
         """The OpenLineage namespace of the warehouse's tables (see pipelines/lineage/naming.py)."""
-        return f"duckdb://{self.name}"
+        return self.backend.lineage_namespace
 
     def exists(self) -> bool:
         """Whether anything was ever written (a read must not create an empty warehouse)."""
@@ -85,8 +104,8 @@ class Warehouse(dg.ConfigurableResource):
         """Check results of a write that was refused (a blocking failure): only the results and failure
         cases are committed, so the UI and later runs see why; the data stays."""
         at = datetime.now(UTC).replace(tzinfo=None)
-        with self.connect() as con, transaction(con):
-            base.record_check_results(con, write, at)
+        self.backend.transact(lambda con: base.record_check_results(con, write, at),
+                              f"check results of {write.table} {write.partitions}")
 
     # the reads every backend shares
     read = staticmethod(base.read)
@@ -96,8 +115,15 @@ class Warehouse(dg.ConfigurableResource):
     blocking_failures = staticmethod(base.blocking_failures)
     content_hashes = staticmethod(base.content_hashes)
 
-    def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
-        return self.backend.snapshot_path(table, partition, content_hash)
+    def read_version(self, con: duckdb.DuckDBPyConnection, table: str, partition: str, content_hash: str,
+                     partition_expr: str | None) -> pa.Table:
+        """The rows of the recorded version `content_hash` of table [partition], read on `con` (a connection
+        of this warehouse). Raises VersionUnavailable when it is no longer kept."""
+        return self.backend.read_version(con, table, partition, content_hash, partition_expr)
+
+    def maintain(self) -> str:
+        """Retention: drop versions older than snapshot_retention_days (each partition's latest stays)."""
+        return self.backend.maintain()
 
     def status(self) -> pd.DataFrame:
         """Per table: partitions, rows in their latest versions, last write (for `provline status`)."""

@@ -26,6 +26,9 @@ from pipelines.sql import (
     typed_select,
 )
 
+# The commit that wrote a version. DuckLake gives every row a virtual `snapshot_id` column (the snapshot that
+# inserted it) which a real column of that name would hide: the lake's version log leaves this one out.
+SNAPSHOT_COLUMN = ",\n    snapshot_id BIGINT"
 META_DDL = """
 CREATE SCHEMA IF NOT EXISTS provline;
 CREATE SCHEMA IF NOT EXISTS quality;
@@ -41,8 +44,7 @@ CREATE TABLE IF NOT EXISTS provline.version_log (
     input_row_count BIGINT NOT NULL,     -- rows the transform produced = written + quarantined
     quarantined_count BIGINT NOT NULL,
     columns JSON NOT NULL,               -- [[name, type], ...] as written
-    written_at TIMESTAMP NOT NULL,       -- UTC
-    snapshot_id BIGINT                   -- the DuckLake snapshot that holds this version (NULL: file backend)
+    written_at TIMESTAMP NOT NULL""" + SNAPSHOT_COLUMN + """  -- written_at: UTC; snapshot_id: NULL in the file
 );
 CREATE TABLE IF NOT EXISTS quality.failures (
     run_id VARCHAR, asset VARCHAR, partition VARCHAR, check_name VARCHAR, severity VARCHAR,
@@ -79,6 +81,10 @@ class Write:
     check_results: dict[str, list[dict]] = field(default_factory=dict)  # partition -> stored results
 
 
+class VersionUnavailable(LookupError):
+    """A recorded version can no longer be read (its snapshot expired or is missing); the message says where."""
+
+
 @dataclass(frozen=True)
 class Receipt:
     """One partition as committed."""
@@ -103,7 +109,8 @@ def latest_versions(con: duckdb.DuckDBPyConnection, table: str, partitions: list
     rows = con.execute(
         f"""SELECT partition, {", ".join(VERSION_COLUMNS)} FROM provline.version_log
             WHERE asset = $asset AND list_contains($partitions, partition)
-            QUALIFY row_number() OVER (PARTITION BY partition ORDER BY written_at DESC) = 1""",
+            QUALIFY row_number() OVER (PARTITION BY partition
+                                       ORDER BY snapshot_id DESC NULLS LAST, written_at DESC) = 1""",
         {"asset": table, "partitions": partitions},
     ).fetchall()
     versions = {}
@@ -168,9 +175,9 @@ def content_hashes(
 # --- the one write -------------------------------------------------------------------------------
 
 
-def write_partitions(con: duckdb.DuckDBPyConnection, write: Write, snapshot_id=None) -> dict[str, Receipt]:
-    """Replace `write.partitions` of the table, in the caller's open transaction. `snapshot_id`, when
-    given, is called after the data is written to know the id the commit will have (DuckLake)."""
+def write_partitions(con: duckdb.DuckDBPyConnection, write: Write) -> dict[str, Receipt]:
+    """Replace `write.partitions` of the table, in the caller's open transaction. (A commit's snapshot id
+    is known only after COMMIT: the backend adds it to the receipts.)"""
     target = quote(write.table)
     where, params = partition_filter(write.partitions, write.partition_expr)
     written_at = datetime.now(UTC).replace(tzinfo=None)
@@ -186,7 +193,6 @@ def write_partitions(con: duckdb.DuckDBPyConnection, write: Write, snapshot_id=N
     quarantined = _replace_quarantine(con, write, where, params)
     record_check_results(con, write, written_at)
     rows = _count(write.rows, write.partitions)
-    snapshot = snapshot_id(con) if snapshot_id else None
     log = pd.DataFrame({
         "asset": write.table, "partition": write.partitions,
         "content_hash": [hashes[p] for p in write.partitions], "code_version": write.code_version,
@@ -194,10 +200,10 @@ def write_partitions(con: duckdb.DuckDBPyConnection, write: Write, snapshot_id=N
         "run_id": write.run_id, "row_count": [rows[p] for p in write.partitions],
         "input_row_count": [rows[p] + quarantined[p] for p in write.partitions],
         "quarantined_count": [quarantined[p] for p in write.partitions],
-        "columns": json.dumps(list(write.columns.items())), "written_at": written_at, "snapshot_id": snapshot,
+        "columns": json.dumps(list(write.columns.items())), "written_at": written_at,
     })
     _insert_frame(con, "provline.version_log", log)
-    return {p: Receipt(hashes[p], rows[p], quarantined[p], written_at, snapshot) for p in write.partitions}
+    return {p: Receipt(hashes[p], rows[p], quarantined[p], written_at) for p in write.partitions}
 
 
 def record_check_results(con: duckdb.DuckDBPyConnection, write: Write, at: datetime) -> None:

@@ -17,14 +17,18 @@ import fcntl
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
+import pyarrow as pa
 
 from pipelines.sql import PARTITION, UNPARTITIONED, partition_filter, partition_label, path_literal, quote, transaction
-from pipelines.warehouse.base import META_DDL, Receipt, Write, write_partitions
+from pipelines.warehouse.base import META_DDL, Receipt, VersionUnavailable, Write, write_partitions
+
+T = TypeVar("T")
 
 
 class WarehouseLockTimeout(RuntimeError):
@@ -55,6 +59,7 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
 
 class DuckDBFile:
     def __init__(self, home: Path, name: str, lock_timeout_s: float, retention_days: int):
+        self.name = name
         self.path = home / f"{name}.duckdb"
         self.lock_path = home / f"{name}.lock"
         self.snapshot_dir = home / "snapshots"
@@ -65,8 +70,16 @@ class DuckDBFile:
     def location(self) -> str:
         return str(self.path)
 
+    @property
+    def lineage_namespace(self) -> str:
+        """The logical warehouse name, never a path (see pipelines/lineage/naming.py)."""
+        return f"duckdb://{self.name}"
+
     def exists(self) -> bool:
         return self.path.exists()
+
+    def preflight(self) -> None:
+        """Nothing to check before a step: the file and its folder are created on first connect."""
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -88,8 +101,25 @@ class DuckDBFile:
             self._snapshot(con, write, receipts)
         return receipts
 
+    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
+        """Any other write, in one transaction under the lock (`what` names it for the lake's retries)."""
+        with self.connect() as con, transaction(con):
+            return body(con)
+
     def snapshot_path(self, table: str, partition: str, content_hash: str) -> Path:
         return self.snapshot_dir / table / (partition or "_all") / f"{content_hash}.parquet"
+
+    def read_version(self, con: duckdb.DuckDBPyConnection, table: str, partition: str, content_hash: str,
+                     partition_expr: str | None) -> pa.Table:
+        """The rows of a recorded version, from its Parquet snapshot."""
+        path = self.snapshot_path(table, partition, content_hash)
+        if not path.exists():
+            raise VersionUnavailable(str(path))
+        return con.execute("SELECT * FROM read_parquet($path)", {"path": str(path)}).to_arrow_table()
+
+    def maintain(self) -> str:
+        return (f"{self.path}: nothing to do (Parquet snapshots older than {self.retention_days} days are "
+                "removed at each commit)")
 
     def _snapshot(self, con: duckdb.DuckDBPyConnection, write: Write, receipts: dict[str, Receipt]) -> None:
         """Keep each committed version as Parquet (after COMMIT: a version is never snapshotted unless

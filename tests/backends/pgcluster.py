@@ -1,0 +1,167 @@
+"""A throwaway PostgreSQL cluster for tests: initdb (trust auth on 127.0.0.1), start on a free port,
+wait until ready, create a role + database, stop and remove.
+
+Works as root (every server binary runs as the `postgres` OS user, via subprocess's `user=`) and as
+a non-root user (runs directly). No sockets outside the cluster's own folder; nothing global touched.
+
+    with pg_cluster() as pg:            # or the pytest fixture `postgres_server` below
+        pg.create_database("lake", owner="provline")
+        pg.conninfo("lake", "provline")  # 'dbname=lake host=127.0.0.1 port=NNNNN user=provline'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A role listed here must log in with a password (scram); everyone else is trusted. Used to test
+# "wrong credentials" on a trust cluster.
+PASSWORD_ROLE = "provline_pw"
+
+
+def pg_bindir() -> Path:
+    """The newest /usr/lib/postgresql/<N>/bin that has initdb (Debian layout), else PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL server binaries not found: apt-get install -y postgresql")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PgCluster:
+    root: Path  # holds data/, sock/, server.log
+    port: int
+    bindir: Path
+    os_user: str | None  # OS user the server runs as (None: the current user)
+    superuser: str = "postgres"
+    _env: dict = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sock(self) -> Path:
+        return self.root / "sock"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    # -- running the server's binaries as the right OS user --------------------------------------
+    def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        kw: dict = {}
+        if self.os_user:
+            pw = pwd.getpwnam(self.os_user)
+            kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": str(self.root)}
+        return subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]], check=check, capture_output=True, text=True,
+            timeout=timeout, cwd=self.root, env=env, **kw,
+        )
+
+    def initdb(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", self.superuser, "-A", "trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync", "--no-instructions")
+        # pg_hba: one password role (for wrong-credential tests), everything else trusted, TCP only
+        (self.data / "pg_hba.conf").write_text(
+            f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+            "host all all 127.0.0.1/32 trust\n"
+            "local all all trust\n"
+        )
+
+    def start(self) -> None:
+        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sock} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
+                "-c shared_buffers=32MB")
+        r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "30",
+                      "start", check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed ({r.returncode}): {r.stdout}{r.stderr}\n"
+                               f"{self.log.read_text() if self.log.exists() else ''}")
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-q", check=False)
+            if r.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL on port {self.port} not ready after {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        r = self._run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                      "-U", self.superuser, "-d", db, "-At", "-c", sql)
+        return r.stdout
+
+    # -- conveniences for tests ---------------------------------------------------------------------
+    def create_role(self, name: str, password: str | None = None) -> None:
+        """A login role (once: an existing role is left as it is)."""
+        if self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'").strip():
+            return
+        pw = f" PASSWORD '{password}'" if password else ""
+        self.psql(f'CREATE ROLE "{name}" LOGIN{pw}')
+
+    def create_database(self, name: str, owner: str | None = None) -> None:
+        if owner:
+            self.create_role(owner)
+        self.psql(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+
+    def conninfo(self, db: str = "postgres", user: str | None = None) -> str:
+        return f"dbname={db} host=127.0.0.1 port={self.port} user={user or self.superuser}"
+
+
+def _os_user() -> str | None:
+    return "postgres" if os.geteuid() == 0 else None
+
+
+@contextlib.contextmanager
+def pg_cluster(base: str | None = None, attempts: int = 3) -> Iterator[PgCluster]:
+    """Create, start, yield, then stop and remove a cluster. Retries on a port race."""
+    os_user = _os_user()
+    root = Path(tempfile.mkdtemp(prefix="pg-", dir=base or "/tmp"))  # short path: socket name limit
+    if os_user:
+        pw = pwd.getpwnam(os_user)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    cluster = PgCluster(root=root, port=0, bindir=pg_bindir(), os_user=os_user)
+    try:
+        cluster.initdb()
+        cluster.sock.mkdir()
+        if os_user:
+            os.chown(cluster.sock, pw.pw_uid, pw.pw_gid)
+        for i in range(attempts):
+            cluster.port = free_port()
+            try:
+                cluster.start()
+                break
+            except RuntimeError:
+                if i == attempts - 1:
+                    raise
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
