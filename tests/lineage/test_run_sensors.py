@@ -47,6 +47,10 @@ def test_sensor_ticks_emit_each_runs_terminal_event_once(home: Path, tmp_path: P
     assert run_events(home, succeeded.run_id) == ["START", "COMPLETE"]
     assert run_events(home, failed.run_id) == ["START", "FAIL"]
     events = read_jsonl(home / "lineage" / "events.jsonl")
+    (failure,) = [e for e in events if e["eventType"] == "FAIL" and e["job"]["name"] == "__ephemeral_asset_job__"]
+    assert failure["run"]["facets"]["errorMessage"]["message"] == (
+        "Execution of run for \"__ephemeral_asset_job__\" failed. Steps failed: ['raw__airlines']."
+    )
     validate(events)
 
     tick_all(instance, cursors)  # the next tick finds nothing new
