@@ -137,7 +137,7 @@ KILL = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["before-commit", "during-commit"])
-def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, where: str):
+def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, where: str, delivered):
     from tests.audit.conftest import DAY as CHANGED_DAY
     from tests.audit.conftest import _changed_sources
 
@@ -146,7 +146,7 @@ def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, whe
     warehouse = Warehouse.from_settings()
     with warehouse.connect() as con:
         before = con.execute("SELECT content_hash FROM provline.version_log WHERE asset = 'staging.flights'").fetchall()
-    sources = _changed_sources(lake.data_path.parent / "sources")  # the killed run writes a new version
+    sources = _changed_sources(lake.data_path.parent / "sources", delivered)  # the killed run writes a new version
     env = {**os.environ, "PROVLINE_SOURCE_DIR": str(sources)}
     proc = subprocess.run([sys.executable, "-c", KILL, where, CHANGED_DAY], cwd=REPO, env=env, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
