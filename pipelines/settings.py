@@ -48,6 +48,26 @@ class Settings:
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
     the same for one run)."""
+    landing_dir: Path | None
+    """PROVLINE_LANDING_DIR: daily files arrive here as `<source>/<YYYY-MM-DD>.csv|parquet`; when set, the
+    partitioned source tables read each day from here (pipelines/monitor/landing.py)."""
+    landing_settle_s: float
+    """PROVLINE_LANDING_SETTLE_S: a landing file is read only once it has not changed for this long and
+    since the sensor's previous tick (a file still being written is left alone)."""
+    alert_webhook_url: str | None
+    """PROVLINE_ALERT_WEBHOOK_URL: Slack-compatible incoming webhook for alerts (a secret: never logged)."""
+    alert_timeout_s: float
+    """PROVLINE_ALERT_TIMEOUT_S: the HTTP timeout of one alert delivery attempt, and the most a process
+    waits at exit for its alerts."""
+    alert_max_attempts: int
+    """PROVLINE_ALERT_MAX_ATTEMPTS: attempts per alert before it is recorded as undelivered."""
+    alert_window_s: float
+    """PROVLINE_ALERT_WINDOW_S: an alert repeated for the same (asset, partition, check) within this window
+    is not sent again."""
+    outbox_alert_threshold: int
+    """PROVLINE_OUTBOX_ALERT_THRESHOLD: alert when more lineage events than this wait in the outbox."""
+    health_partitions: int
+    """PROVLINE_HEALTH_PARTITIONS: how many of an asset's latest partitions `provline health` sums up."""
 
     @property
     def lineage_dir(self) -> Path:
@@ -61,17 +81,25 @@ class Settings:
     def lineage_store_path(self) -> Path:
         return self.home / "lineage.duckdb"
 
+    @property
+    def alerts_path(self) -> Path:
+        return self.home / "alerts.duckdb"
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
 
 
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).resolve() if value else None
+
+
 def get_settings() -> Settings:
-    source_dir = os.environ.get("PROVLINE_SOURCE_DIR", "").strip()
     return Settings(
         home=Path(_env("PROVLINE_HOME", ".provline")).resolve(),
-        source_dir=Path(source_dir).resolve() if source_dir else None,
+        source_dir=_path("PROVLINE_SOURCE_DIR"),
         warehouse_url=_env("PROVLINE_WAREHOUSE", "duckdb"),
         lake_data_path=_env("PROVLINE_LAKE_DATA_PATH", ""),
         warehouse_name=_env("PROVLINE_WAREHOUSE_NAME", "warehouse"),
@@ -84,6 +112,14 @@ def get_settings() -> Settings:
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         range_chunk_days=int(_env("PROVLINE_RANGE_CHUNK_DAYS", "366")),
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
+        landing_dir=_path("PROVLINE_LANDING_DIR"),
+        landing_settle_s=float(_env("PROVLINE_LANDING_SETTLE_S", "10")),
+        alert_webhook_url=os.environ.get("PROVLINE_ALERT_WEBHOOK_URL", "").strip() or None,
+        alert_timeout_s=float(_env("PROVLINE_ALERT_TIMEOUT_S", "2")),
+        alert_max_attempts=int(_env("PROVLINE_ALERT_MAX_ATTEMPTS", "5")),
+        alert_window_s=float(_env("PROVLINE_ALERT_WINDOW_S", "21600")),
+        outbox_alert_threshold=int(_env("PROVLINE_OUTBOX_ALERT_THRESHOLD", "1000")),
+        health_partitions=int(_env("PROVLINE_HEALTH_PARTITIONS", "7")),
     )
 
 

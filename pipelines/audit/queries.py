@@ -6,6 +6,7 @@ Dataset arguments are table names (`marts.flight_facts`), or `namespace/name` wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -341,8 +342,13 @@ def _walk(start: list[tuple], depth: int, targets) -> list[dict]:
 
 
 def runs(con: duckdb.DuckDBPyConnection, *, failed: bool = False, since: datetime | None = None,
-         as_of: datetime | None = None, dataset: str | None = None) -> list[dict]:
-    """Runs with their state and failed assertions, and integrity flags."""
+         as_of: datetime | None = None, dataset: str | None = None,
+         dagster_status: Callable[[str], str | None] | None = None) -> list[dict]:
+    """Runs with their state and failed assertions, and integrity flags.
+
+    dagster_status: a Dagster run's status by its id (None: not in the instance). A run whose START has no
+    terminal event and whose Dagster run has ended gets the state it missed (`missed_terminal`), for the
+    caller to emit; without it such a run stays RUNNING, flagged."""
     ctx = _Ctx(con, as_of or FAR_FUTURE)
     name = _dataset(ctx, dataset)[1] if dataset else None
     rows = ctx.rows(
@@ -383,11 +389,15 @@ def runs(con: duckdb.DuckDBPyConnection, *, failed: bool = False, since: datetim
     by_run: dict[str, list[dict]] = {}
     for a in failed_assertions:
         by_run.setdefault(a.pop("run_id"), []).append({**a, "result": quality_of(False, a["severity"])})
+    # the Dagster run of a run's own OpenLineage run, from its asset runs (older events of it carry no id)
+    dagster_of = {r["parent_run_id"]: r["dagster_run_id"] for r in rows if r["parent_run_id"] and r["dagster_run_id"]}
     out = []
     for r in rows:
-        flags = []
+        flags, missed = [], None
+        dagster_run_id = r["dagster_run_id"] or dagster_of.get(r["run_id"])
         if r["starts"] and not r["terminals"]:
-            flags.append("START with no terminal event")
+            missed, flag = _dangling(r, dagster_run_id, dagster_status)
+            flags.append(flag)
         if not r["starts"]:
             flags.append("no START event")
         if r["terminals"] > 1:
@@ -398,15 +408,36 @@ def runs(con: duckdb.DuckDBPyConnection, *, failed: bool = False, since: datetim
             flags.append("events received out of order")
         if r["missing_parent"]:
             flags.append(f"parent run {r['parent_run_id']} not in the store")
-        state = r["terminal"] or ("RUNNING" if r["starts"] else r["last_event"])
+        state = r["terminal"] or missed or ("RUNNING" if r["starts"] else r["last_event"])
         item = {
             "run_id": r["run_id"], "job": r["job"], "job_namespace": r["job_namespace"], "partition": r["partition"],
             "state": state, "started": _iso(r["started"]), "ended": _iso(r["ended"]),
             "code_version": r["code_version"], "parent_run_id": r["parent_run_id"],
-            "dagster_run_id": r["dagster_run_id"], "error": r["error"],
-            "failed_assertions": by_run.get(r["run_id"], []), "flags": flags,
+            "dagster_run_id": dagster_run_id, "error": r["error"],
+            "failed_assertions": by_run.get(r["run_id"], []), "flags": flags, "missed_terminal": missed,
         }
         if failed and state == "COMPLETE" and not any(a["result"] == "fail" for a in item["failed_assertions"]):
             continue
         out.append(item)
     return out
+
+
+ENDED = {"SUCCESS": "COMPLETE", "FAILURE": "FAIL", "CANCELED": "ABORT"}  # Dagster run status -> terminal event
+
+
+def _dangling(run: dict, dagster_run_id: str | None,
+              dagster_status: Callable[[str], str | None] | None) -> tuple[str | None, str]:
+    """A START with no terminal event: the terminal state it missed, when its Dagster run is known to have
+    ended, and the flag that says what is known."""
+    flag = "START with no terminal event"
+    if dagster_status is None:
+        return None, f"{flag} (set DAGSTER_HOME for `provline lineage runs` to ask Dagster how its run ended)"
+    if dagster_run_id is None:
+        return None, f"{flag} (no Dagster run id recorded)"
+    status = dagster_status(dagster_run_id)
+    if status not in ENDED:
+        return None, f"{flag}: Dagster run {dagster_run_id} is " + (status or "not in the instance")
+    missed = ENDED[status]
+    if missed == "COMPLETE" and run["parent_run_id"]:  # an attempt that never ended, in a run a retry finished
+        missed = "FAIL"
+    return missed, f"{flag}: its Dagster run {dagster_run_id} ended {status}; {missed} emitted now"

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from openlineage.client.event_v2 import (
@@ -21,6 +22,7 @@ from openlineage.client.event_v2 import (
     RunEvent,
     RunState,
 )
+from openlineage.client.facet_v2 import tags_run
 
 from pipelines.lineage import facets, naming
 from pipelines.lineage.delivery import Delivery, ReplayResult, load_client_config, redact, replay
@@ -54,7 +56,7 @@ class LineageEmitter:
     # ---- the Dagster run (parent of the asset runs) ----------------------------------------
 
     def run_started(self, dagster_run_id: str, dagster_job_name: str) -> None:
-        """START of the Dagster run; every step process calls it, the first one emits it."""
+        """START of the Dagster run; the executor and every step call it, the first one emits it."""
         self._guard(self._run_event, dagster_run_id, dagster_job_name, "START", None)
 
     def run_finished(
@@ -64,7 +66,15 @@ class LineageEmitter:
         state: RunTerminal,
         error: str | None = None,
     ) -> None:
+        """The Dagster run's terminal event, once (the first caller emits it), under the job name its START
+        gave it when there was one (`dagster_job_name` otherwise)."""
         self._guard(self._run_event, dagster_run_id, dagster_job_name, state, error)
+
+    def missed_terminal(self, run_id: str, job_namespace: str, job_name: str, dagster_run_id: str,
+                        state: RunTerminal, error: str) -> None:
+        """The terminal event an OpenLineage run never got (its process died), emitted late and once, as
+        its Dagster run ended."""
+        self._guard(self._missed_terminal, run_id, job_namespace, job_name, dagster_run_id, state, error)
 
     # ---- one (asset, partition, attempt) ---------------------------------------------------
 
@@ -113,21 +123,31 @@ class LineageEmitter:
         while self._capture.events:
             self._delivery.send(self._capture.events.pop(0))
 
-    def _once(self, dagster_run_id: str, what: str) -> bool:
-        """True for the first caller across processes (O_EXCL marker under PROVLINE_HOME/lineage/runs)."""
-        marker_dir = self.settings.lineage_dir / "runs"
-        marker_dir.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dagster_run_id)
+    def _marker(self, run_id: str, what: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)
+        return self.settings.lineage_dir / "runs" / f"{safe}.{what}"
+
+    def _once(self, run_id: str, what: str, note: str = "") -> bool:
+        """True for the first caller across processes (O_EXCL marker under PROVLINE_HOME/lineage/runs,
+        holding `note`)."""
+        marker = self._marker(run_id, what)
+        marker.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(marker_dir / f"{safe}.{what}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(note)
         return True
 
     def _run_event(self, dagster_run_id: str, job_name: str, state: str, error: str | None) -> None:
-        if not self._once(dagster_run_id, "started" if state == "START" else "finished"):
+        if not self._once(dagster_run_id, "started" if state == "START" else "finished", job_name):
             return
-        run_facets: dict[str, Any] = {"processing_engine": facets.processing_engine()}
+        started = self._marker(dagster_run_id, "started")
+        if state != "START" and started.exists():  # the terminal event goes under the name the START used
+            job_name = started.read_text() or job_name
+        run_facets: dict[str, Any] = {"processing_engine": facets.processing_engine(),
+                                      "tags": _dagster_tags(dagster_run_id)}
         if error:
             run_facets["errorMessage"] = facets.error_message(error, None)
         self._emit(
@@ -136,6 +156,21 @@ class LineageEmitter:
                 eventTime=_now(),
                 run=Run(runId=naming.dagster_run_id(dagster_run_id), facets=run_facets),
                 job=Job(namespace=self.namespace, name=job_name, facets={"jobType": facets.job_type("JOB")}),
+                producer=facets.PRODUCER,
+            )
+        )
+
+    def _missed_terminal(self, run_id: str, job_namespace: str, job_name: str, dagster_run_id: str,
+                         state: str, error: str) -> None:
+        if not self._once(run_id, "finished"):
+            return
+        self._emit(
+            RunEvent(
+                eventType=RunState[state],
+                eventTime=_now(),
+                run=Run(runId=run_id, facets={"errorMessage": facets.error_message(error, None),
+                                              "tags": _dagster_tags(dagster_run_id)}),
+                job=Job(namespace=job_namespace, name=job_name),
                 producer=facets.PRODUCER,
             )
         )
@@ -185,6 +220,14 @@ class LineageEmitter:
             facets=facets.output_dataset_facets(output, self.dataset_namespace, committed),
             outputFacets={"outputStatistics": facets.output_statistics(output)} if committed else {},
         )
+
+
+def _dagster_tags(dagster_run_id: str) -> tags_run.TagsRunFacet:
+    """Ties an event of the Dagster run's own OpenLineage run back to it (asset runs carry more tags)."""
+    return tags_run.TagsRunFacet(
+        tags=[tags_run.TagsRunFacetFields(key="dagster_run_id", value=dagster_run_id, source="DAGSTER")],
+        producer=facets.PRODUCER,
+    )
 
 
 def _version_facet(version: str | None) -> dict:

@@ -299,7 +299,8 @@ def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -
     facets["dataQualityMetrics"] = data_quality_metrics_dataset.DataQualityMetricsDatasetFacet(
         rowCount=output.row_count,
         columnMetrics={
-            column: data_quality_metrics_dataset.ColumnMetrics(nullCount=m.null_count, distinctCount=m.distinct_count)
+            column: data_quality_metrics_dataset.ColumnMetrics(
+                nullCount=m.null_count, distinctCount=m.distinct_count, sum=m.sum, count=m.count)
             for column, m in output.column_metrics.items()
         },
         producer=PRODUCER,

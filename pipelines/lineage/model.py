@@ -90,6 +90,8 @@ class Assertion:
 class ColumnMetrics:
     null_count: int
     distinct_count: int
+    sum: float | None = None
+    count: int | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ Datasets
   name = the dataset within it; for a lake the data source is its catalog: every host that attaches
   the same PostgreSQL database sees the same tables, whatever its data path looks like locally. So
   the scheme says it is a DuckLake (not ``postgres://``: the catalog database holds DuckLake's metadata
-  tables, not ``raw.flights``, and a PostgreSQL integration would name those), the authority is the
+  tables, not ``raw.orders``, and a PostgreSQL integration would name those), the authority is the
   catalog server's host and port as the spec does for PostgreSQL, and the catalog database follows as
   a path, as the spec's Azure Cosmos DB namespace carries its database (``azurecosmos://host/dbs/db``).
   The name stays ``<schema>.<table>``, so a table has the same name on both backends and the audit

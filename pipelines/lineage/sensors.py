@@ -1,8 +1,9 @@
-"""The Dagster run's own terminal OpenLineage event (the parent of the asset runs).
+"""Run-status sensors: the fallback for the Dagster run's terminal OpenLineage event.
 
-Each asset step emits the parent START (once per run, see LineageEmitter.run_started); the
-terminal event needs someone who sees the whole run end: these run-status sensors when the
-Dagster daemon runs (`dagster dev`, schedules), and `provline run` for its own runs.
+The code location's executor emits the run's START and terminal event itself (runs.py), and `provline run`
+finishes its own runs. These sensors, when the Dagster daemon runs (`dagster dev`, deployments), cover a
+run whose process died before it could: once Dagster's run monitoring marks it failed, the failure sensor
+emits its FAIL. Whoever comes first emits; the others find the marker (named as the run's START was).
 
 The sensors watch every code location (`monitor_all_code_locations`): in-process runs (`provline run`,
 `dagster asset materialize`, `dg.materialize`) belong to none, and a killed one is only marked FAILED
@@ -14,35 +15,27 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.lineage.emitter import LineageEmitter
+from pipelines.lineage.runs import RUN_TERMINAL, finish_run, run_job_name
 
-_STATES = {
-    dg.DagsterRunStatus.SUCCESS: "COMPLETE",
-    dg.DagsterRunStatus.FAILURE: "FAIL",
-    dg.DagsterRunStatus.CANCELED: "ABORT",
-}
-
-
-def finish_run(run: dg.DagsterRun, error: str | None = None) -> None:
-    state = _STATES.get(run.status)
-    if state is not None:
-        LineageEmitter().run_finished(run.run_id, run.job_name, state, error)
+__all__ = ["finish_run", "lineage_sensors"]
 
 
 def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
     @dg.run_status_sensor(
-        run_status=status, name=f"openlineage_run_{_STATES[status].lower()}",
+        run_status=status, name=f"openlineage_run_{RUN_TERMINAL[status].lower()}",
         default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=True,
-        description=f"Emits the OpenLineage {_STATES[status]} event of each Dagster run that ends so.",
+        description=f"Emits the OpenLineage {RUN_TERMINAL[status]} event of each Dagster run that ends so.",
     )
     def _emit(context: dg.RunStatusSensorContext):
-        run = context.dagster_run
-        if run.remote_job_origin is not None and not context.repository_def.has_job(run.job_name):
+        run, repository = context.dagster_run, context.repository_def
+        if run.remote_job_origin is not None and not repository.has_job(run.job_name):
             return  # another code location's job
         event = context.dagster_event  # for a failure: why (a step error, or run monitoring's verdict)
-        finish_run(run, event.message if run.status == dg.DagsterRunStatus.FAILURE and event is not None else None)
+        job = repository.get_job(run.job_name) if repository.has_job(run.job_name) else None
+        finish_run(run, event.message if run.status == dg.DagsterRunStatus.FAILURE and event is not None else None,
+                   job_name=run_job_name(run, job))
 
     return _emit
 
 
-lineage_sensors = [_sensor(status) for status in _STATES]
+lineage_sensors = [_sensor(status) for status in RUN_TERMINAL]

@@ -5,7 +5,8 @@ emits what day-by-day steps would), built from the factory's own objects into th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import cached_property
 
@@ -25,7 +26,9 @@ from pipelines.lineage.model import (
     OutputInfo,
     SourceFile,
 )
+from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
+from pipelines.monitor.anomaly import MEAN
 from pipelines.sql import PARTITION
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,11 @@ class StepLineage:
     def __init__(self, spec, context: dg.AssetExecutionContext, partitions: list[str], dataset_namespace: str):
         self.spec = spec
         self.dagster_run_id = context.run_id
-        self.dagster_job_name = context.job_name
+        self.dagster_job_name = run_job_name(context.run, context.job_def)
         self.runs = {
             partition: AssetRun(
                 dagster_run_id=context.run_id,
-                dagster_job_name=context.job_name,
+                dagster_job_name=self.dagster_job_name,
                 asset_key=spec.table,
                 partition=partition or None,
                 attempt=context.retry_number + 1,
@@ -98,19 +101,20 @@ class StepLineage:
                 if isinstance(ref, DatasetRef)
             ] + ([SourceFile(str(source.path), source.content_hash)] if source is not None else [])
 
-    def finished(self, derived, receipts: dict) -> None:
+    def finished(self, derived, receipts: dict, monitors) -> None:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
         lineage = self.column_lineage
         validation = derived.validation
         stats = partition_stats(validation.valid, list(self.spec.columns))
         for partition in derived.written:
             receipt = receipts[partition]
-            output = self._output(validation, partition, receipt.content_hash, stats.get(partition), lineage)
+            output = self._output(validation, partition, receipt.content_hash, stats.get(partition), lineage,
+                                  monitors.findings.get(partition, []))
             self._terminal(partition, self.emitter.asset_completed, self.runs[partition], self.inputs[partition],
                            output)
         for partition in derived.refused:
             failed = [r for r in validation.results[partition] if r.blocking]
-            message = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} rows'}" for r in failed)
+            message = "; ".join(f"{r.rule.name}: {r.finding()}" for r in failed)
             output = self._output(validation, partition, None, stats.get(partition), lineage)
             self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
                            f"blocking check(s) failed: {message}", output)
@@ -139,8 +143,10 @@ class StepLineage:
         emit(*args, **kwargs)
 
     def _output(self, validation, partition: str, version: str | None, stats: PartitionStats | None,
-                lineage: tuple[dict, list]) -> OutputInfo:
-        """The output dataset of one partition; `stats` are its valid rows' (see partition_stats)."""
+                lineage: tuple[dict, list], findings: Sequence = ()) -> OutputInfo:
+        """The output dataset of one partition; `stats` are its valid rows' (see partition_stats). `findings` (the
+        anomaly monitors') add their verdicts to the assertions and the means they watch to the metrics (as the
+        facet's sum and count)."""
         stats = stats or PartitionStats()
         assertions = [
             Assertion(
@@ -149,12 +155,22 @@ class StepLineage:
                 actual=r.message or f"{r.failing_rows} of {r.rows_checked} rows fail",
             )
             for r in validation.results[partition]
+        ] + [
+            Assertion(name=f.metric.check, success=not f.anomalous, severity="warn", column=f.metric.column or None,
+                      expected=f.expected_text, actual=f.actual_text)
+            for f in findings if f.expected is not None
         ]
+        metrics = dict(stats.columns)
+        for finding in (f for f in findings if f.metric.kind == MEAN and f.metric.column in metrics):
+            column = metrics[finding.metric.column]
+            count = stats.rows - column.null_count  # the facet has no mean: its sum and count carry it
+            metrics[finding.metric.column] = replace(column, sum=finding.actual * count if count else 0.0,
+                                                     count=count)
         column_lineage, indirect = lineage
         return OutputInfo(
             name=self.spec.table, version=version, columns=self.columns,
             row_count=stats.rows, column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions,
-            column_metrics=stats.columns,
+            column_metrics=metrics,
         )
 
     @cached_property

@@ -4,6 +4,7 @@ and the verdict per partition — valid rows, quarantined rows, failure cases, r
 
 from pipelines.quality.reads import MissingTable, expected_rows, reference_values
 from pipelines.quality.rules import (
+    BLOCKING,
     ERROR,
     QUARANTINE,
     SOURCE_COVERAGE,
@@ -19,12 +20,13 @@ from pipelines.quality.validate import (
     ContractViolation,
     RuleResult,
     Validation,
+    describe_case,
     describe_failures,
     validate,
 )
 
 __all__ = [
-    "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
-    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata",
+    "BLOCKING", "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
+    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "describe_case",
     "describe_failures", "expected_rows", "reference", "reference_values", "rules_of", "validate",
 ]

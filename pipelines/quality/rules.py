@@ -1,21 +1,26 @@
 """The rule vocabulary shared by every contract in checks/<domain>.py.
 
 A contract is a pandera DataFrameModel. Each of its checks becomes one named rule (a Dagster
-asset check) with a severity:
+asset check), and each rule has one of three behaviours — what a failure does:
 
-- column checks (`nullable=False`, `unique=True`, `ge=`, `isin=`, ...) are named
-  `<column>_<check>`; `Field(metadata={"severity": WARN})` makes them warnings and
-  `Field(metadata={"on_fail": QUARANTINE})` moves failing rows to `quarantine.<table>`
-  instead of failing the write;
-- dataframe checks (`@pa.dataframe_check(name=...)`) keep their name; list them in
-  `Config.metadata["warn"]` or `["quarantine"]` to change how they act. Give each one its SQL
-  form next to the pandas one, so the rule has one home: `statistics={"sql": "<DuckDB boolean
-  expression over the table's columns>"}` (pandera's own kwarg for a check's constraints; it is
-  stored on the Check, never passed to the function). A row passes when the expression is TRUE
-  (NULL fails: write it null-safe, as the pandas function is); window functions are allowed
-  (`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality/runner.py runs it
-  in DuckDB; a check without it runs with pandera on pandas there. Built-in column checks
-  (`ge=`, `in_range=`, `isin=`, `str_length=`, ...) need nothing: they are translated;
+- **blocking**: the partition is not written (it keeps its previous version), the failure is recorded
+  and downstream refuses to build from it;
+- **quarantine**: the failing rows go to `quarantine.<schema>_<table>` with their reasons, the rest
+  are written;
+- **warn**: recorded; everything is written.
+
+Column checks (`nullable=False`, `unique=True`, `ge=`, `isin=`, ...) are named `<column>_<check>`
+and block; `Field(metadata={"severity": WARN})` makes them warn and `Field(metadata={"on_fail":
+QUARANTINE})` quarantines. Dataframe checks (`@pa.dataframe_check(name=...)`) keep their name and
+block; list them in `Config.metadata["warn"]` or `["quarantine"]` to change that. Give each one its
+SQL form next to the pandas one, so the rule has one home: `statistics={"sql": "<DuckDB boolean
+expression over the table's columns>"}` (pandera's own kwarg for a check's constraints; it is
+stored on the Check, never passed to the function). A row passes when the expression is TRUE
+(NULL fails: write it null-safe, as the pandas function is); window functions are allowed
+(`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality/runner.py runs it
+in DuckDB; a check without it runs with pandera on pandas there. Built-in column checks
+(`ge=`, `in_range=`, `isin=`, `str_length=`, ...) need nothing: they are translated. Also:
+
 - `Config.metadata["references"]`: referential integrity against another warehouse table;
 - `Config.metadata["row_count_matches"]`: the output has exactly one row per row of that
   input partition;
@@ -23,10 +28,15 @@ asset check) with a severity:
   previous version (WARN by default);
 - `volume` (every table): a partition whose row count drops to 0, or by more than
   `Config.metadata["max_row_drop"]` (a share, default 0.5) of its previous version, is refused:
-  an empty or truncated delivery never silently replaces good data; ERROR;
-- `schema`: columns present with parseable types; always ERROR.
-- `source_rows_in_partitions` (partitioned source tables): every row of the source file belongs to
-  a daily partition, so none is silently left out; ERROR.
+  an empty or truncated delivery never silently replaces good data; so is an empty partition with
+  no previous version, unless `Config.metadata["allow_empty"]` is True; blocking;
+- `schema`: columns present with parseable types; always blocking.
+- `source_rows_in_partitions` (partitioned source tables): a row of the source file that belongs to
+  no daily partition (no valid date, or a date outside them) is counted, recorded with its file and
+  line and kept out at the source (quarantine): it blocks no partition, and none is silently lost.
+
+`Rule.severity` is what OpenLineage and Dagster call it: "error" for a blocking rule, "warn" for the
+others (a quarantining rule never blocks the pipeline).
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ import pandera.pandas as pa
 Severity = Literal["error", "warn"]
 ERROR: Severity = "error"
 WARN: Severity = "warn"
-QUARANTINE = "quarantine"
+Behaviour = Literal["blocking", "quarantine", "warn"]
+BLOCKING: Behaviour = "blocking"
+QUARANTINE: Behaviour = "quarantine"
 
 SCHEMA_RULE = "schema"
 SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
@@ -105,11 +117,19 @@ class Rule:
     grouped: bool = False
     """A built-in column rule (eligible for the shared `column_values` check)."""
 
+    @property
+    def behaviour(self) -> Behaviour:
+        """What a failure does: blocking, quarantine or warn (see the module docstring)."""
+        if self.quarantine:
+            return QUARANTINE
+        return BLOCKING if self.severity == ERROR else WARN
+
 
 SOURCE_COVERAGE = Rule(
-    SOURCE_COVERAGE_RULE, ERROR,
-    "Every row of the source file has a valid date inside the daily partitions (none is left out).",
-    row_level=False,
+    SOURCE_COVERAGE_RULE, WARN,
+    "Every row of the source file has a valid date inside the daily partitions; one that has none is "
+    "counted, recorded with its file and line, and kept out.",
+    quarantine=True,
 )
 
 
@@ -135,8 +155,8 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
     rules = [Rule(SCHEMA_RULE, ERROR, "Every declared column is present and parses as its type.", row_level=False)]
     for name, column in schema.columns.items():
         cmeta = column.metadata or {}
-        severity: Severity = cmeta.get("severity", ERROR)
         quarantine = cmeta.get("on_fail") == QUARANTINE
+        severity: Severity = WARN if quarantine else cmeta.get("severity", ERROR)
         if not column.nullable:
             rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine, grouped=True))
         if column.unique:
@@ -146,7 +166,7 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
             rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine, grouped=True))
     for check in schema.checks:
         doc = getattr(getattr(model, check.name, None), "__doc__", None) or check.name
-        severity = WARN if check.name in warn else ERROR
+        severity = WARN if check.name in warn | quarantined else ERROR
         rules.append(Rule(check.name, severity, " ".join(doc.split()), quarantine=check.name in quarantined))
     for ref in meta.get("references", []):
         described = f"{ref.column} exists in {ref.table}.{ref.table_column}."
@@ -156,8 +176,9 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
                           f"Exactly one row per row of {table} for the partition.", row_level=False))
     rules.append(Rule(DRIFT_RULE, meta.get("drift", WARN),
                       "Columns and types are those of the previous version.", row_level=False))
-    rules.append(Rule(VOLUME_RULE, ERROR, f"The row count does not drop to 0, or by more than "
-                      f"{max_row_drop(model):.0%} of the previous version.", row_level=False))
+    drop = f"row count does not drop to 0, or by more than {max_row_drop(model):.0%} of the previous version."
+    described = f"The {drop}" if allow_empty(model) else f"The partition has rows; its {drop}"
+    rules.append(Rule(VOLUME_RULE, ERROR, described, row_level=False))
     return rules
 
 
@@ -165,8 +186,16 @@ def max_row_drop(model: type[pa.DataFrameModel]) -> float:
     return float(contract_metadata(model).get("max_row_drop", DEFAULT_MAX_ROW_DROP))
 
 
-def volume_problem(rows: int, previous_rows: int | None, max_drop: float) -> str | None:
-    """Why a partition of `rows` rows must not replace its previous version of `previous_rows`, if it must not."""
+def allow_empty(model: type[pa.DataFrameModel]) -> bool:
+    return bool(contract_metadata(model).get("allow_empty", False))
+
+
+def volume_problem(rows: int, previous_rows: int | None, max_drop: float, empty_allowed: bool = False) -> str | None:
+    """Why a partition of `rows` rows must not replace its previous version of `previous_rows` (None: it has
+    none), if it must not."""
+    if rows == 0 and not previous_rows and not empty_allowed:
+        return ("0 rows: nothing to write, its inputs hold no row for this partition (a partition that may be "
+                "empty says so with Config.metadata[\"allow_empty\"] = True)")
     if previous_rows is None or previous_rows == 0:
         return None
     if rows == 0:

@@ -18,7 +18,16 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
-from pipelines.quality.rules import DRIFT_RULE, ERROR, VOLUME_RULE, Rule, max_row_drop, rules_of, volume_problem
+from pipelines.quality.rules import (
+    BLOCKING,
+    DRIFT_RULE,
+    VOLUME_RULE,
+    Rule,
+    allow_empty,
+    max_row_drop,
+    rules_of,
+    volume_problem,
+)
 from pipelines.quality.runner import failure_cases_frame
 from pipelines.sql import PARTITION, UNPARTITIONED
 
@@ -40,11 +49,23 @@ class RuleResult:
 
     @property
     def blocking(self) -> bool:
-        return not self.passed and self.rule.severity == ERROR and not self.rule.quarantine
+        return not self.passed and self.rule.behaviour == BLOCKING
 
     @property
     def failure_rate(self) -> float:
         return self.failing_rows / self.rows_checked if self.rows_checked else 0.0
+
+    def finding(self) -> str:
+        """The failure in words: the table-level finding, or how many rows fail and a failing value
+        (its column, the row's key and, for a source row, the file and line)."""
+        what = self.message or f"{self.failing_rows} of {self.rows_checked} rows"
+        return f"{what}; e.g. {describe_case(self.sample[0])}" if self.sample else what
+
+
+def describe_case(case: dict) -> str:
+    """One failure case: `column=value (row key, file line N)`."""
+    where = ", ".join(str(part) for part in (case.get("row_key"), case.get("source")) if part is not None)
+    return f"{case['column']}={case['value']!r}" + (f" ({where})" if where else "")
 
 
 @dataclass
@@ -66,7 +87,7 @@ class Validation:
 
 
 class ContractViolation(Exception):
-    """A blocking (ERROR) rule failed: nothing was written for the partition."""
+    """A blocking rule failed: nothing was written for the partition."""
 
     def __init__(self, table: str, partition: str, failed: list[RuleResult]):
         self.failed = failed
@@ -79,7 +100,7 @@ def describe_failures(table: str, partition: str, failed: list[RuleResult]) -> l
     for result in failed:
         what = result.message or f"{result.failing_rows} of {result.rows_checked} rows"
         lines.append(f"  - {result.rule.name} ({result.rule.description}): {what}")
-        lines += [f"      e.g. {case}" for case in result.sample[:3]]
+        lines += [f"      e.g. {describe_case(case)}" for case in result.sample[:3]]
     return lines
 
 
@@ -95,6 +116,8 @@ def validate(
     columns: dict[str, str] | None = None,
     rules: list[Rule] | None = None,
     problems: Mapping[str, Mapping[str, str]] | None = None,
+    row_sources: np.ndarray | None = None,
+    outside: pd.DataFrame | None = None,
 ) -> Validation:
     """Validate `frame` against `contract`; never raises for bad data (see Validation.blocking).
 
@@ -107,6 +130,9 @@ def validate(
     columns: this write's (name -> type), for drift.
     rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
         and what the factory found wrong, per partition (partition -> rule name -> message).
+    row_sources: per row of `frame`, where it comes from ("orders.csv line 12"), for source rows.
+    outside: failure cases (rule, column, failure_case, row_key, source) of source rows that belong to no
+        partition, so are not in `frame`: each partition validated counts and records them.
     """
     rules = rules if rules is not None else rules_of(contract)
     if PARTITION in frame:
@@ -114,6 +140,9 @@ def validate(
         frame = frame.drop(columns=[PARTITION])
     else:
         labels = np.full(len(frame), partitions[0], dtype=object)
+    if frame.empty:  # no value to mis-type: an empty text column is `object` to pandas and INTEGER to DuckDB
+        declared = contract.to_schema().columns
+        frame = frame.astype({name: str(declared[name].dtype) for name in frame.columns if name in declared})
     try:
         frame = contract.to_schema().coerce_dtype(frame)
     except (SchemaError, SchemaErrors):
@@ -128,11 +157,18 @@ def validate(
     row_cases = cases[cases["index"].notna()].drop_duplicates(["rule", "index"]).copy()
     row_cases["index"] = row_cases["index"].astype(int)
     row_cases[PARTITION] = labels[row_cases["index"].to_numpy()]
+    row_cases["source"] = row_sources[row_cases["index"].to_numpy()] if row_sources is not None else None
+    if outside is not None and not outside.empty:
+        counted_cases = pd.concat([row_cases, *(outside.assign(**{PARTITION: p}) for p in partitions)],
+                                  ignore_index=True)
+    else:
+        counted_cases = row_cases
 
-    counted = row_cases.groupby([PARTITION, "rule"]).size().to_dict()
-    samples = {key: [{"column": c, "value": v, "row_key": k}
-                     for c, v, k in group[["column", "failure_case", "row_key"]].itertuples(index=False)]
-               for key, group in row_cases.groupby([PARTITION, "rule"]).head(SAMPLE_SIZE).groupby([PARTITION, "rule"])}
+    counted = counted_cases.groupby([PARTITION, "rule"]).size().to_dict()
+    samples = {key: [_case(c, v, k, s) for c, v, k, s in group[["column", "failure_case", "row_key", "source"]]
+                     .itertuples(index=False)]
+               for key, group in counted_cases.groupby([PARTITION, "rule"]).head(SAMPLE_SIZE)
+               .groupby([PARTITION, "rule"])}
     rows = pd.Series(labels).value_counts().to_dict()
     results = {}
     for partition in partitions:
@@ -144,21 +180,36 @@ def validate(
             for rule in rules
         ]
 
-    severity = {rule.name: rule.severity for rule in rules}
+    behaviour = {rule.name: rule.behaviour for rule in rules}
     quarantining = {rule.name for rule in rules if rule.quarantine}
     to_quarantine = row_cases[row_cases["rule"].isin(quarantining)]
     reasons = to_quarantine.groupby("index")["rule"].agg(lambda r: ",".join(sorted(set(r))))
+    if row_sources is not None:  # the rule names, then where the row came from
+        reasons = reasons + " (" + pd.Series(row_sources[reasons.index.to_numpy()], index=reasons.index) + ")"
     quarantined = frame.loc[reasons.index].assign(**{QUARANTINE_REASONS: reasons.values})
     failures = pd.DataFrame({
-        PARTITION: row_cases[PARTITION].to_numpy(),
-        "check_name": row_cases["rule"].to_numpy(),
-        "severity": row_cases["rule"].map(severity).fillna(ERROR).to_numpy(),
-        "column": row_cases["column"].astype("string").to_numpy(),
-        "failing_value": row_cases["failure_case"].astype("string").to_numpy(),
-        "row_key": row_cases["row_key"].astype("string").to_numpy(),
+        PARTITION: counted_cases[PARTITION].to_numpy(),
+        "check_name": counted_cases["rule"].to_numpy(),
+        "severity": counted_cases["rule"].map(behaviour).fillna(BLOCKING).to_numpy(),
+        "column": counted_cases["column"].astype("string").to_numpy(),
+        "failing_value": counted_cases["failure_case"].astype("string").to_numpy(),
+        # quality.failures has no column of its own for a source row's file and line: the key carries it
+        "row_key": _located(counted_cases["row_key"], counted_cases["source"]).to_numpy(),
     })
     valid = frame.drop(index=reasons.index).reset_index(drop=True)
     return Validation(valid, quarantined.reset_index(drop=True), failures, results)
+
+
+def _case(column, value, row_key, source) -> dict:
+    case = {"column": column, "value": value, "row_key": row_key}
+    return case | ({"source": source} if isinstance(source, str) else {})
+
+
+def _located(row_keys: pd.Series, sources: pd.Series) -> pd.Series:
+    """`row key (file line N)` where the row came from a source file, else the row key."""
+    keys = row_keys.astype("string")
+    where = sources.astype("string")
+    return keys.where(where.isna(), keys.fillna("") + " (" + where + ")").str.strip()
 
 
 def _messages(
@@ -175,8 +226,9 @@ def _messages(
         elif rule.name == DRIFT_RULE and before is not None and columns is not None:
             if drift := describe_drift(before["columns"], list(columns.items())):
                 messages[rule.name] = drift
-        elif rule.name == VOLUME_RULE and before is not None:
-            if problem := volume_problem(rows, before["row_count"], max_row_drop(contract)):
+        elif rule.name == VOLUME_RULE:
+            previous_rows = before["row_count"] if before is not None else None
+            if problem := volume_problem(rows, previous_rows, max_row_drop(contract), allow_empty(contract)):
                 messages[rule.name] = problem
     return messages
 

@@ -1,0 +1,79 @@
+"""Watching the pipeline over time: anomaly monitors (anomaly.py), alerts (alerts.py), freshness and the
+health view (health.py), the landing zone and its sensor (landing.py), and the runtime's sensors (sensors.py).
+
+The factory calls `evaluate` once per materialization, after the commit; the domain only declares what to
+watch (its contracts' `Config.metadata["monitors"]`, freshness policies, the landing-zone sensor).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from pipelines.monitor import alerts
+from pipelines.monitor.anomaly import Finding, by_check, check_result, check_specs, findings
+from pipelines.quality import ERROR
+
+if TYPE_CHECKING:
+    from pipelines.factory import Derived, TableSpec
+    from pipelines.warehouse import Receipt, Warehouse
+
+__all__ = ["Monitors", "check_specs", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Monitors:
+    """The anomaly verdicts of one materialization, per written partition."""
+
+    key: dg.AssetKey
+    findings: dict[str, list[Finding]] = field(default_factory=dict)
+
+    def check_results(self, partition: str) -> list[dg.AssetCheckResult]:
+        found = self.findings.get(partition, [])
+        return [check_result(self.key, check, group) for check, group in by_check(found).items()]
+
+
+def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: dict[str, Receipt],
+             run_id: str) -> Monitors:
+    """After the commit: the anomaly verdicts of the written partitions, and the alerts this materialization
+    raises or resolves (blocking failures, anomalies). Never fails the materialization: a monitor that cannot
+    run logs why and reports nothing."""
+    monitors = Monitors(spec.key)
+    try:
+        if spec.partitioned and receipts:
+            monitors.findings = findings(spec, warehouse, receipts, run_id)
+    except Exception:  # noqa: BLE001 - the write is committed; the monitors are a report on it
+        log.exception("anomaly monitors of %s could not run", spec.table)
+    alerts.notify(_blocking_events(spec, derived) + _anomaly_events(spec, monitors))
+    return monitors
+
+
+def _blocking_events(spec: TableSpec, derived: Derived) -> list[alerts.Event]:
+    """Per validated partition, each blocking check: failing (an alert) or passing (resolves an open one)."""
+    events = []
+    for partition in derived.built:
+        by_rule_check: dict[str, list] = {}
+        for result in derived.validation.results[partition]:
+            by_rule_check.setdefault(result.rule.check, []).append(result)
+        for check, results in by_rule_check.items():
+            failed = [r for r in results if r.blocking]
+            if not failed and not any(r.rule.severity == ERROR and not r.rule.quarantine for r in results):
+                continue  # a WARN or quarantining check: not alerted on
+            summary = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} of {r.rows_checked} rows'}"
+                                for r in failed)
+            events.append(alerts.Event(alerts.BLOCKING_FAILURE, spec.table, partition, check, bool(failed), summary))
+    return events
+
+
+def _anomaly_events(spec: TableSpec, monitors: Monitors) -> list[alerts.Event]:
+    return [
+        alerts.Event(alerts.ANOMALY, spec.table, partition, check, bool(failed),
+                     "; ".join(f.describe() for f in failed))
+        for partition, found in monitors.findings.items() for check, group in by_check(found).items()
+        for failed in [[f for f in group if f.anomalous]]
+    ]
