@@ -69,3 +69,19 @@ def audit_home(audited: Audited, monkeypatch: pytest.MonkeyPatch) -> Path:
     """PROVLINE_HOME pointed at the shared warehouse (read it; copy it before changing anything)."""
     _isolate(monkeypatch, audited.home)
     return audited.home
+
+
+def contract_results(home: Path, asset: str) -> dict[str, str]:
+    """The results of asset [DAY]'s contract rules in its latest run, as the warehouse stored them: rule -> pass /
+    warn / fail. (The anomaly monitors, stored beside them, judge nothing without history; lineage leaves them out.)"""
+    import duckdb
+
+    from pipelines.definitions import catalog
+
+    rules = [rule.name for rule in catalog[asset].rules]
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            """SELECT check_name, passed, lower(severity) FROM quality.check_results
+               WHERE asset = ? AND partition = ? AND list_contains(?, check_name)
+               QUALIFY recorded_at = max(recorded_at) OVER ()""", [asset, DAY, rules]).fetchall()
+    return {name: "pass" if passed else "warn" if severity == "warn" else "fail" for name, passed, severity in rows}

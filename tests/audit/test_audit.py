@@ -18,7 +18,7 @@ from pipelines.verify import DIFFERS, REPRODUCED, Verdict
 from pipelines.verify import verify as verify_version
 from pipelines.warehouse import Warehouse
 
-from .conftest import DAY, Audited
+from .conftest import DAY, Audited, contract_results
 
 
 @pytest.fixture
@@ -31,15 +31,6 @@ def store(audit_home: Path) -> LineageStore:
 def verify(dataset: str, partition: str | None = None, version: str | None = None) -> Verdict:
     """`provline verify` on the warehouse of this test's PROVLINE_HOME."""
     return verify_version(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
-
-
-def _stored_results(home: Path, asset: str) -> dict[str, str]:
-    """The check results of asset [DAY]'s latest run, as stored in the warehouse: name -> pass / warn / fail."""
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute(
-            """SELECT check_name, passed, lower(severity) FROM quality.check_results WHERE asset = ? AND partition = ?
-               QUALIFY recorded_at = max(recorded_at) OVER ()""", [asset, DAY]).fetchall()
-    return {name: "pass" if passed else "warn" if severity == "warn" else "fail" for name, passed, severity in rows}
 
 
 def _walk(node: dict):
@@ -59,7 +50,7 @@ def test_upstream_of_a_mart_reaches_raw_flights_with_version_and_checks(store: L
     staging = next(n for n in _walk(tree) if n["dataset"] == "staging.flights")
     # each node's checks are those its run stored in the warehouse, as pass / warn / fail
     for node in (raw[0], staging):
-        stored = _stored_results(audited.home, node["dataset"])
+        stored = contract_results(audited.home, node["dataset"])
         assert {q["assertion"]: q["result"] for q in node["quality"]} == stored, node["dataset"]
         assert node["quality_summary"] == {k: list(stored.values()).count(k) for k in ("pass", "warn", "fail")}
     assert raw[0]["quality_summary"]["pass"] == len(raw[0]["quality"])

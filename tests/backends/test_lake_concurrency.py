@@ -45,6 +45,7 @@ def interloper(lake_backend: ducklake.DuckLake, times: int):
     return write_partitions, done
 
 
+@pytest.mark.slow
 def test_a_conflicting_commit_is_retried_whole_and_logged(lake: Lake, monkeypatch, caplog):
     warehouse = Warehouse.from_settings()
     warehouse.commit(write("2013-01-01", 1, "run-1"))
@@ -63,6 +64,7 @@ def test_a_conflicting_commit_is_retried_whole_and_logged(lake: Lake, monkeypatc
     assert log[-1][1] == receipt.snapshot_id
 
 
+@pytest.mark.slow
 def test_a_conflict_that_outlasts_the_budget_fails_clearly_and_writes_nothing(lake: Lake, monkeypatch):
     warehouse = Warehouse.from_settings().model_copy(update={"lock_timeout_s": 2.0})
     warehouse.commit(write("2013-01-01", 1, "run-1"))

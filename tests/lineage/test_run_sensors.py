@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from lineage_support import read_jsonl, validate
 
+from pipelines.definitions import defs
 from pipelines.lineage import naming
 from pipelines.lineage.sensors import lineage_sensors
 from tests.conftest import materialize
@@ -17,11 +18,14 @@ AIRLINES = dg.AssetSelection.assets(dg.AssetKey(["raw", "airlines"]))
 
 
 def tick_all(instance: dg.DagsterInstance, cursors: dict[str, str | None]) -> dict[str, str | None]:
-    """One daemon tick of every lineage sensor; returns their new cursors."""
+    """One daemon tick of every lineage sensor, in the code location's repository; returns their new cursors."""
     new = {}
     for sensor in lineage_sensors:
-        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(sensor.name))
-        new[sensor.name] = sensor.evaluate_tick(context).cursor
+        context = dg.build_sensor_context(instance=instance, cursor=cursors.get(sensor.name),
+                                          repository_def=defs.get_repository_def())
+        tick = sensor.evaluate_tick(context)
+        assert [r.error for r in tick.dagster_run_reactions if r.error] == [], sensor.name
+        new[sensor.name] = tick.cursor
     return new
 
 
@@ -47,7 +51,8 @@ def test_sensor_ticks_emit_each_runs_terminal_event_once(home: Path, tmp_path: P
     assert run_events(home, succeeded.run_id) == ["START", "COMPLETE"]
     assert run_events(home, failed.run_id) == ["START", "FAIL"]
     events = read_jsonl(home / "lineage" / "events.jsonl")
-    (failure,) = [e for e in events if e["eventType"] == "FAIL" and e["job"]["name"] == "__ephemeral_asset_job__"]
+    (failure,) = [e for e in events if e["run"]["runId"] == naming.dagster_run_id(failed.run_id) and
+                  e["eventType"] == "FAIL"]
     assert failure["run"]["facets"]["errorMessage"]["message"] == (
         "Execution of run for \"__ephemeral_asset_job__\" failed. Steps failed: ['raw__airlines']."
     )
