@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
+
+from pipelines.definitions import catalog
+from pipelines.lineage import naming
 
 from .conftest import DAY, DAY_FLIGHTS, REPO, query, scalar
 
 pytestmark = pytest.mark.slow
+SUCCESS = dg.DagsterRunStatus.SUCCESS
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 PROVLINE = str(Path(sys.executable).with_name("provline"))
 
@@ -43,8 +49,14 @@ def test_dagster_cli_forms(env, home):
     assert scalar(home, "SELECT count(*) FROM marts.flight_facts") == DAY_FLIGHTS
     assert scalar(home, "SELECT count(*) FROM staging.planes") == 3322
     # the runs are in the Dagster instance, as `dagster dev` will show them
-    assert len(list((Path(env["DAGSTER_HOME"]) / "history" / "runs").glob("*.db"))) >= 2 or \
-        (Path(env["DAGSTER_HOME"]) / "history" / "runs.db").exists()
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    runs = {run.tags.get("dagster/partition", "none"): run for run in instance.get_runs()}
+    assert {p: run.status for p, run in runs.items()} == {"none": SUCCESS, DAY: SUCCESS}
+    for spec in catalog:
+        materialized = instance.get_latest_materialization_event(spec.key)
+        assert materialized.run_id == runs[DAY if spec.partitioned else "none"].run_id, spec.table
+        if spec.partitioned:
+            assert instance.get_materialized_partitions(spec.key) == {DAY}, spec.table
 
 
 def test_provline_run_and_status(env, home):
@@ -86,3 +98,26 @@ def test_provline_run_rejects_bad_dates_before_touching_anything(env, home):
         result = run([PROVLINE, "run", "--date", bad], env)
         assert result.returncode != 0 and message in result.stderr
     assert not home.exists()  # nothing was created
+
+
+def test_provline_run_a_range_is_one_dagster_run_with_a_version_per_day(env, home):
+    days = ["2013-01-14", "2013-01-15", "2013-01-16"]
+    result = run([PROVLINE, "run", "--start", days[0], "--end", days[-1]], env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    (reference,) = [r for r in instance.get_runs() if "dagster/asset_partition_range_start" not in r.tags]
+    (days_run,) = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == days[0]]
+    assert days_run.tags["dagster/asset_partition_range_end"] == days[-1]
+    assert (reference.status, days_run.status) == (SUCCESS, SUCCESS)
+    assert result.stdout.splitlines()[1:] == [f"unpartitioned tables: ok (run {reference.run_id})",
+                                              f"partitions {days[0]}..{days[-1]}: ok (run {days_run.run_id})"]
+    flights = [spec for spec in catalog if spec.partitioned]
+    for spec in flights:
+        assert instance.get_materialized_partitions(spec.key) == set(days), spec.table
+    versions = query(home, "SELECT asset, partition, run_id FROM provline.version_log WHERE partition <> ''")
+    assert sorted(versions) == sorted((spec.table, day, days_run.run_id) for spec in flights for day in days)
+    # provline run gives each Dagster run its terminal lineage event
+    events = [json.loads(line) for line in (home / "lineage" / "events.jsonl").read_text().splitlines()]
+    for dagster_run in (reference, days_run):
+        parent = naming.dagster_run_id(dagster_run.run_id)
+        assert [e["eventType"] for e in events if e["run"]["runId"] == parent] == ["START", "COMPLETE"]

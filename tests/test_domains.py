@@ -69,6 +69,7 @@ def sensors_domain(folder: Path) -> Domain:
     return Domain("sensors", tables=[raw_readings, daily_peaks], jobs=[job], schedules=[daily_schedule(job, days)])
 
 
+@pytest.mark.slow
 def test_a_second_domain_runs_next_to_flights(home: Path, tmp_path: Path):
     folder = tmp_path / "sensors"
     folder.mkdir()

@@ -1,4 +1,5 @@
-"""Atomicity: a failure (exception or kill -9) inside the write leaves the previous version."""
+"""Atomicity: a failure (exception or kill -9) inside the write leaves the previous version; a step that
+cannot get the warehouse lock within PROVLINE_LOCK_TIMEOUT_S fails clearly and writes nothing."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+import dagster as dg
+import pandas as pd
 import pytest
 
 from pipelines.warehouse import base
@@ -23,6 +28,7 @@ def _state(home):
     )
 
 
+@pytest.mark.slow
 def test_exception_after_delete_keeps_previous_rows(home, monkeypatch):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
@@ -42,6 +48,7 @@ def test_exception_after_delete_keeps_previous_rows(home, monkeypatch):
     assert scalar(home, "SELECT count(*) FROM raw.flights") == DAY_FLIGHTS
 
 
+@pytest.mark.slow
 def test_kill_9_inside_the_write_keeps_previous_rows(home):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
@@ -65,3 +72,87 @@ def test_kill_9_inside_the_write_keeps_previous_rows(home):
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=os.environ.copy(), capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert _state(home) == before
+
+
+KILLS = {  # where: (the table, the function of base.py that dies once it has written, and when)
+    "unpartitioned replace": ("planes", "insert_rows", """args[1] == '"staging"."planes"'"""),
+    "quarantine write": ("weather", "_replace_quarantine", "args[1].table == 'staging.weather'"),
+    "version-log write": ("weather", "_insert_frame",
+                          "args[1] == 'provline.version_log' and args[2]['asset'][0] == 'staging.weather'"),
+}
+
+
+def _table_state(home: Path, table: str) -> list[list[tuple]]:
+    """Its rows, its quarantined rows and its version log."""
+    return [
+        query(home, f"SELECT count(*), sum(hash(t)) FROM {table} AS t"),
+        query(home, f"SELECT count(*), sum(hash(t)) FROM {base.quarantine_table(table)} AS t"),
+        query(home, "SELECT content_hash, row_count, quarantined_count FROM provline.version_log WHERE asset = ? "
+                    "ORDER BY written_at", [table]),
+    ]
+
+
+def _deliver_again(folder: Path) -> None:
+    """A delivery that changes each write: 10 planes fewer, a 2,000 mph wind reading (quarantined)."""
+    planes = pd.read_csv(folder / "planes.csv", dtype=str)
+    planes.iloc[10:].to_csv(folder / "planes.csv", index=False)
+    weather = pd.read_csv(folder / "weather.csv", dtype=str)
+    weather.loc[weather.index[5], "wind_speed"] = "2000"
+    weather.to_csv(folder / "weather.csv", index=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", list(KILLS))
+def test_kill_9_in_each_part_of_the_write_keeps_the_previous_version(source_dir, home, where):
+    name, function, condition = KILLS[where]
+    keys, partition = [["raw", name], ["staging", name]], (DAY if name == "weather" else None)
+    selection = dg.AssetSelection.assets(*keys)
+    assert materialize(selection, partition).success
+    before = _table_state(home, f"staging.{name}")
+    assert before[2], "nothing was written before the kill"
+    _deliver_again(source_dir)
+    script = textwrap.dedent(f"""
+        import os, signal
+        import dagster as dg
+        from pipelines.definitions import defs
+        from pipelines.warehouse import base
+
+        def die_once_written(*args):
+            done = original(*args)
+            if {condition}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return done
+
+        original = base.{function}
+        base.{function} = die_once_written
+        dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(*{keys}), partition_key={partition!r},
+                       resources=defs.resources)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=os.environ.copy(), capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert _table_state(home, f"staging.{name}") == before
+
+
+def test_a_step_that_cannot_get_the_warehouse_lock_fails_clearly_and_writes_nothing(home, monkeypatch):
+    lock = home / "warehouse.lock"
+    home.mkdir(parents=True)
+    holder = subprocess.Popen(  # another process holds the warehouse lock, as a long step would
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(120)", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        monkeypatch.setenv("PROVLINE_LOCK_TIMEOUT_S", "1")
+        started = time.monotonic()
+        result = materialize(dg.AssetSelection.assets(dg.AssetKey(["raw", "airlines"])))
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not result.success
+    (failure,) = [e.event_specific_data.error.cause for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.cls_name == "WarehouseLockTimeout"  # after the step's retry, which waited as long
+    assert failure.message.startswith(
+        f"pipelines.warehouse.duckdb_file.WarehouseLockTimeout: waited 1s for the warehouse lock {lock}; another "
+        "step holds it (raise PROVLINE_LOCK_TIMEOUT_S for long backfills)")
+    assert waited >= 1
+    assert not (home / "warehouse.duckdb").exists()

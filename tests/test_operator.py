@@ -5,6 +5,7 @@ kept out without blocking, raw contracts that check what the source documents, a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +17,7 @@ from pipelines.cli import main
 from pipelines.definitions import defs
 from pipelines.quality import validate
 
-from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar, source, source_path
+from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar, write_sources
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 WINDY_DAY = "2013-02-12"  # EWR 03:00 reported a wind speed of 1048 mph
@@ -42,6 +43,7 @@ def _events(home: Path) -> list[dict]:
 # --- item 2: blocking / warn / quarantine, and where quarantined rows are ------------------------------
 
 
+@pytest.mark.slow
 def test_quarantine_speaks_one_vocabulary_and_its_rows_can_be_listed(home, capsys):
     instance = dg.DagsterInstance.ephemeral()
     assert materialize("reference", instance=instance).success
@@ -87,24 +89,19 @@ def test_quarantine_speaks_one_vocabulary_and_its_rows_can_be_listed(home, capsy
 
 
 @pytest.fixture
-def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered):
     """write(days): a PROVLINE_SOURCE_DIR with the real tables, flights and weather for those January days."""
-    full = {table: pd.read_csv(source_path(source(table))) for table in
-            ("airlines", "airports", "planes", "flights", "weather")}
     folder = tmp_path / "sources"
-    folder.mkdir()
     monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
 
     def write(days: list[int]) -> Path:
-        for table, frame in full.items():
-            if table in ("flights", "weather"):
-                frame = frame[(frame["month"] == 1) & frame["day"].isin(days)]
-            frame.to_csv(folder / f"{table}.csv", index=False)
-        return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        return write_sources(folder, delivered, [f"2013-01-{day:02d}" for day in days])
 
     return write
 
 
+@pytest.mark.slow
 def test_an_empty_delivery_keeps_the_previous_version_and_says_so(home, sources):
     sources([16])
     assert materialize("reference").success
@@ -156,6 +153,7 @@ def test_a_blocking_failure_names_rule_column_value_file_and_line(source_dir, ho
 # --- item 14: a row dated outside every partition --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_row_dated_outside_every_partition_is_kept_out_and_blocks_nothing(source_dir, home, capsys):
     assert materialize("reference").success
     _corrupt(source_dir, "flights", 7, month="13")  # line 9 of the file: a date that does not exist
@@ -185,6 +183,7 @@ def test_the_raw_contracts_list_every_column():
     assert list(RawWeather.to_schema().columns) == RAW_WEATHER_COLUMNS
 
 
+@pytest.mark.slow
 def test_raw_stops_or_quarantines_what_the_source_promises_not_to_send(source_dir, home):
     assert materialize("reference").success
     flights = pd.read_csv(source_dir / "flights.csv", dtype=str)

@@ -26,6 +26,7 @@ def _failing(validation) -> dict[str, int]:
     return {r.rule.name: r.failing_rows for r in validation.results[""] if not r.passed}
 
 
+@pytest.mark.slow
 def test_full_year_flights_defects(year):
     flights = year["staging.flights"]
     assert int(flights["cancelled"].sum()) == 8255
@@ -48,6 +49,7 @@ def test_full_year_flights_defects(year):
     assert len(result.failures) == 458 + 2512 + 50094 + 7602  # every failure case stored
 
 
+@pytest.mark.slow
 def test_full_year_weather_quarantines_one_reading(year):
     weather = year["staging.weather"]
     result = validate(weather, StagingWeather, key_columns=["origin", "time_hour"])
@@ -58,12 +60,14 @@ def test_full_year_weather_quarantines_one_reading(year):
     assert bad["wind_speed"] == pytest.approx(1048.36058) and bad["_quarantine_reasons"] == "wind_speed_in_range"
 
 
+@pytest.mark.slow
 def test_full_year_planes_without_year(year):
     result = validate(year["staging.planes"], StagingPlanes, key_columns=["tailnum"])
     assert _failing(result) == {"year_not_null": 70}
     assert not result.blocking("")
 
 
+@pytest.mark.slow
 def test_full_year_flight_facts_weather_coverage(year):
     """1,556 flights have no weather observation at their origin and hour (WARN). The quarantined
     1048 mph reading (EWR, 03:00 local) had no departures in its hour, so it costs no flight its weather."""
@@ -83,6 +87,7 @@ def test_full_year_flight_facts_weather_coverage(year):
     assert not result.blocking("") and len(facts) == 336776
 
 
+@pytest.mark.slow
 def test_quarantine_reconciles_in_warehouse_and_dagster(home):
     instance = dg.DagsterInstance.ephemeral()
     assert materialize("reference", instance=instance).success
@@ -104,6 +109,7 @@ def test_quarantine_reconciles_in_warehouse_and_dagster(home):
     assert scalar(home, "SELECT count(*) FROM marts.flight_facts") == WINDY_DAY_FLIGHTS
 
 
+@pytest.mark.slow
 def test_stored_failures_are_replaced_not_piled_up(home):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
@@ -114,6 +120,13 @@ def test_stored_failures_are_replaced_not_piled_up(home):
     assert query(home, sql) == first
     runs = query(home, "SELECT DISTINCT run_id FROM quality.failures WHERE asset = 'staging.flights'")
     assert len(runs) == 1  # only the latest run's failure cases remain
+
+
+def test_quarantined_rows_are_replaced_not_piled_up(home):
+    weather = dg.AssetSelection.assets(dg.AssetKey(["raw", "weather"]), dg.AssetKey(["staging", "weather"]))
+    first, second = materialize(weather, WINDY_DAY), materialize(weather, WINDY_DAY)
+    assert first.success and second.success
+    assert query(home, "SELECT origin, _run_id FROM quarantine.staging_weather") == [("EWR", second.run_id)]
 
 
 def _corrupt(folder: Path, table: str, row: int, **values) -> None:
@@ -135,6 +148,7 @@ def _failed_checks(result) -> set[str]:
     return rules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, rule", [
     ({"origin": "XYZ"}, "origin_isin"),
     ({"distance": "-5"}, "distance_gt"),
@@ -161,6 +175,7 @@ def test_error_rule_blocks_and_keeps_previous_version(source_dir, home, change, 
     assert "raw__flights" in started and "staging__flights" not in started
 
 
+@pytest.mark.slow
 def test_duplicate_key_in_reference_table_blocks(source_dir, home):
     assert materialize("reference").success
     frame = pd.read_csv(source_dir / "planes.csv", dtype=str)
@@ -186,6 +201,7 @@ def materialize_selection(selection: dg.AssetSelection, **kwargs) -> dg.ExecuteI
                           resources={"warehouse": Warehouse.from_settings()}, **kwargs)
 
 
+@pytest.mark.slow
 def test_cross_run_blocking_and_override(source_dir, home, monkeypatch):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
@@ -204,6 +220,7 @@ def test_cross_run_blocking_and_override(source_dir, home, monkeypatch):
     assert materialize_selection(staging_only).success
 
 
+@pytest.mark.slow
 def test_schema_drift_is_a_warning_with_the_change(home):
     assert materialize("reference").success
     # pretend the previous version of staging.planes had another shape

@@ -60,6 +60,7 @@ def _reference_values(contract, staging) -> dict[str, set]:
             for ref in (contract.Config.metadata or {}).get("references", [])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table, contract, expected", [
     ("flights", StagingFlights, {"tailnum_not_null": 2_512, "departed_flight_has_arrival": 458,
                                  "tailnum_in_staging_planes": 50_094, "dest_in_staging_airports": 7_602}),
@@ -78,6 +79,7 @@ def test_same_failures_as_pandera_on_the_real_year(staging, con, table, contract
     assert {r.rule.name: r.failing_rows for r in results if r.failing_rows} == expected
 
 
+@pytest.mark.slow
 def test_a_table_in_duckdb_gives_the_same_rows_and_keys(staging, con):
     con.register("frame", staging["flights"])
     con.execute("CREATE OR REPLACE TABLE flights AS SELECT * FROM frame")
@@ -158,6 +160,7 @@ def test_missing_and_extra_columns_are_schema_failures():
                                                                           (SCHEMA_RULE, "surprise")}
 
 
+@pytest.mark.slow
 def test_reference_values_instead_of_tables(staging, con):
     """The factory's interface today: sets of referenced values, no referenced table in the connection."""
     values = _reference_values(StagingFlights, staging)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -14,8 +13,9 @@ from pipelines.definitions import catalog, defs
 from pipelines.verify import REPRODUCED, verify
 from pipelines.warehouse import Warehouse
 
-from .conftest import _isolate, materialize, query, source, source_path
+from .conftest import _isolate, local_day, materialize, query, write_sources
 
+pytestmark = pytest.mark.slow  # a month in one run, and days one by one
 FIRST, LAST = "2013-02-01", "2013-02-28"
 WINDY_DAY = "2013-02-12"  # EWR 03:00 reported 1048 mph
 DAYS = [d.strftime("%Y-%m-%d") for d in pd.date_range(FIRST, LAST)]
@@ -48,9 +48,8 @@ def february(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def flights() -> pd.DataFrame:
-    frame = pd.read_csv(source_path(source("flights")))
-    frame["day"] = pd.to_datetime(frame[["year", "month", "day"]]).dt.strftime("%Y-%m-%d")
+def flights(delivered) -> pd.DataFrame:
+    frame = delivered["flights"].assign(day=local_day(delivered["flights"]))
     return frame[frame["day"].between(FIRST, LAST)]
 
 
@@ -140,21 +139,9 @@ def test_verify_reproduces_a_partition_in_the_middle_of_the_range(february, monk
         assert verdict.verdict == REPRODUCED, verdict.text()
 
 
-def _sources_for(folder: Path, days: list[str]) -> Path:
-    """The real tables, with flights and weather cut to `days`, as PROVLINE_SOURCE_DIR."""
-    folder.mkdir()
-    for table in ("airlines", "airports", "planes", "flights", "weather"):
-        frame = pd.read_csv(source_path(source(table)), dtype=str, keep_default_na=False)
-        if table in ("flights", "weather"):
-            day = frame["year"] + "-" + frame["month"].str.zfill(2) + "-" + frame["day"].str.zfill(2)
-            frame = frame[day.isin(days)]
-        frame.to_csv(folder / f"{table}.csv", index=False)
-    return folder
-
-
-def test_a_range_with_one_corrupt_day_writes_every_other_day_and_names_it(home, tmp_path, monkeypatch):
+def test_a_range_with_one_corrupt_day_writes_every_other_day_and_names_it(home, tmp_path, monkeypatch, delivered):
     days = ["2013-01-14", "2013-01-15", "2013-01-16"]
-    folder = _sources_for(tmp_path / "sources", days)
+    folder = write_sources(tmp_path / "sources", delivered, days)
     flights = pd.read_csv(folder / "flights.csv", dtype=str, keep_default_na=False)
     bad = flights.index[(flights["day"] == "15")][3]
     flights.loc[bad, "origin"] = "XYZ"

@@ -21,6 +21,7 @@ def _failure_text(result) -> str:
     )
 
 
+@pytest.mark.slow
 def test_user_files_are_read_from_source_dir(source_dir, home):
     assert materialize("reference").success
     assert materialize("flights", DAY).success
@@ -38,6 +39,7 @@ def test_parquet_source(source_dir, home):
     assert scalar(home, "SELECT count(*) FROM staging.airlines") == 16
 
 
+@pytest.mark.slow
 def test_unparsable_value_names_file_column_and_line(source_dir, home):
     frame = pd.read_csv(source_dir / "flights.csv", dtype=str)
     frame.loc[frame.index[41], "distance"] = "far"
@@ -62,6 +64,7 @@ def test_missing_column_and_missing_file(source_dir, home):
         source_path(source("weather"))
 
 
+@pytest.mark.slow
 def test_bad_file_keeps_the_previous_version(source_dir, home):
     assert materialize("reference").success
     assert materialize("flights", DAY).success

@@ -12,7 +12,6 @@ import pytest
 from assets.flights import domain
 from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
 from assets.flights.staging import staging_airlines, staging_airports, staging_flights, staging_planes, staging_weather
-from pipelines.sources import read_source
 
 from .conftest import DAY, DAY_FLIGHTS
 
@@ -25,16 +24,14 @@ def _on(frame: pd.DataFrame, day: date) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def raw() -> dict[str, pd.DataFrame]:
+def raw(raw_year) -> dict[str, pd.DataFrame]:
     day = date.fromisoformat(DAY)
-    source = {spec.source.name: read_source(spec.source, spec.contract).frame
-              for spec in (raw_flights, raw_weather, raw_planes, raw_airports, raw_airlines)}
     return {
-        "flights": raw_flights(flights=_on(source["flights"], day)),
-        "weather": raw_weather(weather=_on(source["weather"], day)),
-        "planes": raw_planes(planes=source["planes"]),
-        "airports": raw_airports(airports=source["airports"]),
-        "airlines": raw_airlines(airlines=source["airlines"]),
+        "flights": raw_flights(flights=_on(raw_year["flights"], day)),
+        "weather": raw_weather(weather=_on(raw_year["weather"], day)),
+        "planes": raw_planes(planes=raw_year["planes"]),
+        "airports": raw_airports(airports=raw_year["airports"]),
+        "airlines": raw_airlines(airlines=raw_year["airlines"]),
     }
 
 

@@ -51,6 +51,7 @@ def _completed_outputs(home: Path) -> dict[tuple[str, str | None], dict]:
             output for e in events if e["eventType"] == "COMPLETE" for output in e.get("outputs", [])}
 
 
+@pytest.mark.slow
 def test_a_later_partition_leaves_an_earlier_partitions_check_status_alone(two_days):
     _, instance, (windy_run, later_run) = two_days
     assert {e.event_specific_data.partition for e in later_run.all_events
@@ -70,6 +71,7 @@ def test_a_later_partition_leaves_an_earlier_partitions_check_status_alone(two_d
     assert evaluation.target_materialization_data.storage_id == materialized.storage_id
 
 
+@pytest.mark.slow
 def test_no_size_is_reported_that_is_not_the_partitions(two_days):
     """DuckDB has no per-partition size; its table-wide estimate is neither bytes nor the partition's, so
     no size is reported: not in Dagster metadata, not as OpenLineage outputStatistics or metrics."""
@@ -94,6 +96,7 @@ def _dagster_lineage(materialization: dg.AssetMaterialization) -> dict[str, set[
             for column, deps in lineage.deps_by_column.items()}
 
 
+@pytest.mark.slow
 def test_column_lineage_is_dagster_metadata_from_the_openlineage_computation(two_days):
     home, _, (_, later_run) = two_days
     by_asset = {m.asset_key.to_user_string().replace("/", "."): m for m in _materializations([later_run])}

@@ -3,7 +3,6 @@ a copy of the source data with one changed value (a second version of the flight
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import _isolate, materialize
+from tests.conftest import _isolate, materialize, write_sources
 
 DAY = "2013-01-14"
 
@@ -26,18 +25,13 @@ class Audited:
     second_hash: str
 
 
-def _changed_sources(target: Path) -> Path:
-    """flights.csv with one changed dep_delay on DAY, weather.csv as delivered."""
-    from pipelines.sources import source_path
-    from tests.conftest import source
-
-    target.mkdir(parents=True)
-    flights = pd.read_csv(source_path(source("flights")), dtype=str, keep_default_na=False)
-    on_day = (flights["month"] == "1") & (flights["day"] == "14") & (flights["dep_delay"] != "NA")
-    first = flights.index[on_day][0]
+def _changed_sources(target: Path, delivered: dict[str, pd.DataFrame]) -> Path:
+    """The sources of DAY as delivered, but for one changed dep_delay."""
+    write_sources(target, delivered, [DAY])
+    flights = pd.read_csv(target / "flights.csv", dtype=str, keep_default_na=False)
+    first = flights.index[flights["dep_delay"] != "NA"][0]
     flights.loc[first, "dep_delay"] = str(int(flights.loc[first, "dep_delay"]) + 7)
     flights.to_csv(target / "flights.csv", index=False)
-    shutil.copy(source_path(source("weather")), target / "weather.csv")
     return target
 
 
@@ -51,7 +45,7 @@ def _raw_flights_hash(home: Path) -> str:
 
 
 @pytest.fixture(scope="package")
-def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
+def audited(tmp_path_factory: pytest.TempPathFactory, delivered) -> Iterator[Audited]:
     base = tmp_path_factory.mktemp("audit")
     home = base / "provline"
     with pytest.MonkeyPatch.context() as mp:
@@ -62,7 +56,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
         time.sleep(0.05)
         before = datetime.now(UTC)
         time.sleep(0.05)
-        mp.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(base / "sources")))
+        mp.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(base / "sources", delivered)))
         assert materialize("flights", DAY).success
         mp.delenv("PROVLINE_SOURCE_DIR")
         second = _raw_flights_hash(home)
@@ -75,3 +69,19 @@ def audit_home(audited: Audited, monkeypatch: pytest.MonkeyPatch) -> Path:
     """PROVLINE_HOME pointed at the shared warehouse (read it; copy it before changing anything)."""
     _isolate(monkeypatch, audited.home)
     return audited.home
+
+
+def contract_results(home: Path, asset: str) -> dict[str, str]:
+    """The results of asset [DAY]'s contract rules in its latest run, as the warehouse stored them: rule -> pass /
+    warn / fail. (The anomaly monitors, stored beside them, judge nothing without history; lineage leaves them out.)"""
+    import duckdb
+
+    from pipelines.definitions import catalog
+
+    rules = [rule.name for rule in catalog[asset].rules]
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            """SELECT check_name, passed, lower(severity) FROM quality.check_results
+               WHERE asset = ? AND partition = ? AND list_contains(?, check_name)
+               QUALIFY recorded_at = max(recorded_at) OVER ()""", [asset, DAY, rules]).fetchall()
+    return {name: "pass" if passed else "warn" if severity == "warn" else "fail" for name, passed, severity in rows}

@@ -18,7 +18,7 @@ from pipelines.verify import DIFFERS, REPRODUCED, Verdict
 from pipelines.verify import verify as verify_version
 from pipelines.warehouse import Warehouse
 
-from .conftest import DAY, Audited
+from .conftest import DAY, Audited, contract_results
 
 
 @pytest.fixture
@@ -42,14 +42,19 @@ def _walk(node: dict):
 def test_upstream_of_a_mart_reaches_raw_flights_with_version_and_checks(store: LineageStore, audited: Audited):
     with store.connect() as con:
         tree = queries.upstream(con, "marts.carrier_daily_performance", partition=DAY)
-    assert tree["run"]["state"] == "COMPLETE" and tree["code_version"]
+    assert tree["run"]["state"] == "COMPLETE"
+    assert tree["code_version"] == catalog["marts.carrier_daily_performance"].code_version
     raw = [n for n in _walk(tree) if n["dataset"] == "raw.flights"]
     assert len(raw) == 1
     assert raw[0]["version"] == audited.second_hash and raw[0]["partition"] == DAY
-    assert raw[0]["quality"] and {q["result"] for q in raw[0]["quality"]} <= {"pass", "warn", "fail"}
-    assert raw[0]["quality_summary"]["pass"] > 0
     staging = next(n for n in _walk(tree) if n["dataset"] == "staging.flights")
-    assert staging["quality_summary"]["warn"] > 0  # the WARN reference rules on tailnum / dest
+    # each node's checks are those its run stored in the warehouse, as pass / warn / fail
+    for node in (raw[0], staging):
+        stored = contract_results(audited.home, node["dataset"])
+        assert {q["assertion"]: q["result"] for q in node["quality"]} == stored, node["dataset"]
+        assert node["quality_summary"] == {k: list(stored.values()).count(k) for k in ("pass", "warn", "fail")}
+    assert raw[0]["quality_summary"]["pass"] == len(raw[0]["quality"])
+    assert staging["quality_summary"]["warn"] == 3  # the WARN rules on tailnum and dest
     # the raw table's own input is the source file
     assert raw[0]["inputs"][0]["namespace"] == "file"
 

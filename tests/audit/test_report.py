@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,7 +16,7 @@ from pipelines.audit.store import LineageStore
 from pipelines.cli import main
 from tests.conftest import _isolate
 
-from .conftest import DAY, Audited
+from .conftest import DAY, Audited, contract_results
 
 
 class Page(HTMLParser):
@@ -105,21 +104,24 @@ def test_a_legend_explains_every_colour_used(page: Page):
     assert page.fills <= explained and {"pass", "warn", "fail"} <= {a["class"].split()[-1] for a in legend}
 
 
-def test_an_upstream_warning_is_shown_as_a_warning_and_named(page: Page):
+def test_an_upstream_warning_is_shown_as_a_warning_and_named(page: Page, audited: Audited):
     staging = next(r for r in page.table("Provenance") if r["dataset"][2] == "staging.flights")
     _, attributes, text = staging["quality"]
     assert attributes.get("class") == "warn"
-    assert re.match(r"\d+ pass / 3 warn / 0 fail", text) and "tailnum_in_staging_planes" in text
+    results = contract_results(audited.home, "staging.flights")
+    warned = sorted(name for name, result in results.items() if result == "warn")
+    assert len(warned) == 3 and "fail" not in results.values()
+    assert text == f"{len(results) - 3} pass / 3 warn / 0 fail: {', '.join(warned)}"
 
 
 def test_long_paths_are_shortened_with_the_full_path_in_a_title(page: Page):
-    sources = [r["dataset"] for r in page.table("Provenance") if r["dataset"][1].get("title", "").startswith("/")]
+    sources = [r for r in page.table("Provenance") if r["dataset"][1].get("title", "").startswith("/")]
     assert len(sources) == 5  # the five source files
-    for _, attributes, text in sources:
+    for row in sources:
+        _, attributes, text = row["dataset"]
         full = attributes["title"]
         assert text == "…/" + "/".join(Path(full).parts[-3:]) and len(text) < len(full)
-        # the node's tooltip: the full path (and the file's version), never the graph's text
-        assert any(title.split(" ")[0] == full for title in page.svg_titles) and full not in page.svg_texts
+        assert f"{full} {row['version'][2]}" in page.svg_titles and full not in page.svg_texts  # the node: path, md5
     assert not [t for t in page.svg_texts if t.startswith("/")]
 
 

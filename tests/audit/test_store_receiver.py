@@ -120,6 +120,7 @@ def _event(state: RunState, run_id: str) -> RunEvent:
     )
 
 
+@pytest.mark.e2e
 def test_receiver_accepts_openlineage_pythons_own_http_transport(receiver: LineageReceiver):
     client = OpenLineageClient(transport=HttpTransport(HttpConfig(url=receiver.url)))
     run_id = str(uuid.uuid4())
@@ -136,6 +137,7 @@ def test_receiver_accepts_openlineage_pythons_own_http_transport(receiver: Linea
     assert tree["version"] == "v2" and tree["inputs"][0]["version"] == "v1"
 
 
+@pytest.mark.e2e
 def test_receiver_rejects_malformed_events_with_4xx_and_keeps_going(receiver: LineageReceiver, events_file: Path):
     url = receiver.url + LINEAGE_PATH
     bad_json = requests.post(url, data=b"{nope", headers={"Content-Type": "application/json"}, timeout=5)
@@ -154,6 +156,7 @@ def test_receiver_rejects_malformed_events_with_4xx_and_keeps_going(receiver: Li
     assert ok.status_code == 201 and receiver.store.counts()["events"] == 1
 
 
+@pytest.mark.e2e
 def test_receiver_answers_500_when_the_store_fails_and_keeps_serving(receiver: LineageReceiver, monkeypatch):
     url = receiver.url + LINEAGE_PATH
     body = Serde.to_json(_event(RunState.START, str(uuid.uuid4())))
@@ -169,6 +172,7 @@ def test_receiver_answers_500_when_the_store_fails_and_keeps_serving(receiver: L
     assert receiver.received == 1
 
 
+@pytest.mark.e2e
 def test_receiver_needs_a_content_length_and_serves_clients_side_by_side(receiver: LineageReceiver):
     url = receiver.url + LINEAGE_PATH
     chunked = requests.post(url, data=iter([b'{"eventType": "START"}']), timeout=5)  # Transfer-Encoding: chunked

@@ -51,6 +51,7 @@ def runs(pg: PgCluster, database: str) -> list[tuple[str, str]]:
         "SELECT run_id, status FROM runs ORDER BY create_timestamp", db=database).split()]
 
 
+@pytest.mark.slow
 def test_a_run_lands_in_the_postgres_run_storage(dagster_home: Path, postgres_server: PgCluster):
     with dg.DagsterInstance.get() as instance:
         result = materialize("reference", instance=instance)

@@ -73,7 +73,7 @@ def test_reference_and_two_days_equal_the_file_backend(lake: Lake, home: Path, t
 
 
 @pytest.mark.slow
-def test_verify_reads_versions_by_time_travel_until_they_expire(lake: Lake, tmp_path: Path, monkeypatch):
+def test_verify_reads_versions_by_time_travel_until_they_expire(lake: Lake, tmp_path: Path, monkeypatch, delivered):
     from pipelines.definitions import catalog
     from pipelines.verify import CANNOT, REPRODUCED, verify
     from tests.audit.conftest import DAY, _changed_sources  # a day whose source they change
@@ -81,7 +81,7 @@ def test_verify_reads_versions_by_time_travel_until_they_expire(lake: Lake, tmp_
     build([DAY])
     warehouse = Warehouse.from_settings()
     first = dict(((a, p), h) for a, p, h, *_ in latest(warehouse))
-    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(tmp_path / "sources")))
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(tmp_path / "sources", delivered)))
     assert materialize("flights", DAY).success
     monkeypatch.delenv("PROVLINE_SOURCE_DIR")
     second = dict(((a, p), h) for a, p, h, *_ in latest(warehouse))

@@ -45,6 +45,7 @@ def interloper(lake_backend: ducklake.DuckLake, times: int):
     return write_partitions, done
 
 
+@pytest.mark.slow
 def test_a_conflicting_commit_is_retried_whole_and_logged(lake: Lake, monkeypatch, caplog):
     warehouse = Warehouse.from_settings()
     warehouse.commit(write("2013-01-01", 1, "run-1"))
@@ -63,6 +64,7 @@ def test_a_conflicting_commit_is_retried_whole_and_logged(lake: Lake, monkeypatc
     assert log[-1][1] == receipt.snapshot_id
 
 
+@pytest.mark.slow
 def test_a_conflict_that_outlasts_the_budget_fails_clearly_and_writes_nothing(lake: Lake, monkeypatch):
     warehouse = Warehouse.from_settings().model_copy(update={"lock_timeout_s": 2.0})
     warehouse.commit(write("2013-01-01", 1, "run-1"))
@@ -137,7 +139,7 @@ KILL = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["before-commit", "during-commit"])
-def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, where: str):
+def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, where: str, delivered):
     from tests.audit.conftest import DAY as CHANGED_DAY
     from tests.audit.conftest import _changed_sources
 
@@ -146,7 +148,7 @@ def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, whe
     warehouse = Warehouse.from_settings()
     with warehouse.connect() as con:
         before = con.execute("SELECT content_hash FROM provline.version_log WHERE asset = 'staging.flights'").fetchall()
-    sources = _changed_sources(lake.data_path.parent / "sources")  # the killed run writes a new version
+    sources = _changed_sources(lake.data_path.parent / "sources", delivered)  # the killed run writes a new version
     env = {**os.environ, "PROVLINE_SOURCE_DIR": str(sources)}
     proc = subprocess.run([sys.executable, "-c", KILL, where, CHANGED_DAY], cwd=REPO, env=env, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]

@@ -69,7 +69,8 @@ def test_a_data_path_that_takes_no_file_fails_before_any_step_writes(lake: Lake,
 
 
 @pytest.mark.slow
-def test_catalog_lost_mid_run_keeps_the_previous_version_and_a_rerun_succeeds(home, tmp_path: Path, monkeypatch):
+def test_catalog_lost_mid_run_keeps_the_previous_version_and_a_rerun_succeeds(home, tmp_path: Path, monkeypatch,
+                                                                              delivered):
     from pipelines.warehouse import base
     from tests.audit.conftest import DAY, _changed_sources
 
@@ -92,7 +93,7 @@ def test_catalog_lost_mid_run_keeps_the_previous_version_and_a_rerun_succeeds(ho
             stopped: list = []
             insert_rows = base.insert_rows
             monkeypatch.setattr(base, "insert_rows", stop_server_then_insert)
-            monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(tmp_path / "sources")))
+            monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(_changed_sources(tmp_path / "sources", delivered)))
             failed = materialize("flights", DAY)
             assert stopped and not failed.success
             assert "staging.flights" in events_text(failed) or "staging__flights" in events_text(failed)

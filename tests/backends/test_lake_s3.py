@@ -49,6 +49,7 @@ def s3_bucket(tmp_path: Path, monkeypatch) -> str:
         server.wait()
 
 
+@pytest.mark.slow
 def test_data_files_on_s3_compatible_storage(lake: Lake, s3_bucket: str, monkeypatch):
     monkeypatch.setenv("PROVLINE_LAKE_DATA_PATH", "s3://lake/warehouse/")
     warehouse = Warehouse.from_settings()

@@ -89,6 +89,7 @@ def test_a_webhook_that_is_down_is_retried_then_recorded_undelivered(home: Path,
     assert health.alerts["undelivered"][0]["asset"] == "marts.route_daily"
 
 
+@pytest.mark.slow
 def test_a_hanging_webhook_never_holds_up_a_run(home: Path, tmp_path: Path, webhook: Webhook,
                                                monkeypatch: pytest.MonkeyPatch):
     webhook.mode = "hang"
@@ -108,6 +109,7 @@ def test_a_hanging_webhook_never_holds_up_a_run(home: Path, tmp_path: Path, webh
     assert health.assets[0].undelivered_alerts == 1
 
 
+@pytest.mark.slow
 def test_a_failed_run_alerts_and_the_next_success_resolves_it(home: Path, tmp_path: Path, webhook: Webhook,
                                                              monkeypatch: pytest.MonkeyPatch):
     instance = dg.DagsterInstance.ephemeral()

@@ -26,6 +26,7 @@ from tests.conftest import REPO, _isolate, materialize, query
 
 from .conftest import Webhook, eventually
 
+pytestmark = pytest.mark.slow  # the landing sensor's runs wait for files to settle
 SENSOR = flights.flights_landing_sensor
 SEEDED = ["2013-01-14", "2013-01-15"]
 

@@ -17,6 +17,7 @@ from .conftest import flights_source
 from .test_anomaly import CUT, DAYS, run_raw_flights, volume_evaluations
 
 
+@pytest.mark.slow
 def test_a_cut_day_is_flagged_and_shown_in_health_on_ducklake(lake: Lake, tmp_path: Path,  # noqa: F811
                                                               monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(flights_source(tmp_path / "sources", DAYS, keep={CUT: 0.1})))
