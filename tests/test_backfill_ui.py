@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def test_a_ui_backfill_of_a_range_is_one_run_with_per_partition_versions(home: P
         result = execute_dagster_graphql(context, LAUNCH, {"p": {
             "assetSelection": [{"path": spec.key.path} for spec in flights], "partitionNames": DAYS}})
     backfill_id = result.data["launchPartitionBackfill"]["backfillId"]
-    daemon = subprocess.Popen(["dagster-daemon", "run", "-w", "workspace.yaml"], cwd=REPO, env=os.environ.copy(),
+    daemon_bin = str(Path(sys.executable).with_name("dagster-daemon"))  # this venv's, activated or not
+    daemon = subprocess.Popen([daemon_bin, "run", "-w", "workspace.yaml"], cwd=REPO, env=os.environ.copy(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
