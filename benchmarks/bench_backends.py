@@ -1,8 +1,8 @@
 """Benchmark of issue 9: the DuckLake backend (PostgreSQL catalog, local data path) against the DuckDB file.
 
   one day     group reference, then group flights for DAY: two in-process Dagster runs in one process
-  one month   group reference, then one in-process run per day of January 2013 (what `provline run
-              --start --end` does)
+  one month   group reference, then January 2013 as one range run (what `provline run --start --end` does:
+              the assets' backfill policy is single-run)
   writers     two days of flights after the reference tables: one writer doing both days, against two
               writers (processes; for the lake each with its own PROVLINE_HOME, like two hosts) at once,
               one day each. The file backend's two writers share its file lock.
@@ -41,6 +41,7 @@ MONTH = [(date(2013, 1, 1) + timedelta(days=n)).isoformat() for n in range(31)]
 
 def worker(args: argparse.Namespace) -> None:
     import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from pipelines.definitions import defs
     from pipelines.warehouse import Warehouse
@@ -54,24 +55,31 @@ def worker(args: argparse.Namespace) -> None:
         time.sleep(0.01)
     start = time.time()
     resources = {"warehouse": Warehouse.from_settings()}
-    runs = ([("reference", None)] if args.reference else []) + [("flights", day) for day in args.days]
-    for group, partition in runs:
-        result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups(group),
+    runs = [("reference", None, {})] if args.reference else []
+    if args.range and args.days:  # one run for all the days, as `provline run --start --end`
+        runs.append(("flights", None, {ASSET_PARTITION_RANGE_START_TAG: args.days[0],
+                                       ASSET_PARTITION_RANGE_END_TAG: args.days[-1]}))
+    else:
+        runs += [("flights", day, {}) for day in args.days]
+    for group, partition, tags in runs:
+        result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups(group), tags=tags,
                                 partition_key=partition, resources=resources, raise_on_error=False)
         if not result.success:
-            raise SystemExit(f"{group} {partition or ''} failed")
+            raise SystemExit(f"{group} {partition or tags} failed")
     print(json.dumps({"start": start, "end": time.time(), "conflicts": len(conflicts)}))
 
 
 # ---- the driver ----------------------------------------------------------------------------------
 
 
-def writers(env_per_writer: list[dict], days_per_writer: list[list[str]], reference: bool, work: Path) -> dict:
+def writers(env_per_writer: list[dict], days_per_writer: list[list[str]], reference: bool, work: Path,
+            one_range: bool = False) -> dict:
     """Start one worker per writer, let them import, start them together; wall s from start to the last end."""
     go = work / f"go-{uuid.uuid4().hex}"
     procs = [
         subprocess.Popen([sys.executable, __file__, "worker", "--go", str(go), *(["--reference"] if reference else []),
-                          *days], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                          *(["--range"] if one_range else []), *days],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for env, days in zip(env_per_writer, days_per_writer, strict=True)
     ]
     time.sleep(8)  # imports (pandas, dagster, the project) before the start signal
@@ -113,7 +121,7 @@ def measure(backend: Backend, what: str, repeat: int) -> dict:
         if what == "one day":
             out = writers(backend.fresh(), [[DAY]], True, backend.work)
         elif what == "one month":
-            out = writers(backend.fresh(), [MONTH], True, backend.work)
+            out = writers(backend.fresh(), [MONTH], True, backend.work, one_range=True)
         else:
             envs = backend.fresh(2)
             writers(envs[:1], [[]], True, backend.work)  # the reference tables first, not timed
@@ -133,9 +141,10 @@ def main() -> None:
     w = sub.add_parser("worker")
     w.add_argument("--go", required=True)
     w.add_argument("--reference", action="store_true")
+    w.add_argument("--range", action="store_true", help="the days as one range run")
     w.add_argument("days", nargs="*")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--month", action="store_true", help="also one month (~10+ minutes per backend)")
+    parser.add_argument("--month", action="store_true", help="also one month, as one range run")
     args = parser.parse_args()
     if args.mode == "worker":
         return worker(args)

