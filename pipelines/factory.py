@@ -66,10 +66,10 @@ def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
 
 
 def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
+    blocking = _blocking_checks(spec)
     check_specs = [
         dg.AssetCheckSpec(
-            check, asset=spec.key, partitions_def=spec.partitions,
-            blocking=any(r.behaviour == BLOCKING for r in rules),
+            check, asset=spec.key, partitions_def=spec.partitions, blocking=check in blocking,
             description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
         )
         for check, rules in _by_check(spec.rules).items()
@@ -200,7 +200,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
                 tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
             )
     targets = _materializations(context, spec, derived.written, derived.refused)
-    blocking = {check for check, rules in _by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
+    blocking = _blocking_checks(spec)
     for partition in derived.built:
         for result in _check_results(spec, derived.validation.results[partition], partition) + \
                 monitors.check_results(partition):
@@ -278,6 +278,11 @@ def _by_check(items: list) -> dict[str, list]:
     for item in items:
         groups.setdefault((item.rule if isinstance(item, RuleResult) else item).check, []).append(item)
     return groups
+
+
+def _blocking_checks(spec: TableSpec) -> set[str]:
+    """The Dagster checks that block downstream: those reporting a blocking rule."""
+    return {check for check, rules in _by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
 
 
 def _check_results(spec: TableSpec, results: list[RuleResult], partition: str) -> list[dg.AssetCheckResult]:
