@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -29,9 +28,9 @@ from pipelines.quality import (
     reference_values,
     validate,
 )
-from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_source, rows_outside
+from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, partition_keys, read_source, rows_outside
 from pipelines.spec import TableSpec
-from pipelines.sql import PARTITION, UNPARTITIONED, partition_label
+from pipelines.sql import PARTITION, UNPARTITIONED
 from pipelines.warehouse import Warehouse, Write
 
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
@@ -108,7 +107,7 @@ def derive(
         source = read_landed(spec, built) or read_source(spec.source, spec.contract)
         rows = source.numbered()
         if spec.partitioned:
-            labels = _partition_keys(source.frame, spec.daily_on)
+            labels = partition_keys(source.frame, spec.daily_on)
             if len(strays := rows_outside(labels, spec.partitions)):  # kept out at the source, blocking nothing
                 message = describe_outside(source, strays, spec.partitions)
                 problems = {p: {SOURCE_COVERAGE_RULE: message} for p in built}
@@ -209,17 +208,6 @@ def _call(spec: TableSpec, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return spec(**kwargs)
 
 
-def _partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
-    """Each row's daily partition key (None when its date is invalid), computed by DuckDB."""
-    with duckdb.connect() as con:
-        con.register("partition_rows", frame)
-        column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
-                                       "FROM partition_rows").fetchnumpy().values()))
-    keys = np.ma.getdata(column).astype(object)
-    keys[np.ma.getmaskarray(column)] = None
-    return keys
-
-
 def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) -> pd.DataFrame:
     """The failure cases of source rows that belong to no partition: the columns that date a row and their
     values, the row's key, its file and line."""
@@ -240,7 +228,7 @@ def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str]
     outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
     if not spec.partitioned:
         return frame.assign(**{PARTITION: UNPARTITIONED})
-    keys = pd.Series(_partition_keys(frame, spec.daily_on), index=frame.index)
+    keys = pd.Series(partition_keys(frame, spec.daily_on), index=frame.index)
     stray = ~keys.isin(partitions)
     if stray.any():
         raise ValueError(f"{spec.table}: the transform returned {int(stray.sum())} row(s) outside the partitions "

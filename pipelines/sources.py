@@ -18,11 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.settings import get_settings
+from pipelines.sql import partition_label
 
 _NA = ["", "NA", "NaN", "nan", "null", "NULL"]
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")
@@ -120,6 +122,17 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
 
 def _first_line(path: Path) -> int:
     return 1 if path.suffix == ".parquet" else 2
+
+
+def partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
+    """Each row's daily partition key, YYYY-MM-DD (None when its date is invalid), computed by DuckDB."""
+    with duckdb.connect() as con:
+        con.register("partition_rows", frame)
+        column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
+                                       "FROM partition_rows").fetchnumpy().values()))
+    keys = np.ma.getdata(column).astype(object)
+    keys[np.ma.getmaskarray(column)] = None
+    return keys
 
 
 def rows_outside(keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> np.ndarray:

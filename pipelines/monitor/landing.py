@@ -42,14 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pandas as pd
 
 from pipelines.monitor import alerts
 from pipelines.settings import Settings, get_settings
-from pipelines.sources import SourceError, SourceTable, read_file, read_source, source_path
-from pipelines.sql import partition_label
+from pipelines.sources import SourceError, SourceTable, partition_keys, read_file, read_source, source_path
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec
@@ -90,22 +88,13 @@ def read_day(spec: TableSpec, path: Path, day: str) -> SourceTable:
     if table.extra_columns:
         raise SourceError(f"{path}: unexpected column(s) {', '.join(table.extra_columns)}, not in the contract "
                           f"{spec.contract.__name__} ({', '.join(spec.columns)})")
-    days = row_days(table.frame, spec.daily_on)
+    days = partition_keys(table.frame, spec.daily_on)
     other = np.flatnonzero(days != day)
     if len(other):
-        first_line = 1 if path.suffix == ".parquet" else 2
-        label = "row" if path.suffix == ".parquet" else "line"
+        label = "row" if table.first_line == 1 else "line"  # as SourceTable.locations says it
         raise SourceError(f"{path}: {len(other)} of {len(days)} row(s) are not dated {day} "
-                          f"(first: {label} {other[0] + first_line}, dated {days[other[0]] or 'invalid'})")
+                          f"(first: {label} {other[0] + table.first_line}, dated {days[other[0]] or 'invalid'})")
     return table
-
-
-def row_days(frame: pd.DataFrame, daily_on: str) -> np.ndarray:
-    """Each row's day as YYYY-MM-DD (None where its date is invalid)."""
-    with duckdb.connect() as con:
-        con.register("landed_rows", frame)
-        days = con.execute(f"SELECT {partition_label(daily_on, tolerant=True)} AS d FROM landed_rows").df()["d"]
-    return days.astype(object).where(days.notna(), None).to_numpy()
 
 
 def read_landed(spec: TableSpec, partitions: list[str]) -> SourceTable | None:
@@ -274,7 +263,7 @@ def seed(specs: Sequence[TableSpec], days: list[str], landing: Path) -> list[Pat
     written = []
     for spec in landing_sources(specs):
         path = source_path(spec.source)
-        labels = row_days(read_source(spec.source, spec.contract).frame, spec.daily_on)
+        labels = partition_keys(read_source(spec.source, spec.contract).frame, spec.daily_on)
         parquet = path.suffix == ".parquet"
         raw = pd.read_parquet(path) if parquet else pd.read_csv(path, dtype=str, keep_default_na=False)
         folder = landing / spec.source.name
