@@ -31,7 +31,15 @@ from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, 
 from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.runs import record_cancel
 from pipelines.lineage.step import StepLineage
-from pipelines.quality import BLOCKING, QUARANTINE, ContractViolation, MissingTable, RuleResult, describe_failures
+from pipelines.quality import (
+    BLOCKING,
+    QUARANTINE,
+    ContractViolation,
+    MissingTable,
+    RuleResult,
+    describe_failures,
+    group_by_check,
+)
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError
 from pipelines.spec import TableSpec, production_asset, sql_asset
@@ -72,7 +80,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
             check, asset=spec.key, partitions_def=spec.partitions, blocking=check in blocking,
             description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
         )
-        for check, rules in _by_check(spec.rules).items()
+        for check, rules in group_by_check(spec.rules).items()
     ] + monitor.check_specs(spec)
 
     # A one-asset multi_asset: its outputs are Nothing-typed (no IO manager: the factory writes) and,
@@ -272,21 +280,13 @@ def _failure_summary(spec: TableSpec, chunks: list[Derived]) -> str:
     return "\n".join(lines)
 
 
-def _by_check(items: list) -> dict[str, list]:
-    """Rules (or their results) grouped by the Dagster check that reports them, in rule order."""
-    groups: dict[str, list] = {}
-    for item in items:
-        groups.setdefault((item.rule if isinstance(item, RuleResult) else item).check, []).append(item)
-    return groups
-
-
 def _blocking_checks(spec: TableSpec) -> set[str]:
     """The Dagster checks that block downstream: those reporting a blocking rule."""
-    return {check for check, rules in _by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
+    return {check for check, rules in group_by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
 
 
 def _check_results(spec: TableSpec, results: list[RuleResult], partition: str) -> list[dg.AssetCheckResult]:
-    return [_check_result(spec, check, group, partition) for check, group in _by_check(results).items()]
+    return [_check_result(spec, check, group, partition) for check, group in group_by_check(results).items()]
 
 
 def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partition: str) -> dg.AssetCheckResult:

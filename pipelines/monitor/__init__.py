@@ -15,7 +15,7 @@ import dagster as dg
 
 from pipelines.monitor import alerts
 from pipelines.monitor.anomaly import Finding, by_check, check_result, check_specs, findings
-from pipelines.quality import ERROR
+from pipelines.quality import BLOCKING, group_by_check
 
 if TYPE_CHECKING:
     from pipelines.derive import Derived
@@ -58,12 +58,9 @@ def _blocking_events(spec: TableSpec, derived: Derived) -> list[alerts.Event]:
     """Per validated partition, each blocking check: failing (an alert) or passing (resolves an open one)."""
     events = []
     for partition in derived.built:
-        by_rule_check: dict[str, list] = {}
-        for result in derived.validation.results[partition]:
-            by_rule_check.setdefault(result.rule.check, []).append(result)
-        for check, results in by_rule_check.items():
+        for check, results in group_by_check(derived.validation.results[partition]).items():
             failed = [r for r in results if r.blocking]
-            if not failed and not any(r.rule.severity == ERROR and not r.rule.quarantine for r in results):
+            if not failed and not any(r.rule.behaviour == BLOCKING for r in results):
                 continue  # a WARN or quarantining check: not alerted on
             summary = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} of {r.rows_checked} rows'}"
                                 for r in failed)

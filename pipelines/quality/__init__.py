@@ -22,11 +22,12 @@ from pipelines.quality.validate import (
     Validation,
     describe_case,
     describe_failures,
+    group_by_check,
     validate,
 )
 
 __all__ = [
     "BLOCKING", "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
     "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "describe_case",
-    "describe_failures", "expected_rows", "reference", "reference_values", "rules_of", "validate",
+    "describe_failures", "expected_rows", "group_by_check", "reference", "reference_values", "rules_of", "validate",
 ]

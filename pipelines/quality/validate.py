@@ -62,6 +62,14 @@ class RuleResult:
         return f"{what}; e.g. {describe_case(self.sample[0])}" if self.sample else what
 
 
+def group_by_check(items: list) -> dict[str, list]:
+    """Rules (or their results) grouped by the Dagster check that reports them, in rule order."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault((item.rule if isinstance(item, RuleResult) else item).check, []).append(item)
+    return groups
+
+
 def describe_case(case: dict) -> str:
     """One failure case: `column=value (row key, file line N)`."""
     where = ", ".join(str(part) for part in (case.get("row_key"), case.get("source")) if part is not None)
