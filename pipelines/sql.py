@@ -38,7 +38,8 @@ def typed_select(columns: dict[str, str]) -> str:
 
 
 def path_literal(path: Path | str) -> str:
-    """A path as a SQL string literal (COPY ... TO and ATTACH take no bound parameter)."""
+    """A path (or any text) as a SQL string literal: COPY ... TO, ATTACH and CREATE SECRET take no bound
+    parameter."""
     return "'" + str(path).replace("'", "''") + "'"
 
 

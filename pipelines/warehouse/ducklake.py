@@ -89,10 +89,6 @@ def format_conninfo(fields: dict[str, str]) -> str:
     return " ".join(f"{k}={value(v)}" for k, v in fields.items())
 
 
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def extension_path(name: str) -> Path:
     """`<name>.duckdb_extension` from the PyPI package duckdb-extension-<name>, for this DuckDB version."""
     package = importlib.import_module(f"duckdb_extension_{name}")
@@ -184,7 +180,7 @@ class DuckLake:
             for extension in ("postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ())):
                 con.execute(f"LOAD {path_literal(extension_path(extension))}")
             if self.password:
-                con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {sql_literal(self.password)})")
+                con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {path_literal(self.password)})")
             self._attach(con)
             con.execute(f"USE {quote(self.name)}")
             self._retrying(con, lambda c: c.execute(LAKE_META_DDL), "the metadata tables")
@@ -197,10 +193,10 @@ class DuckLake:
         return con
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        target = sql_literal(PREFIX + self.conninfo)
+        target = path_literal(PREFIX + self.conninfo)
         for attempt in range(5):
             try:
-                con.execute(f"ATTACH {target} AS {quote(self.name)} (DATA_PATH {sql_literal(self.data_path)})")
+                con.execute(f"ATTACH {target} AS {quote(self.name)} (DATA_PATH {path_literal(self.data_path)})")
                 return
             except duckdb.Error as error:
                 # two hosts attaching an empty catalog at once race on creating its tables: the loser retries
@@ -237,7 +233,7 @@ class DuckLake:
         if self.remote:  # (a local path was probed before the first ATTACH, see _open)
             try:
                 with self.connect() as con:
-                    con.execute(f"COPY (SELECT 1 AS probe) TO {sql_literal(self.data_path + PROBE + '.parquet')} "
+                    con.execute(f"COPY (SELECT 1 AS probe) TO {path_literal(self.data_path + PROBE + '.parquet')} "
                                 "(FORMAT parquet)")
             except (duckdb.Error, WarehouseUnavailable) as error:
                 raise WarehouseUnavailable(f"the lake's data path {self.data_path} is not writable: {error}") from None
