@@ -30,6 +30,7 @@ from pipelines.sources import SourceError, source_path
 from pipelines.spec import TableSpec
 from pipelines.sql import UNPARTITIONED, column_ddl, quote
 from pipelines.warehouse import VersionUnavailable, Warehouse
+from pipelines.warehouse.base import LATEST_FIRST
 
 REPRODUCED, DIFFERS, CANNOT = "reproduced", "differs", "cannot verify"
 
@@ -76,9 +77,9 @@ def verify(dataset: str, partition: str | None, version: str | None, *, tables: 
         return verdict
     with warehouse.connect() as con:
         row = con.execute(
-            """SELECT content_hash, code_version, input_versions, run_id, written_at FROM provline.version_log
+            f"""SELECT content_hash, code_version, input_versions, run_id, written_at FROM provline.version_log
                WHERE asset = ? AND partition = ? AND (? IS NULL OR content_hash = ?)
-               ORDER BY written_at DESC LIMIT 1""",
+               ORDER BY {LATEST_FIRST} LIMIT 1""",
             [dataset, partition, version, version],
         ).fetchone()
         if row is None:

@@ -39,6 +39,7 @@ import pandera.pandas as pa
 
 from pipelines.quality import WARN, contract_metadata
 from pipelines.sql import partition_filter, partition_label, quote
+from pipelines.warehouse.base import LATEST_FIRST
 from pipelines.warehouse.base import _insert_frame as insert_frame  # the warehouse's own frame insert
 
 if TYPE_CHECKING:
@@ -118,9 +119,9 @@ class Metric:
         return f"avg(CAST({column} AS DOUBLE))"
 
 
-def metrics_of(spec: TableSpec) -> list[Metric]:
+def metrics_of(spec: TableSpec, config: MonitorConfig | None = None) -> list[Metric]:
     """Every statistic monitored for the table (null rates of the exempt columns are not)."""
-    config = config_of(spec.contract, spec.columns)
+    config = config or config_of(spec.contract, spec.columns)
     return ([Metric(VOLUME)] + [Metric(NULL_RATE, c) for c in spec.columns if c not in config.skip_null_rate]
             + [Metric(MEAN, c) for c in config.means])
 
@@ -216,8 +217,8 @@ def findings(
 ) -> dict[str, list[Finding]]:
     """Statistics and verdicts for the partitions just written, in partition order; stored with them (read on
     one snapshot of the warehouse, written in one transaction: DuckLake retries it whole on a conflict)."""
-    metrics = metrics_of(spec)
     config = config_of(spec.contract, spec.columns)
+    metrics = metrics_of(spec, config)
     written = sorted(receipts)
     with warehouse.connect() as con:
         earlier = _earlier_versions(con, spec.table, written, config.window)
@@ -241,8 +242,8 @@ def _earlier_versions(con: duckdb.DuckDBPyConnection, table: str, written: list[
     """The partitions not written now in the baseline of a written one (the `window` partitions with a version
     before it): partition -> its latest content hash."""
     versions = dict(con.execute(
-        """SELECT partition, content_hash FROM provline.version_log WHERE asset = $asset AND partition < $last
-           QUALIFY row_number() OVER (PARTITION BY partition ORDER BY written_at DESC) = 1""",
+        f"""SELECT partition, content_hash FROM provline.version_log WHERE asset = $asset AND partition < $last
+           QUALIFY row_number() OVER (PARTITION BY partition ORDER BY {LATEST_FIRST}) = 1""",
         {"asset": table, "last": written[-1]},
     ).fetchall())
     days = sorted(set(versions) | set(written))

@@ -28,6 +28,7 @@ from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 from pipelines.lineage.delivery import pending
 from pipelines.monitor import alerts
 from pipelines.settings import Settings
+from pipelines.warehouse.base import LATEST_FIRST
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec
@@ -157,11 +158,11 @@ def _warehouse_facts(warehouse: Warehouse, partitions: int):
             failing.setdefault(asset, []).append(
                 {"partition": partition, "check": check, "blocking": blocking, "message": message})
         quarantined = dict(con.execute(
-            """SELECT asset, CAST(sum(quarantined_count) AS BIGINT) FROM (
+            f"""SELECT asset, CAST(sum(quarantined_count) AS BIGINT) FROM (
                    SELECT asset, partition, quarantined_count, dense_rank() OVER (PARTITION BY asset
                        ORDER BY partition DESC) AS recent
                    FROM provline.version_log
-                   QUALIFY row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1)
+                   QUALIFY row_number() OVER (PARTITION BY asset, partition ORDER BY {LATEST_FIRST}) = 1)
                WHERE recent <= $partitions GROUP BY asset""",
             {"partitions": partitions},
         ).fetchall())

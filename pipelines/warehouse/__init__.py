@@ -129,9 +129,9 @@ class Warehouse(dg.ConfigurableResource):
         """Per table: partitions, rows in their latest versions, last write (for `provline status`)."""
         with self.connect() as con:
             return con.execute(
-                """SELECT asset, count(DISTINCT partition) AS partitions,
+                f"""SELECT asset, count(DISTINCT partition) AS partitions,
                           CAST(sum(row_count) FILTER (WHERE latest) AS BIGINT) AS rows, max(written_at) AS last_written
-                   FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY written_at DESC) = 1
+                   FROM (SELECT *, row_number() OVER (PARTITION BY asset, partition ORDER BY {base.LATEST_FIRST}) = 1
                          AS latest FROM provline.version_log)
                    GROUP BY asset ORDER BY asset"""
             ).df()

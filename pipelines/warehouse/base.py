@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS quality.check_results (
 );
 ALTER TABLE quality.check_results ADD COLUMN IF NOT EXISTS message VARCHAR;  -- warehouses from before it
 """
+LATEST_FIRST = "snapshot_id DESC NULLS LAST, written_at DESC"
+"""The order of a partition's versions, newest first: by commit (DuckLake's snapshot), else by time (the file
+backend records no snapshot). Every "latest version" query uses it, so they all agree."""
 VERSION_COLUMNS = ("content_hash", "code_version", "run_id", "row_count", "columns", "written_at", "snapshot_id")
 
 
@@ -109,8 +112,7 @@ def latest_versions(con: duckdb.DuckDBPyConnection, table: str, partitions: list
     rows = con.execute(
         f"""SELECT partition, {", ".join(VERSION_COLUMNS)} FROM provline.version_log
             WHERE asset = $asset AND list_contains($partitions, partition)
-            QUALIFY row_number() OVER (PARTITION BY partition
-                                       ORDER BY snapshot_id DESC NULLS LAST, written_at DESC) = 1""",
+            QUALIFY row_number() OVER (PARTITION BY partition ORDER BY {LATEST_FIRST}) = 1""",
         {"asset": table, "partitions": partitions},
     ).fetchall()
     versions = {}

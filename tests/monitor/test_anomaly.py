@@ -161,10 +161,11 @@ def test_each_written_partition_gets_the_window_before_it_however_far_apart():
     """Written partitions far apart (a range whose middle was refused keeps older versions there): each is
     judged against the `window` partitions with a version before it."""
     with duckdb.connect() as con:
-        con.execute("CREATE SCHEMA provline; CREATE TABLE provline.version_log "
-                    "(asset VARCHAR, partition VARCHAR, content_hash VARCHAR, written_at TIMESTAMP)")
+        con.execute("CREATE SCHEMA provline; CREATE TABLE provline.version_log (asset VARCHAR, partition VARCHAR, "
+                    "content_hash VARCHAR, written_at TIMESTAMP, snapshot_id BIGINT)")  # as the warehouse has it
         days = [d.strftime("%Y-%m-%d") for d in pd.date_range("2013-01-01", "2013-04-30")]
-        con.executemany("INSERT INTO provline.version_log VALUES ('t', ?, ?, now())", [[d, f"h{d}"] for d in days])
+        con.executemany("INSERT INTO provline.version_log VALUES ('t', ?, ?, now(), NULL)",
+                        [[d, f"h{d}"] for d in days])
         needed = _earlier_versions(con, "t", ["2013-01-03", "2013-04-20"], 14)
     expected_days = ["2013-01-01", "2013-01-02"] + [d.strftime("%Y-%m-%d")
                                                    for d in pd.date_range("2013-04-06", "2013-04-19")]
