@@ -26,11 +26,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.events import RunFailureReason
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
-    RUN_FAILURE_REASON_TAG,
 )
 
 from pipelines.settings import get_settings
@@ -71,7 +69,7 @@ def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list,
                  days: list[str] | None = None) -> dg.DagsterRunStatus:
     """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days.
     Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended."""
-    from pipelines.lineage.runs import finish_run, interrupt_on_cancel
+    from pipelines.lineage.runs import ended_as, finish_run, interrupt_on_cancel
 
     partition, tags = None, {INVOCATION_TAG: uuid.uuid4().hex}
     if days and len(days) == 1:
@@ -83,24 +81,16 @@ def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list,
                                 tags=tags, raise_on_error=False)
     run = instance.get_run_by_id(result.run_id) or result.dagster_run
     finish_run(run)
-    status = _ended_as(run)
+    status = ended_as(run)
     print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id})")
-    failures = [event for event in result.all_events if event.is_step_failure]
-    for event in failures if status == dg.DagsterRunStatus.FAILURE else []:  # an interrupt is no news
-        print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
+    if status == dg.DagsterRunStatus.FAILURE:  # an interrupt is no news
+        for event in result.get_step_failure_events():
+            print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
     return status
 
 
 OUTCOME = {dg.DagsterRunStatus.SUCCESS: "ok", dg.DagsterRunStatus.FAILURE: "FAILED",
            dg.DagsterRunStatus.CANCELED: "INTERRUPTED"}
-
-
-def _ended_as(run: dg.DagsterRun) -> dg.DagsterRunStatus:
-    """How the run ended; one interrupted before its cancel was recorded (between two steps) is CANCELED too
-    (Dagster ends it FAILURE "interrupted unexpectedly")."""
-    if run.tags.get(RUN_FAILURE_REASON_TAG) == RunFailureReason.UNEXPECTED_TERMINATION.value:
-        return dg.DagsterRunStatus.CANCELED
-    return run.status
 
 
 def _failure_text(event: dg.DagsterEvent) -> str:

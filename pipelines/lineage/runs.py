@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+from dagster._core.events import RunFailureReason
 from dagster._core.execution.retries import RetryMode
+from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
 from pipelines.lineage import naming
 from pipelines.lineage.emitter import LineageEmitter, RunTerminal
@@ -63,9 +65,17 @@ def run_job_name(run: dg.DagsterRun, job: dg.JobDefinition | None) -> str:
     return MATERIALIZE + ",".join(parts[:SHOWN_PARTS]) + more
 
 
+def ended_as(run: dg.DagsterRun) -> dg.DagsterRunStatus:
+    """How the run ended; one interrupted before its cancel was recorded (between two steps) is CANCELED too
+    (Dagster ends it FAILURE "interrupted unexpectedly")."""
+    if run.tags.get(RUN_FAILURE_REASON_TAG) == RunFailureReason.UNEXPECTED_TERMINATION.value:
+        return dg.DagsterRunStatus.CANCELED
+    return run.status
+
+
 def finish_run(run: dg.DagsterRun, error: str | None = None, job_name: str | None = None) -> None:
     """The terminal event of a finished Dagster run (named as its START was)."""
-    if (state := RUN_TERMINAL.get(run.status)) is not None:
+    if (state := RUN_TERMINAL.get(ended_as(run))) is not None:
         LineageEmitter().run_finished(run.run_id, job_name or run.job_name, state, error)
 
 

@@ -28,10 +28,10 @@ def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
     )
     def _emit(context: dg.RunStatusSensorContext):
         run, repository = context.dagster_run, context.repository_def
-        if run.remote_job_origin is not None and not repository.has_job(run.job_name):
+        job = repository.get_job(run.job_name) if repository.has_job(run.job_name) else None
+        if job is None and run.remote_job_origin is not None:
             return  # another code location's job
         event = context.dagster_event  # for a failure: why (a step error, or run monitoring's verdict)
-        job = repository.get_job(run.job_name) if repository.has_job(run.job_name) else None
         finish_run(run, event.message if run.status == dg.DagsterRunStatus.FAILURE and event is not None else None,
                    job_name=run_job_name(run, job))
 

@@ -123,16 +123,17 @@ class StepLineage:
 
     def failed(self, error: str, stack: str, validation=None) -> None:
         """FAIL for every partition still open (the step raised)."""
-        try:
-            stats = partition_stats(validation.valid, list(self.spec.columns)) if validation is not None else {}
-        except Exception:  # noqa: BLE001 - the FAIL event goes out without the output's details
-            stats, validation = {}, None
+        outputs = {}
+        if validation is not None:
+            try:
+                stats = partition_stats(validation.valid, list(self.spec.columns))
+                outputs = {p: self._output(validation, p, None, stats.get(p), ({}, []))
+                           for p in self.open if p in validation.results}
+            except Exception:  # noqa: BLE001 - the FAIL events go out without the output's details
+                outputs = {}
         for partition in sorted(self.open):
-            output = None
-            if validation is not None and partition in validation.results:
-                output = self._output(validation, partition, None, stats.get(partition), ({}, []))
             self._terminal(partition, self.emitter.asset_failed, self.runs[partition], self.inputs[partition],
-                           error, output, stack_trace=stack)
+                           error, outputs.get(partition), stack_trace=stack)
 
     def aborted(self) -> None:
         for partition in sorted(self.open):
