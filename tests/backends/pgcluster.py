@@ -53,6 +53,8 @@ class PgCluster:
     bindir: Path
     os_user: str | None  # OS user the server runs as (None: the current user)
     superuser: str = "postgres"
+    durable: bool = False
+    """Keep the server's durability defaults (fsync, synchronous commit): for benchmarks. Tests turn them off."""
     _env: dict = field(default_factory=dict)
 
     @property
@@ -91,8 +93,9 @@ class PgCluster:
 
     def start(self) -> None:
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sock} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
-                "-c shared_buffers=32MB")
+                "-c max_connections=100 -c shared_buffers=32MB")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "30",
                       "start", check=False)
         if r.returncode != 0:
@@ -140,14 +143,14 @@ def _os_user() -> str | None:
 
 
 @contextlib.contextmanager
-def pg_cluster(base: str | None = None, attempts: int = 3) -> Iterator[PgCluster]:
+def pg_cluster(base: str | None = None, attempts: int = 3, durable: bool = False) -> Iterator[PgCluster]:
     """Create, start, yield, then stop and remove a cluster. Retries on a port race."""
     os_user = _os_user()
     root = Path(tempfile.mkdtemp(prefix="pg-", dir=base or "/tmp"))  # short path: socket name limit
     if os_user:
         pw = pwd.getpwnam(os_user)
         os.chown(root, pw.pw_uid, pw.pw_gid)
-    cluster = PgCluster(root=root, port=0, bindir=pg_bindir(), os_user=os_user)
+    cluster = PgCluster(root=root, port=0, bindir=pg_bindir(), os_user=os_user, durable=durable)
     try:
         cluster.initdb()
         cluster.sock.mkdir()

@@ -1,0 +1,148 @@
+"""Dagster's own floor for a range run: what recording per-partition results costs with no data work at all.
+
+Trivial assets shaped like the flights group — a chain of ASSETS daily-partitioned assets, each reporting
+per partition one materialization and CHECKS check evaluations exactly as the factory does (AssetMaterialization
+and AssetCheckEvaluation events from a single-run backfill step) — materialized over the year's 365 days in
+one `dagster asset materialize --partition-range` process, for each Dagster instance storage:
+
+  sqlite        a fresh DAGSTER_HOME with only `telemetry: enabled: false` (what a user has by default)
+  consolidated  the same with Dagster's ConsolidatedSqliteEventLogStorage (one SQLite file for every run)
+  postgres      dagster-postgres on a throwaway PostgreSQL 15 cluster on loopback, durable settings
+                (fsync and synchronous_commit on, the server's defaults)
+  memory        an in-memory instance (`dagster.materialize`, in process: nothing kept after the run)
+
+    python benchmarks/bench_dagster_floor.py --checks 0 3 10 --repeat 1
+
+The wall time includes the process start and imports (~3 s). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FIRST, LAST = "2013-01-01", "2013-12-31"
+
+DEFINITIONS = textwrap.dedent('''
+    import os
+    import warnings
+
+    import dagster as dg
+
+    warnings.simplefilter("ignore")
+    DAILY = dg.DailyPartitionsDefinition(start_date="2013-01-01", end_date="2014-01-01")
+    ASSETS, CHECKS = int(os.environ["FLOOR_ASSETS"]), int(os.environ["FLOOR_CHECKS"])
+
+
+    def trivial(index):
+        key = dg.AssetKey(f"a{index}")
+
+        @dg.multi_asset(
+            name=f"a{index}",
+            specs=[dg.AssetSpec(key, deps=[f"a{index - 1}"] if index else [], partitions_def=DAILY)],
+            check_specs=[dg.AssetCheckSpec(f"c{i}", asset=key, partitions_def=DAILY) for i in range(CHECKS)],
+            partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), can_subset=True,
+        )
+        def _asset(context):
+            for partition in context.partition_keys:
+                yield dg.AssetMaterialization(asset_key=key, partition=partition, metadata={"rows": 1},
+                                              tags={"dagster/data_version": partition})
+                for i in range(CHECKS):
+                    yield dg.AssetCheckEvaluation(asset_key=key, check_name=f"c{i}", passed=True,
+                                                  partition=partition, metadata={"failing_rows": 0})
+            yield dg.Output(None, output_name=f"a{index}", metadata={"__source_asset_observation__": True})
+
+        return _asset
+
+
+    assets = [trivial(i) for i in range(ASSETS)]
+    defs = dg.Definitions(assets=assets, executor=dg.in_process_executor)
+''')
+
+IN_MEMORY = textwrap.dedent('''
+    import sys
+    import dagster as dg
+    sys.path.insert(0, sys.argv[1])
+    import floor_defs
+    result = dg.materialize(floor_defs.assets, instance=dg.DagsterInstance.ephemeral(), tags={
+        "dagster/asset_partition_range_start": sys.argv[2], "dagster/asset_partition_range_end": sys.argv[3]})
+    assert result.success
+''')
+
+
+def instance_yaml(storage: str, home: Path, pg_port: int | None) -> str:
+    yaml = "telemetry:\n  enabled: false\n"
+    if storage == "consolidated":
+        yaml += ("event_log_storage:\n  module: dagster._core.storage.event_log\n"
+                 f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
+    if storage == "postgres":
+        yaml += ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
+                 f"      port: {pg_port}\n      db_name: dagster\n      username: dagster\n      password: ''\n"
+                 "      scheme: postgresql+psycopg2\n")
+    return yaml
+
+
+def run_once(storage: str, assets: int, checks: int, pg_port: int | None) -> tuple[float, int]:
+    """(wall seconds, events stored) of one range run in fresh folders."""
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "floor_defs.py").write_text(DEFINITIONS)
+        home = tmp / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(instance_yaml(storage, home, pg_port))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
+        env.update(DAGSTER_HOME=str(home), FLOOR_ASSETS=str(assets), FLOOR_CHECKS=str(checks))
+        if storage == "memory":
+            cmd = [sys.executable, "-c", IN_MEMORY, str(tmp), FIRST, LAST]
+        else:
+            cmd = [str(BIN / "dagster"), "asset", "materialize", "-f", str(tmp / "floor_defs.py"), "--select", "*",
+                   "--partition-range", f"{FIRST}...{LAST}"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{storage}: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return wall, assets * 365 * (1 + checks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assets", type=int, default=7, help="partitioned assets in the chain (flights: 7)")
+    parser.add_argument("--checks", type=int, nargs="+", default=[0, 3, 10], help="check evaluations per partition")
+    parser.add_argument("--storage", nargs="+", default=["sqlite", "consolidated", "postgres", "memory"])
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from tests.backends.pgcluster import pg_cluster  # a throwaway cluster, as the backend tests use
+
+    print(f"load1 at start: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    rows = []
+    with pg_cluster(durable=True) as pg:
+        pg.create_database("dagster", owner="dagster")
+        for checks in args.checks:
+            for storage in args.storage:
+                walls = []
+                for _ in range(args.repeat):
+                    wall, events = run_once(storage, args.assets, checks, pg.port)
+                    walls.append(wall)
+                    print(f"{storage} checks={checks}: {wall:.1f} s", file=sys.stderr)
+                rows.append((checks, storage, statistics.median(walls), events))
+    print(f"\n| checks per partition | storage | wall s (median of {args.repeat}) | per-partition events "
+          "| ms per event |\n|---:|---|---:|---:|---:|")
+    for checks, storage, wall, events in rows:
+        print(f"| {checks} | {storage} | {wall:.1f} | {events:,} | {1000 * wall / events:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
