@@ -9,7 +9,6 @@ override: PROVLINE_ALLOW_FAILED_UPSTREAM or the run tag provline/allow_failed_up
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,7 +29,7 @@ from pipelines.quality import (
 )
 from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, partition_keys, read_source, rows_outside
 from pipelines.spec import TableSpec
-from pipelines.sql import PARTITION, UNPARTITIONED
+from pipelines.sql import PARTITION, UNPARTITIONED, columns_named
 from pipelines.warehouse import Warehouse, Write
 
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
@@ -212,7 +211,7 @@ def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) 
     """The failure cases of source rows that belong to no partition: the columns that date a row and their
     values, the row's key, its file and line."""
     rows = source.frame.iloc[positions].astype("string").fillna("None")
-    dated = [c for c in spec.columns if c in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", spec.daily_on)]
+    dated = columns_named(spec.daily_on, spec.columns)
     return pd.DataFrame({
         "rule": SOURCE_COVERAGE_RULE,
         "column": ", ".join(dated),

@@ -24,7 +24,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.settings import get_settings
-from pipelines.sql import partition_label
+from pipelines.sql import columns_named, partition_label
 
 _NA = ["", "NA", "NaN", "nan", "null", "NULL"]
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")
@@ -125,9 +125,10 @@ def _first_line(path: Path) -> int:
 
 
 def partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
-    """Each row's daily partition key, YYYY-MM-DD (None when its date is invalid), computed by DuckDB."""
+    """Each row's daily partition key, YYYY-MM-DD (None when its date is invalid), computed by DuckDB (on
+    the columns that date a row only: handing DuckDB a whole frame of strings costs 8x more)."""
     with duckdb.connect() as con:
-        con.register("partition_rows", frame)
+        con.register("partition_rows", frame[columns_named(partition_expr, frame.columns)])
         column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
                                        "FROM partition_rows").fetchnumpy().values()))
     keys = np.ma.getdata(column).astype(object)

@@ -3,6 +3,7 @@ map, transactions. Identifiers are quoted here; values are always bound paramete
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,12 @@ def partition_label(partition_expr: str, tolerant: bool = False) -> str:
     instead of an error. (Only in a plain projection: DuckDB 1.5 cannot group by a TRY expression.)"""
     date = f"TRY(CAST(({partition_expr}) AS DATE))" if tolerant else f"CAST(({partition_expr}) AS DATE)"
     return f"strftime({date}, '%Y-%m-%d')"
+
+
+def columns_named(expression: str, columns) -> list[str]:
+    """The `columns` an SQL expression names (by identifier; quoted or not), in `columns`' order."""
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression))
+    return [c for c in columns if c in names]
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
