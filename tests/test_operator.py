@@ -51,9 +51,9 @@ def test_quarantine_speaks_one_vocabulary_and_its_rows_can_be_listed(home, capsy
     weather = dg.AssetKey(["staging", "weather"])
     specs = {spec.key.name: spec for spec in defs.get_assets_def(weather).check_specs}
     assert specs["wind_speed_in_range"].description.startswith("[quarantine] wind_speed")
-    assert specs["column_values"].description.startswith("[blocking] ") and "[ERROR]" not in \
-        specs["column_values"].description
-    assert not specs["wind_speed_in_range"].blocking and specs["column_values"].blocking
+    assert specs["contract"].description.startswith("[blocking] ") and "[ERROR]" not in \
+        specs["contract"].description
+    assert not specs["wind_speed_in_range"].blocking and specs["contract"].blocking
 
     key = dg.AssetCheckKey(weather, "wind_speed_in_range")
     evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key] \

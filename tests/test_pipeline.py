@@ -66,12 +66,12 @@ def test_materialization_metadata_and_data_version(one_day):
     columns = metadata["dagster/column_schema"].value.columns
     assert [c.name for c in columns] == list(catalog["staging.planes"].columns)
     assert columns[0].description == "Tail number (key)."
-    key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "year_not_null")
+    key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "warnings")
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
     evaluation = record.event.dagster_event.event_specific_data
     assert not evaluation.passed  # 70 planes have no year: a WARN, recorded by Dagster
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
-    assert evaluation.metadata["failing_rows"].value == 70
+    assert evaluation.metadata["failed_rules"].value == {"year_not_null": 70}
 
 
 @pytest.mark.slow
@@ -126,12 +126,17 @@ def test_the_ui_lists_every_asset_and_check_before_any_run():
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"reference", "flights"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert ("staging/flights", "tailnum_in_staging_planes") in checks
-    assert ("staging/weather", "wind_speed_in_range") in checks
+    # per table: its blocking rules in one check, its warnings in another, each quarantining rule on its
+    # own, and the anomaly monitors (partitioned tables)
+    assert {name for asset, name in checks if asset == "staging/weather"} == {
+        "contract", "warnings", "wind_speed_in_range", "anomalies"}
     assert ("raw/flights", "source_rows_in_partitions") in checks
+    assert ("marts/route_daily", "anomalies") in checks and ("staging/planes", "anomalies") not in checks
     specs = {(s.asset_key.to_user_string(), s.name): s for a in defs.assets for s in a.check_specs}
-    assert specs[("raw/flights", "column_values")].blocking
-    assert not specs[("staging/flights", "tailnum_in_staging_planes")].blocking  # WARN
+    assert specs[("raw/flights", "contract")].blocking
+    assert "[blocking] flight is never null." in specs[("raw/flights", "contract")].description
+    assert not specs[("staging/flights", "warnings")].blocking
+    assert "tailnum" in specs[("staging/flights", "warnings")].description  # tailnum_in_staging_planes: WARN
     assert not specs[("staging/weather", "wind_speed_in_range")].blocking  # quarantining
     spec = graph.get(dg.AssetKey(["marts", "flight_facts"]))
     assert "dagster/column_schema" in spec.metadata and spec.code_version == catalog["marts.flight_facts"].code_version

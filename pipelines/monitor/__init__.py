@@ -36,7 +36,7 @@ class Monitors:
 
     def check_results(self, partition: str) -> list[dg.AssetCheckResult]:
         found = self.findings.get(partition, [])
-        return [check_result(self.key, check, group) for check, group in by_check(found).items()]
+        return [check_result(self.key, found)] if found else []
 
 
 def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: dict[str, Receipt],

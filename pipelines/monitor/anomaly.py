@@ -25,6 +25,7 @@ validation they follow, and the statistics in quality.partition_stats (the basel
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 VOLUME, NULL_RATE, MEAN = "row_count", "null_rate", "mean"
 CHECKS = {VOLUME: "anomaly_volume", NULL_RATE: "anomaly_null_rate", MEAN: "anomaly_mean"}
+"""The verdicts as stored, alerted and emitted to OpenLineage: one per kind of statistic."""
+ANOMALY_CHECK = "anomalies"
+"""The Dagster asset check reporting all three."""
 DESCRIPTIONS = {
     VOLUME: "The row count is within the expected range of the previous partitions (weekday-aware).",
     NULL_RATE: "Each column's share of nulls is within the expected range of the previous partitions.",
@@ -127,12 +131,12 @@ def metrics_of(spec: TableSpec, config: MonitorConfig | None = None) -> list[Met
 
 
 def check_specs(spec: TableSpec) -> list[dg.AssetCheckSpec]:
-    """The WARN checks the monitors report, declared with the asset (a partitioned one only)."""
+    """The WARN check the monitors report, declared with the asset (a partitioned one only)."""
     if not spec.partitioned:
         return []
     kinds = dict.fromkeys(m.kind for m in metrics_of(spec))
-    return [dg.AssetCheckSpec(CHECKS[kind], asset=spec.key, partitions_def=spec.partitions, blocking=False,
-                              description=f"[{WARN.upper()}] {DESCRIPTIONS[kind]}") for kind in kinds]
+    return [dg.AssetCheckSpec(ANOMALY_CHECK, asset=spec.key, partitions_def=spec.partitions, blocking=False,
+                              description=f"[{WARN.upper()}] " + " ".join(DESCRIPTIONS[kind] for kind in kinds))]
 
 
 # --- the verdict on one statistic -------------------------------------------------------------
@@ -247,7 +251,8 @@ def _earlier_versions(con: duckdb.DuckDBPyConnection, table: str, written: list[
         {"asset": table, "last": written[-1]},
     ).fetchall())
     days = sorted(set(versions) | set(written))
-    needed = {p for w in written for p in days[max(0, days.index(w) - window):days.index(w)]} - set(written)
+    position = {day: i for i, day in enumerate(days)}
+    needed = {p for w in written for p in days[max(0, position[w] - window):position[w]]} - set(written)
     return {p: versions[p] for p in sorted(needed)}
 
 
@@ -297,16 +302,19 @@ def _store_stats(con, table: str, stats: dict[str, dict[Metric, float]], hashes:
 
 
 def judge(stats: dict[str, dict[Metric, float]], written: list[str], metrics: list[Metric],
-           config: MonitorConfig) -> dict[str, list[Finding]]:
+          config: MonitorConfig) -> dict[str, list[Finding]]:
+    """Each written partition's statistics against their baselines: per statistic, its last `window` known
+    values before the partition (found by bisection: a year's range is one pass, not a scan per day)."""
     order = sorted(stats)
-    verdicts = {}
-    for partition in written:
-        before = [p for p in order if p < partition]
-        verdicts[partition] = [
-            Finding(m, stats[partition][m], expected([(p, stats[p].get(m, math.nan)) for p in before], partition,
-                                                     m.kind, config))
-            for m in metrics
-        ]
+    verdicts: dict[str, list[Finding]] = {partition: [] for partition in written}
+    for metric in metrics:
+        known = [(p, value) for p in order if not math.isnan(value := stats[p].get(metric, math.nan))]
+        days = [p for p, _ in known]
+        for partition in written:
+            end = bisect.bisect_left(days, partition)
+            baseline = known[max(0, end - config.window):end]
+            verdicts[partition].append(
+                Finding(metric, stats[partition][metric], expected(baseline, partition, metric.kind, config)))
     return verdicts
 
 
@@ -330,18 +338,19 @@ def by_check(found: list[Finding]) -> dict[str, list[Finding]]:
     return groups
 
 
-def check_result(key: dg.AssetKey, check: str, found: list[Finding]) -> dg.AssetCheckResult:
-    """One WARN check: which statistics are out of range, each with its expected range and actual value."""
+def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult:
+    """The `anomalies` check of one partition: which statistics are out of range, each with its expected
+    range and actual value; the row count's always in the open."""
     failed = [f for f in found if f.anomalous]
     judged = [f for f in found if f.expected is not None]
     metadata: dict = {"judged": len(judged), "anomalies": len(failed)}
-    if len(found) == 1:  # volume: the one statistic, in the open
-        (finding,) = found
-        metadata.update(actual=finding.actual_text, expected_range=finding.expected_text)
-        if finding.expected is not None:
-            metadata.update(expected_low=finding.expected.low, expected_high=finding.expected.high)
+    for finding in found:
+        if finding.metric.kind == VOLUME:
+            metadata.update(actual=finding.actual_text, expected_range=finding.expected_text)
+            if finding.expected is not None:
+                metadata.update(expected_low=finding.expected.low, expected_high=finding.expected.high)
     if failed:
-        metadata["problem"] = "; ".join(f.describe() for f in failed)
+        metadata["problem"] = "; ".join(f"{f.metric.check}: {f.describe()}" for f in failed)
         metadata["out_of_range"] = dg.MetadataValue.json({
             f.metric.label: {"actual": f.actual, "expected_low": f.expected.low, "expected_high": f.expected.high,
                              "baseline_partitions": f.expected.points, "weekday": f.expected.weekly}
@@ -349,5 +358,5 @@ def check_result(key: dg.AssetKey, check: str, found: list[Finding]) -> dg.Asset
         })
     if not judged:
         metadata["note"] = f"no baseline yet: fewer than {MIN_HISTORY} previous partitions"
-    return dg.AssetCheckResult(asset_key=key, check_name=check, passed=not failed,
+    return dg.AssetCheckResult(asset_key=key, check_name=ANOMALY_CHECK, passed=not failed,
                                severity=dg.AssetCheckSeverity.WARN, metadata=metadata)

@@ -1,7 +1,7 @@
 """The rule vocabulary shared by every contract in checks/<domain>.py.
 
-A contract is a pandera DataFrameModel. Each of its checks becomes one named rule (a Dagster
-asset check), and each rule has one of three behaviours — what a failure does:
+A contract is a pandera DataFrameModel. Each of its checks becomes one named rule, reported by a
+Dagster asset check (see `Rule.check`), and each rule has one of three behaviours — what a failure does:
 
 - **blocking**: the partition is not written (it keeps its previous version), the failure is recorded
   and downstream refuses to build from it;
@@ -55,7 +55,8 @@ QUARANTINE: Behaviour = "quarantine"
 
 SCHEMA_RULE = "schema"
 SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
-COLUMN_VALUES_CHECK = "column_values"
+CONTRACT_CHECK = "contract"
+WARNINGS_CHECK = "warnings"
 DRIFT_RULE = "schema_drift"
 VOLUME_RULE = "volume"
 DEFAULT_MAX_ROW_DROP = 0.5
@@ -106,16 +107,14 @@ class Rule:
 
     @property
     def check(self) -> str:
-        """The Dagster asset check that reports this rule. The blocking column rules of a table
-        (not null, unique, ranges, sets) share one check, `column_values`; every other rule —
-        warnings, quarantines, dataframe rules, references, schema, drift — is a check of its own.
-        (Each rule stays separate in quality.check_results and in OpenLineage.)"""
-        if self.column is not None and self.severity == ERROR and not self.quarantine and self.grouped:
-            return COLUMN_VALUES_CHECK
-        return self.name
-
-    grouped: bool = False
-    """A built-in column rule (eligible for the shared `column_values` check)."""
+        """The Dagster asset check that reports this rule. A table's blocking rules share one check,
+        `contract`, and its warnings one, `warnings`; a quarantining rule is a check of its own (its
+        metadata says how many rows went where). Each Dagster check costs two event-log writes per partition
+        and run, so a year's range pays for every check 365 times; the check's metadata names the rules that
+        failed, and each rule stays separate in quality.check_results, quality.failures and OpenLineage."""
+        if self.quarantine:
+            return self.name
+        return CONTRACT_CHECK if self.severity == ERROR else WARNINGS_CHECK
 
     @property
     def behaviour(self) -> Behaviour:
@@ -158,12 +157,12 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
         quarantine = cmeta.get("on_fail") == QUARANTINE
         severity: Severity = WARN if quarantine else cmeta.get("severity", ERROR)
         if not column.nullable:
-            rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine, grouped=True))
+            rules.append(Rule(f"{name}_not_null", severity, f"{name} is never null.", name, quarantine))
         if column.unique:
-            rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name, grouped=True))
+            rules.append(Rule(f"{name}_unique", ERROR, f"{name} is unique (a key).", name))
         for check in column.checks:
             rule = column_check_rule(name, check)
-            rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine, grouped=True))
+            rules.append(Rule(rule, severity, f"{name}: {_describe(check)}", name, quarantine))
     for check in schema.checks:
         doc = getattr(getattr(model, check.name, None), "__doc__", None) or check.name
         severity = WARN if check.name in warn | quarantined else ERROR

@@ -99,7 +99,7 @@ def test_a_hanging_webhook_never_holds_up_a_run(home: Path, tmp_path: Path, webh
     result = run_raw_flights(DAY, DAY)
     # the run ends as it would without alerts (a blocking failure), before the first attempt has timed out
     assert not result.success
-    assert [(c, s) for c, _, s, _, _ in stored(home)] == [("column_values", "pending")]
+    assert [(c, s) for c, _, s, _, _ in stored(home)] == [("contract", "pending")]
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "origin_isin" in failure.event_specific_data.error.message
     rows = eventually(lambda: [r for r in stored(home) if r[2] == "undelivered"], what="undelivered")
@@ -131,8 +131,8 @@ def test_a_failed_run_alerts_and_the_next_success_resolves_it(home: Path, tmp_pa
     texts = webhook.texts()
     assert len(texts) == 4
     # from the step, and from the run-failure sensor
-    assert f"[provline] Blocking check failed: raw.flights [{DAY}] column_values: origin_isin: 1 of 894 rows" in texts
+    assert f"[provline] Blocking check failed: raw.flights [{DAY}] contract: origin_isin: 1 of 894 rows" in texts
     assert any(t.startswith(f"[provline] Run failed: __ephemeral_asset_job__ [{DAY}] run: ") for t in texts)
     # from the fixed run's step, and from the run-success sensor
-    assert f"[provline] Resolved: Blocking check failed: raw.flights [{DAY}] column_values: passes again" in texts
+    assert f"[provline] Resolved: Blocking check failed: raw.flights [{DAY}] contract: passes again" in texts
     assert f"[provline] Resolved: Run failed: __ephemeral_asset_job__ [{DAY}] run: run {fixed.run_id}" in texts
