@@ -43,7 +43,7 @@ from pipelines.quality import (
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError
 from pipelines.spec import TableSpec, production_asset, sql_asset
-from pipelines.sql import UNPARTITIONED
+from pipelines.sql import PARTITION, UNPARTITIONED
 from pipelines.warehouse import Receipt, Warehouse, quarantine_table
 
 __all__ = ["TableSpec", "build_asset", "production_asset", "sql_asset"]
@@ -209,8 +209,10 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
             )
     targets = _materializations(context, spec, derived.written, derived.refused)
     blocking = _blocking_checks(spec)
+    quarantined = derived.validation.quarantined[PARTITION].value_counts().to_dict()
     for partition in derived.built:
-        for result in _check_results(spec, derived.validation.results[partition], partition) + \
+        results = derived.validation.results[partition]
+        for result in _check_results(spec, results, partition, quarantined.get(partition, 0)) + \
                 monitors.check_results(partition):
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
@@ -285,11 +287,14 @@ def _blocking_checks(spec: TableSpec) -> set[str]:
     return {check for check, rules in group_by_check(spec.rules).items() if any(r.behaviour == BLOCKING for r in rules)}
 
 
-def _check_results(spec: TableSpec, results: list[RuleResult], partition: str) -> list[dg.AssetCheckResult]:
-    return [_check_result(spec, check, group, partition) for check, group in group_by_check(results).items()]
+def _check_results(spec: TableSpec, results: list[RuleResult], partition: str,
+                   quarantined: int) -> list[dg.AssetCheckResult]:
+    return [_check_result(spec, check, group, partition, quarantined)
+            for check, group in group_by_check(results).items()]
 
 
-def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partition: str) -> dg.AssetCheckResult:
+def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partition: str,
+                  quarantined: int) -> dg.AssetCheckResult:
     failed = [r for r in results if not r.passed]
     behaviour = results[0].rule.behaviour  # the rules a check reports together act alike
     metadata = {
@@ -301,7 +306,7 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partit
     if len(results) > 1:  # a group: which of its rules failed, and how often
         metadata["failed_rules"] = dg.MetadataValue.json({r.rule.name: r.failing_rows for r in failed})
     if behaviour == QUARANTINE:
-        metadata["quarantined_rows"] = sum(r.failing_rows for r in results)
+        metadata["quarantined_rows"] = quarantined  # rows, each counted once however many rules it failed
         metadata.update(_quarantine_metadata(spec, partition))
     if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
         metadata["problem"] = "; ".join(problems)

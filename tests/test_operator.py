@@ -50,12 +50,12 @@ def test_quarantine_speaks_one_vocabulary_and_its_rows_can_be_listed(home, capsy
     assert materialize("flights", WINDY_DAY, instance=instance).success
     weather = dg.AssetKey(["staging", "weather"])
     specs = {spec.key.name: spec for spec in defs.get_assets_def(weather).check_specs}
-    assert specs["wind_speed_in_range"].description.startswith("[quarantine] wind_speed")
+    assert specs["quarantine"].description.startswith("[quarantine] wind_speed")
     assert specs["contract"].description.startswith("[blocking] ") and "[ERROR]" not in \
         specs["contract"].description
-    assert not specs["wind_speed_in_range"].blocking and specs["contract"].blocking
+    assert not specs["quarantine"].blocking and specs["contract"].blocking
 
-    key = dg.AssetCheckKey(weather, "wind_speed_in_range")
+    key = dg.AssetCheckKey(weather, "quarantine")
     evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key] \
         .event.dagster_event.event_specific_data
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN

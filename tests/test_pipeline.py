@@ -126,17 +126,18 @@ def test_the_ui_lists_every_asset_and_check_before_any_run():
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"reference", "flights"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    # per table: its blocking rules in one check, its warnings in another, each quarantining rule on its
-    # own, and the anomaly monitors (partitioned tables)
+    # per table, a check per behaviour (blocking, warn, quarantine: as its rules have) and the anomaly
+    # monitors' (partitioned tables)
     assert {name for asset, name in checks if asset == "staging/weather"} == {
-        "contract", "warnings", "wind_speed_in_range", "anomalies"}
-    assert ("raw/flights", "source_rows_in_partitions") in checks
+        "contract", "warnings", "quarantine", "anomalies"}
+    assert {name for asset, name in checks if asset == "staging/planes"} == {"contract", "warnings"}
     assert ("marts/route_daily", "anomalies") in checks and ("staging/planes", "anomalies") not in checks
     specs = {(s.asset_key.to_user_string(), s.name): s for a in defs.assets for s in a.check_specs}
     assert specs[("raw/flights", "contract")].blocking
     assert "[blocking] flight is never null." in specs[("raw/flights", "contract")].description
     assert not specs[("staging/flights", "warnings")].blocking
     assert "tailnum" in specs[("staging/flights", "warnings")].description  # tailnum_in_staging_planes: WARN
-    assert not specs[("staging/weather", "wind_speed_in_range")].blocking  # quarantining
+    assert not specs[("staging/weather", "quarantine")].blocking
+    assert "has a valid date inside the daily partitions" in specs[("raw/flights", "quarantine")].description
     spec = graph.get(dg.AssetKey(["marts", "flight_facts"]))
     assert "dagster/column_schema" in spec.metadata and spec.code_version == catalog["marts.flight_facts"].code_version

@@ -102,7 +102,7 @@ def test_quarantine_reconciles_in_warehouse_and_dagster(home):
     metadata = event.asset_materialization.metadata
     assert (metadata["input_rows"].value, metadata["dagster/row_count"].value,
             metadata["quarantined_rows"].value) == (72, 71, 1)
-    key = dg.AssetCheckKey(dg.AssetKey(["staging", "weather"]), "wind_speed_in_range")
+    key = dg.AssetCheckKey(dg.AssetKey(["staging", "weather"]), "quarantine")
     evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key] \
         .event.dagster_event.event_specific_data
     assert not evaluation.passed and evaluation.metadata["quarantined_rows"].value == 1

@@ -115,7 +115,7 @@ def test_check_results_are_per_partition(february):
     checks = {(s.asset_key.to_user_string(), s.name) for a in defs.assets for s in a.check_specs
               if a.partitions_def is not None}
     assert set(evaluations) == {(asset, check, day) for asset, check in checks for day in DAYS}
-    key = dg.AssetCheckKey(dg.AssetKey(["staging", "weather"]), "wind_speed_in_range")
+    key = dg.AssetCheckKey(dg.AssetKey(["staging", "weather"]), "quarantine")
     status = {info.partition_key: info.latest_execution_status
               for info in instance.event_log_storage.get_asset_check_partition_info([key], partition_keys=DAYS)}
     failed = AssetCheckExecutionRecordStatus.FAILED

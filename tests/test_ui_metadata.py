@@ -21,7 +21,7 @@ from .conftest import _isolate, materialize, query
 WINDY_DAY = "2013-02-12"  # EWR 03:00 reported a wind speed of 1048 mph: quarantined
 LATER_DAY = "2013-01-17"  # materialized after WINDY_DAY: its checks all pass
 WEATHER = dg.AssetKey(["staging", "weather"])
-WIND_CHECK = dg.AssetCheckKey(WEATHER, "wind_speed_in_range")
+WIND_CHECK = dg.AssetCheckKey(WEATHER, "quarantine")  # wind_speed_in_range, a quarantining rule
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ QUARANTINE: Behaviour = "quarantine"
 SCHEMA_RULE = "schema"
 SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
 CONTRACT_CHECK = "contract"
+QUARANTINE_CHECK = "quarantine"
 WARNINGS_CHECK = "warnings"
 DRIFT_RULE = "schema_drift"
 VOLUME_RULE = "volume"
@@ -107,13 +108,13 @@ class Rule:
 
     @property
     def check(self) -> str:
-        """The Dagster asset check that reports this rule. A table's blocking rules share one check,
-        `contract`, and its warnings one, `warnings`; a quarantining rule is a check of its own (its
-        metadata says how many rows went where). Each Dagster check costs two event-log writes per partition
-        and run, so a year's range pays for every check 365 times; the check's metadata names the rules that
-        failed, and each rule stays separate in quality.check_results, quality.failures and OpenLineage."""
+        """The Dagster asset check that reports this rule: one per behaviour, so every table has at most
+        `contract` (its blocking rules), `quarantine` and `warnings` (plus `anomalies`, the monitors'). Each
+        Dagster check costs two event-log writes per partition and run, and a year's range pays for every
+        check 365 times; the check's metadata names the rules that failed, and each rule stays separate in
+        quality.check_results, quality.failures, the alerts and OpenLineage."""
         if self.quarantine:
-            return self.name
+            return QUARANTINE_CHECK
         return CONTRACT_CHECK if self.severity == ERROR else WARNINGS_CHECK
 
     @property

@@ -119,8 +119,8 @@ def _select_check_partition(page: Page, partition: str) -> None:
 
 
 def test_each_partition_keeps_its_check_status_and_quarantine_count(ui: str, page: Page):
-    page.goto(f"{ui}/assets/staging/weather?view=checks&checkDetail=wind_speed_in_range")
-    listed = page.locator("span", has=page.locator("[title=wind_speed_in_range]")).first  # the list of checks
+    page.goto(f"{ui}/assets/staging/weather?view=checks&checkDetail=quarantine")
+    listed = page.locator("span", has=page.locator("[title=quarantine]")).first  # the list of checks
     expect(listed).to_contain_text("Failed")  # LATER_DAY ran after WINDY_DAY and passed
     page.locator("button[role=tab][title=Partitions]").click()
     expect(page.get_by_text("Failed (1)", exact=True)).to_be_visible()
