@@ -3,7 +3,8 @@
 Trivial assets shaped like the flights group — a chain of ASSETS daily-partitioned assets, each reporting
 per partition one materialization and CHECKS check evaluations exactly as the factory does (AssetMaterialization
 and AssetCheckEvaluation events from a single-run backfill step) — materialized over the year's 365 days in
-one `dagster asset materialize --partition-range` process, for each Dagster instance storage:
+one `dagster asset materialize --partition-range` process (or one day: `--days 1`, `--partition 2013-01-15`),
+for each Dagster instance storage:
 
   sqlite        a fresh DAGSTER_HOME with only `telemetry: enabled: false` (what a user has by default)
   consolidated  the same with Dagster's ConsolidatedSqliteEventLogStorage (one SQLite file for every run)
@@ -11,7 +12,8 @@ one `dagster asset materialize --partition-range` process, for each Dagster inst
                 (fsync and synchronous_commit on, the server's defaults)
   memory        an in-memory instance (`dagster.materialize`, in process: nothing kept after the run)
 
-    python benchmarks/bench_dagster_floor.py --checks 0 3 10 --repeat 1
+    python benchmarks/bench_dagster_floor.py --checks 0 3
+    python benchmarks/bench_dagster_floor.py --days 1 --checks 0 3 --storage sqlite --repeat 3
 
 The wall time includes the process start and imports (~3 s). Prints a markdown table.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-FIRST, LAST = "2013-01-01", "2013-12-31"
+FIRST, LAST, DAY = "2013-01-01", "2013-12-31", "2013-01-15"
 
 DEFINITIONS = textwrap.dedent('''
     import os
@@ -91,8 +93,9 @@ def instance_yaml(storage: str, home: Path, pg_port: int | None) -> str:
     return yaml
 
 
-def run_once(storage: str, assets: int, checks: int, pg_port: int | None) -> tuple[float, int]:
-    """(wall seconds, events stored) of one range run in fresh folders."""
+def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: int) -> tuple[float, int]:
+    """(wall seconds, per-partition events) of one run in fresh folders: the year's range, or one day."""
+    first, last = (FIRST, LAST) if days == 365 else (DAY, DAY)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
         tmp = Path(tmp)
         (tmp / "floor_defs.py").write_text(DEFINITIONS)
@@ -102,23 +105,24 @@ def run_once(storage: str, assets: int, checks: int, pg_port: int | None) -> tup
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
         env.update(DAGSTER_HOME=str(home), FLOOR_ASSETS=str(assets), FLOOR_CHECKS=str(checks))
         if storage == "memory":
-            cmd = [sys.executable, "-c", IN_MEMORY, str(tmp), FIRST, LAST]
+            cmd = [sys.executable, "-c", IN_MEMORY, str(tmp), first, last]
         else:
             cmd = [str(BIN / "dagster"), "asset", "materialize", "-f", str(tmp / "floor_defs.py"), "--select", "*",
-                   "--partition-range", f"{FIRST}...{LAST}"]
+                   *(["--partition-range", f"{first}...{last}"] if days == 365 else ["--partition", DAY])]
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=3600)
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"{storage}: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return wall, assets * 365 * (1 + checks)
+    return wall, assets * days * (1 + checks)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assets", type=int, default=7, help="partitioned assets in the chain (flights: 7)")
-    parser.add_argument("--checks", type=int, nargs="+", default=[0, 3, 10], help="check evaluations per partition")
+    parser.add_argument("--checks", type=int, nargs="+", default=[0, 3], help="check evaluations per partition")
     parser.add_argument("--storage", nargs="+", default=["sqlite", "consolidated", "postgres", "memory"])
+    parser.add_argument("--days", type=int, choices=[1, 365], default=365, help="the year's range, or one day")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -133,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             for storage in args.storage:
                 walls = []
                 for _ in range(args.repeat):
-                    wall, events = run_once(storage, args.assets, checks, pg.port)
+                    wall, events = run_once(storage, args.assets, checks, pg.port, args.days)
                     walls.append(wall)
                     print(f"{storage} checks={checks}: {wall:.1f} s", file=sys.stderr)
                 rows.append((checks, storage, statistics.median(walls), events))
-    print(f"\n| checks per partition | storage | wall s (median of {args.repeat}) | per-partition events "
-          "| ms per event |\n|---:|---|---:|---:|---:|")
+    print(f"\n| days | checks per partition | storage | wall s (median of {args.repeat}) | per-partition events "
+          "| ms per event |\n|---:|---:|---|---:|---:|---:|")
     for checks, storage, wall, events in rows:
-        print(f"| {checks} | {storage} | {wall:.1f} | {events:,} | {1000 * wall / events:.1f} |")
+        print(f"| {args.days} | {checks} | {storage} | {wall:.1f} | {events:,} | {1000 * wall / events:.1f} |")
     return 0
 
 

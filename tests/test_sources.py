@@ -75,3 +75,26 @@ def test_bad_file_keeps_the_previous_version(source_dir, home):
     assert not materialize("flights", DAY).success
     assert scalar(home, "SELECT count(*) FROM raw.flights") == DAY_FLIGHTS
     assert query(home, "SELECT content_hash FROM provline.version_log WHERE asset = 'raw.flights'") == before
+
+
+def test_a_parsed_source_is_kept_for_the_next_process_and_never_outlives_its_file(source_dir, home):
+    from pipelines.sources import _read
+
+    first = read_source(source("flights"), RawFlights)
+    (copy,) = (home / "cache" / "sources").glob("flights.csv.*.parquet")
+    assert first.content_hash in copy.name
+    marked = first.frame.assign(distance=first.frame["distance"] + 1)  # to tell the copy from a parse
+    marked.to_parquet(copy, index=False)
+    _read.cache_clear()  # as a new process
+    again = read_source(source("flights"), RawFlights)
+    assert again.frame.equals(marked) and list(again.frame.dtypes) == list(first.frame.dtypes)
+    assert again.content_hash == first.content_hash
+
+    changed = pd.read_csv(source_dir / "flights.csv")
+    changed.loc[0, "distance"] = 7
+    changed.to_csv(source_dir / "flights.csv", index=False)
+    _read.cache_clear()
+    parsed = read_source(source("flights"), RawFlights)
+    assert parsed.frame["distance"].iloc[0] == 7 and parsed.content_hash != first.content_hash
+    (copy,) = (home / "cache" / "sources").glob("flights.csv.*.parquet")  # the old copy is gone
+    assert parsed.content_hash in copy.name
