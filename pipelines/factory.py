@@ -331,8 +331,7 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
     validation = derived.validation
     partition_flag = f" --partition {partition}" if partition else ""
     metadata = {
-        "dagster/row_count": receipt.row_count,
-        "dagster/column_schema": spec.column_schema,
+        "dagster/row_count": receipt.row_count,  # (the column schema is the definition's: fixed by the contract)
         "content_hash": receipt.content_hash,
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,

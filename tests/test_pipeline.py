@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import pytest
 
-from pipelines.definitions import catalog
+from pipelines.definitions import catalog, defs
 from pipelines.warehouse import Warehouse
 
 from .conftest import DAY, DAY_FLIGHTS, materialize, query, scalar
@@ -63,7 +63,9 @@ def test_materialization_metadata_and_data_version(one_day):
     preview = metadata["preview"].value.splitlines()  # a Markdown table: header, rule, the first 5 rows
     assert preview[0] == "| " + " | ".join(catalog["staging.planes"].columns) + " |" and len(preview) == 2 + 5
     assert event.asset_materialization.tags["dagster/data_version"] == content_hash
-    columns = metadata["dagster/column_schema"].value.columns
+    assert "dagster/column_schema" not in metadata  # the contract fixes it: the definition carries it, once
+    columns = defs.resolve_asset_graph().get(dg.AssetKey(["staging", "planes"])).metadata["dagster/column_schema"]
+    columns = columns.columns
     assert [c.name for c in columns] == list(catalog["staging.planes"].columns)
     assert columns[0].description == "Tail number (key)."
     key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "warnings")
@@ -108,8 +110,6 @@ def test_content_hash_is_order_independent(home):
 
 
 def test_daily_schedule_is_stopped_by_default():
-    from pipelines.definitions import defs
-
     schedule = defs.get_schedule_def("flights_daily_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.job_name == "flights_daily"
@@ -118,8 +118,6 @@ def test_daily_schedule_is_stopped_by_default():
 def test_the_ui_lists_every_asset_and_check_before_any_run():
     """What `dagster dev` shows from the Definitions alone: 13 assets in two groups, each with its
     column schema, and the asset checks declared up front (blocking where a rule is ERROR)."""
-    from pipelines.definitions import defs
-
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert len(keys) == 13 and "marts/flight_facts" in keys
