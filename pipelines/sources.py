@@ -108,8 +108,13 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
     dtypes = {name: str(column.dtype) for name, column in columns.items()}
     copy = _parsed_copy(path, digest, dtypes) if keep_parsed else None
     if copy is not None and copy.is_file():  # this very file, parsed before with these types
-        extra = tuple(c for c in pd.read_csv(path, dtype=str, nrows=0).columns if c not in columns)
-        return SourceTable(path, pd.read_parquet(copy), digest, extra)
+        try:
+            frame = pd.read_parquet(copy)
+        except OSError:  # removed meanwhile (the file changed under another process): parse it
+            pass
+        else:
+            extra = tuple(c for c in pd.read_csv(path, dtype=str, nrows=0).columns if c not in columns)
+            return SourceTable(path, frame, digest, extra)
     table = _parse_file(path, digest, dtypes)
     if copy is not None:
         _keep(path, table.frame, copy)
