@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,16 +55,17 @@ def clean_env(tmp: Path, source_dir: Path | None = None) -> dict[str, str]:
 
 
 def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one subprocess; its output goes to `log`; a failure stops the run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(wall seconds, peak RSS in MiB) of one subprocess (its own rusage, from wait4); its output goes to
+    `log`; a failure stops the run."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=7200).returncode
+        child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, (peak if peak > before else float("nan")) / 1024
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({child.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
 
 
 def materialize(selection: str, *extra: str) -> list[str]:
