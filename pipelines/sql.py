@@ -4,7 +4,7 @@ map, transactions. Identifiers are quoted here; values are always bound paramete
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,9 +73,9 @@ def partition_label(partition_expr: str, tolerant: bool = False) -> str:
     return f"strftime({date}, '%Y-%m-%d')"
 
 
-def columns_named(expression: str, columns) -> list[str]:
-    """The `columns` an SQL expression names (by identifier; quoted or not), in `columns`' order."""
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression))
+def columns_named(expression: str, columns: Iterable[str]) -> list[str]:
+    """The `columns` an SQL expression names (plain identifiers or "quoted" names), in `columns`' order."""
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)) | set(re.findall(r'"([^"]+)"', expression))
     return [c for c in columns if c in names]
 
 

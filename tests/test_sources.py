@@ -98,3 +98,12 @@ def test_a_parsed_source_is_kept_for_the_next_process_and_never_outlives_its_fil
     assert parsed.frame["distance"].iloc[0] == 7 and parsed.content_hash != first.content_hash
     (copy,) = (home / "cache" / "sources").glob("flights.csv.*.parquet")  # the old copy is gone
     assert parsed.content_hash in copy.name
+
+
+def test_partition_keys_read_only_the_columns_the_expression_names_quoted_or_not():
+    from pipelines.sources import partition_keys
+
+    frame = pd.DataFrame({"flown on": ["2013-01-02", "not a date", None], "y": [2013, 2013, 2013],
+                          "note": ["a", "b", "c"]})
+    assert list(partition_keys(frame, 'CAST("flown on" AS DATE)')) == ["2013-01-02", None, None]
+    assert list(partition_keys(frame, "make_date(y, 1, 5)")) == ["2013-01-05"] * 3
