@@ -129,6 +129,25 @@ def test_quarantined_rows_are_replaced_not_piled_up(home):
     assert query(home, "SELECT origin, _run_id FROM quarantine.staging_weather") == [("EWR", second.run_id)]
 
 
+@pytest.mark.slow
+def test_a_row_failing_two_quarantining_rules_is_one_quarantined_row_in_one_check(source_dir, home):
+    _corrupt(source_dir, "weather", 3, humid="150", wind_dir="400")
+    instance = dg.DagsterInstance.ephemeral()
+    weather = dg.AssetKey(["raw", "weather"])
+    assert materialize(dg.AssetSelection.assets(weather), DAY, instance=instance).success
+    assert query(home, "SELECT _quarantine_reasons FROM quarantine.raw_weather") == [
+        ("humid_in_range,wind_dir_in_range (weather.csv line 5)",)]
+    key = dg.AssetCheckKey(weather, "quarantine")
+    evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key] \
+        .event.dagster_event.event_specific_data
+    metadata = {name: value.value for name, value in evaluation.metadata.items()}
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert metadata["quarantined_rows"] == 1 and metadata["failing_rows"] == 2
+    assert metadata["failed_rules"] == {"humid_in_range": 1, "wind_dir_in_range": 1}
+    log = query(home, "SELECT row_count, quarantined_count FROM provline.version_log WHERE asset = 'raw.weather'")
+    assert log == [(scalar(home, "SELECT count(*) FROM raw.weather"), 1)]
+
+
 def _corrupt(folder: Path, table: str, row: int, **values) -> None:
     frame = pd.read_csv(folder / f"{table}.csv", dtype=str)
     for column, value in values.items():
