@@ -111,8 +111,8 @@ class Rule:
         """The Dagster asset check that reports this rule: one per behaviour, so every table has at most
         `contract` (its blocking rules), `quarantine` and `warnings` (plus `anomalies`, the monitors'). Each
         Dagster check costs two event-log writes per partition and run, and a year's range pays for every
-        check 365 times; the check's metadata names the rules that failed, and each rule stays separate in
-        quality.check_results, quality.failures, the alerts and OpenLineage."""
+        check 365 times; the check's metadata (and its alert) names the rules that failed, and each rule
+        stays separate in quality.check_results, quality.failures and OpenLineage."""
         if self.quarantine:
             return QUARANTINE_CHECK
         return CONTRACT_CHECK if self.severity == ERROR else WARNINGS_CHECK
