@@ -145,8 +145,11 @@ def _span(days: list[str]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from pipelines.warehouse import Warehouse
 
-    status = Warehouse.from_settings().status()
-    rows = [tuple(row) for row in status.itertuples(index=False)]
+    warehouse = Warehouse.from_settings()
+    if not warehouse.exists():  # (asking creates nothing: status on a mistyped lake must not make one)
+        print("[]" if args.json else f"no warehouse at {warehouse.location} yet")
+        return 0
+    rows = [tuple(row) for row in warehouse.status().itertuples(index=False)]
     if args.json:
         keys = ("asset", "partitions", "rows", "last_written")
         print(json.dumps([dict(zip(keys, map(str, r), strict=True)) for r in rows]))

@@ -165,8 +165,12 @@ class DuckLake:
         text = re.sub(r"password\s*=\s*\S+", "password=<redacted>", text)
         return f"{self.location} (user {self.fields.get('user', 'default')}): {text}"
 
+    @property
+    def _instance_key(self) -> tuple:
+        return os.getpid(), self.conninfo, self.password, self.data_path, self.name
+
     def _instance(self) -> duckdb.DuckDBPyConnection:
-        key = (os.getpid(), self.conninfo, self.password, self.data_path, self.name)
+        key = self._instance_key
         with _instances_lock:
             if key not in _instances:
                 _instances[key] = self._open()
@@ -224,8 +228,23 @@ class DuckLake:
             yield cursor
 
     def exists(self) -> bool:
-        with self.connect():
-            return True
+        """Whether the catalog database holds a lake, asked of PostgreSQL itself: ATTACHing the lake would
+        create an empty one, and bind its data path for good, on a mere `provline status`."""
+        if self._instance_key in _instances:
+            return True  # opened (so created) by this process
+        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        try:
+            con.execute(f"LOAD {path_literal(extension_path('postgres_scanner'))}")
+            if self.password:
+                con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {path_literal(self.password)})")
+            con.execute(f"ATTACH {path_literal(self.conninfo)} AS catalog_db (TYPE postgres, READ_ONLY)")
+            return con.execute(
+                "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = 'catalog_db' "
+                "AND table_name = 'ducklake_metadata'").fetchone()[0]
+        except duckdb.Error as error:
+            raise WarehouseUnavailable(self._explain(error)) from None
+        finally:
+            con.close()
 
     def preflight(self) -> None:
         """Before a step writes anything: the data path takes a file, and the catalog answers."""

@@ -54,7 +54,25 @@ def test_wrong_password_is_refused_clearly(lake: Lake, monkeypatch):
     assert SECRET not in message and SECRET not in repr(refused.value.__cause__)
     assert tables_in_catalog(lake) == 0  # nothing written, not even the catalog's own tables
     monkeypatch.setenv("PROVLINE_WAREHOUSE", f"{base} password=the-right-one")  # (a DuckDB secret, not the ATTACH)
+    right = Warehouse.from_settings()
+    assert not right.exists()  # asked with the password, and the catalog is still empty
+    right.setup_for_execution(dg.build_init_resource_context())
+    assert right.exists() and tables_in_catalog(lake) > 0
+
+
+def test_asking_whether_a_lake_exists_creates_nothing_and_binds_no_data_path(lake: Lake, tmp_path: Path,
+                                                                            monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("PROVLINE_LAKE_DATA_PATH", str(tmp_path / "a-mistyped-path"))
+    assert not Warehouse.from_settings().exists()
+    assert main(["status"]) == 0 and "no warehouse" in capsys.readouterr().out.lower()
+    assert tables_in_catalog(lake) == 0 and not (tmp_path / "a-mistyped-path").exists()
+    monkeypatch.setenv("PROVLINE_LAKE_DATA_PATH", str(lake.data_path))  # the right one: the catalog takes it
+    assert materialize("reference").success
+    ducklake.close_all()  # as another process would ask
     assert Warehouse.from_settings().exists() and tables_in_catalog(lake) > 0
+    assert any(lake.data_path.rglob("*.parquet"))
 
 
 def test_a_data_path_that_takes_no_file_fails_before_any_step_writes(lake: Lake, tmp_path: Path, monkeypatch):
