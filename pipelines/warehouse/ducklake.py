@@ -181,10 +181,7 @@ class DuckLake:
             self._probe_local_path()
         con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
-            for extension in ("postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ())):
-                con.execute(f"LOAD {path_literal(extension_path(extension))}")
-            if self.password:
-                con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {path_literal(self.password)})")
+            self._prepare(con, "postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ()))
             self._attach(con)
             con.execute(f"USE {quote(self.name)}")
             self._retrying(con, lambda c: c.execute(LAKE_META_DDL), "the metadata tables")
@@ -195,6 +192,14 @@ class DuckLake:
             con.close()
             raise
         return con
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, *extensions: str) -> None:
+        """Load the extensions from their PyPI packages and give PostgreSQL's password as a secret (never in
+        the conninfo DuckDB sees, so never in its messages)."""
+        for extension in extensions:
+            con.execute(f"LOAD {path_literal(extension_path(extension))}")
+        if self.password:
+            con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {path_literal(self.password)})")
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         target = path_literal(PREFIX + self.conninfo)
@@ -234,9 +239,7 @@ class DuckLake:
             return True  # opened (so created) by this process
         con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
-            con.execute(f"LOAD {path_literal(extension_path('postgres_scanner'))}")
-            if self.password:
-                con.execute(f"CREATE SECRET (TYPE postgres, PASSWORD {path_literal(self.password)})")
+            self._prepare(con, "postgres_scanner")
             con.execute(f"ATTACH {path_literal(self.conninfo)} AS catalog_db (TYPE postgres, READ_ONLY)")
             return con.execute(
                 "SELECT count(*) > 0 FROM duckdb_tables() WHERE database_name = 'catalog_db' "
