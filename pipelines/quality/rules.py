@@ -55,9 +55,8 @@ QUARANTINE: Behaviour = "quarantine"
 
 SCHEMA_RULE = "schema"
 SOURCE_COVERAGE_RULE = "source_rows_in_partitions"
-CONTRACT_CHECK = "contract"
-QUARANTINE_CHECK = "quarantine"
-WARNINGS_CHECK = "warnings"
+CHECK_OF_BEHAVIOUR: dict[Behaviour, str] = {BLOCKING: "contract", QUARANTINE: "quarantine", WARN: "warnings"}
+"""The Dagster asset check that reports a table's rules of each behaviour (see `Rule.check`)."""
 DRIFT_RULE = "schema_drift"
 VOLUME_RULE = "volume"
 DEFAULT_MAX_ROW_DROP = 0.5
@@ -113,9 +112,7 @@ class Rule:
         Dagster check costs two event-log writes per partition and run, and a year's range pays for every
         check 365 times; the check's metadata (and its alert) names the rules that failed, and each rule
         stays separate in quality.check_results, quality.failures and OpenLineage."""
-        if self.quarantine:
-            return QUARANTINE_CHECK
-        return CONTRACT_CHECK if self.severity == ERROR else WARNINGS_CHECK
+        return CHECK_OF_BEHAVIOUR[self.behaviour]
 
     @property
     def behaviour(self) -> Behaviour:
