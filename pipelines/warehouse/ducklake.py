@@ -47,6 +47,8 @@ from pipelines.warehouse.base import META_DDL, SNAPSHOT_COLUMN, Receipt, Version
 log = logging.getLogger("provline.warehouse")
 
 PREFIX = "ducklake:postgres:"
+OFFLINE = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+"""DuckDB never downloads an extension here: they are loaded from their PyPI packages (`_prepare`)."""
 LAKE_META_DDL = META_DDL.replace(SNAPSHOT_COLUMN, "")  # the version log's snapshot_id is the lake's own
 CONFLICT_MARKERS = ("Transaction conflict", "ducklake_max_retry_count")
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
@@ -179,7 +181,7 @@ class DuckLake:
     def _open(self) -> duckdb.DuckDBPyConnection:
         if not self.remote:
             self._probe_local_path()
-        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        con = duckdb.connect(config=OFFLINE)
         try:
             self._prepare(con, "postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ()))
             self._attach(con)
@@ -237,7 +239,7 @@ class DuckLake:
         create an empty one, and bind its data path for good, on a mere `provline status`."""
         if self._instance_key in _instances:
             return True  # opened (so created) by this process
-        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        con = duckdb.connect(config=OFFLINE)
         try:
             self._prepare(con, "postgres_scanner")
             con.execute(f"ATTACH {path_literal(self.conninfo)} AS catalog_db (TYPE postgres, READ_ONLY)")
