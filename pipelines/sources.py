@@ -22,13 +22,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.settings import get_settings
-from pipelines.sql import columns_named, partition_label
+from pipelines.sql import columns_named, partition_label, scratch
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ def _first_line(path: Path) -> int:
 def partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
     """Each row's daily partition key, YYYY-MM-DD (None when its date is invalid), computed by DuckDB (on
     the columns that date a row only: handing DuckDB a whole frame of strings costs 8x more)."""
-    with duckdb.connect() as con:
+    with scratch() as con:
         con.register("partition_rows", frame[columns_named(partition_expr, frame.columns)])
         column = next(iter(con.execute(f"SELECT {partition_label(partition_expr, tolerant=True)} "
                                        "FROM partition_rows").fetchnumpy().values()))

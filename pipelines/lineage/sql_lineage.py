@@ -19,7 +19,6 @@ import logging
 import re
 from typing import NamedTuple
 
-import duckdb
 import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.qualify import qualify
@@ -35,6 +34,7 @@ from pipelines.lineage.model import (
     IndirectSubtype,
     Transformation,
 )
+from pipelines.sql import scratch
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,6 @@ def _is_aggregate(node: exp.Expression) -> bool:
 @functools.cache
 def _duckdb_aggregates() -> frozenset[str]:
     """DuckDB's own aggregate functions: sqlglot parses some (mean, fsum, product, ..) as unknown."""
-    with duckdb.connect() as con:
+    with scratch() as con:
         rows = con.sql("SELECT function_name FROM duckdb_functions() WHERE function_type = 'aggregate'").fetchall()
     return frozenset(name.lower() for (name,) in rows)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import duckdb
@@ -36,7 +37,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
 from pipelines.quality.rules import SCHEMA_RULE, column_check_rule, contract_metadata
-from pipelines.sql import DUCKDB_TYPES, quote
+from pipelines.sql import DUCKDB_TYPES, quote, scratch
 
 CASE_COLUMNS = ["rule", "column", "failure_case", "index", "row_key"]
 ROW = "__provline_row"
@@ -126,25 +127,23 @@ def failure_cases_frame(
     reference_values: rule name -> the values the referenced column holds (as `validate` takes them),
         for references whose table is not in `con`; registered as small relations for the anti-join.
     """
-    own = con is None
-    con = con or duckdb.connect()
-    views = [FRAME_VIEW]
-    tables = dict(reference_tables or {})
-    try:
-        con.register(FRAME_VIEW, frame.reset_index(drop=True).assign(**{ROW: np.arange(len(frame))}))
-        for ref in contract_metadata(contract).get("references", []):
-            if reference_values is not None and ref.rule in reference_values:
-                view = f"__provline_ref_{ref.rule}"
-                con.register(view, pd.DataFrame({ref.table_column: list(reference_values[ref.rule])}, dtype=object))
-                views.append(view)
-                tables[ref.table] = view
-        return failure_cases_sql(con, FRAME_VIEW, contract, key_columns=key_columns,
-                                 reference_tables=tables, row_number=ROW, partition_column=partition_column)
-    finally:
-        for view in views:
-            con.unregister(view)
-        if own:
-            con.close()
+    with nullcontext(con) if con is not None else scratch() as con:
+        views = [FRAME_VIEW]
+        tables = dict(reference_tables or {})
+        try:
+            con.register(FRAME_VIEW, frame.reset_index(drop=True).assign(**{ROW: np.arange(len(frame))}))
+            for ref in contract_metadata(contract).get("references", []):
+                if reference_values is not None and ref.rule in reference_values:
+                    view = f"__provline_ref_{ref.rule}"
+                    con.register(view, pd.DataFrame({ref.table_column: list(reference_values[ref.rule])},
+                                                    dtype=object))
+                    views.append(view)
+                    tables[ref.table] = view
+            return failure_cases_sql(con, FRAME_VIEW, contract, key_columns=key_columns,
+                                     reference_tables=tables, row_number=ROW, partition_column=partition_column)
+        finally:
+            for view in views:
+                con.unregister(view)
 
 
 # --- planning: the contract as SQL predicates ------------------------------------------------
