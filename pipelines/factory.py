@@ -139,8 +139,7 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     built: list[tuple[Derived, dict[str, Receipt]]] = []
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
     for chunk in _chunks(partitions, get_settings().range_chunk_days):
-        derived, receipts = _build(spec, context, warehouse, chunk, allow, lineage, single)
-        monitors = monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
+        derived, receipts, monitors = _build(spec, context, warehouse, chunk, allow, lineage, single)
         lineage.finished(derived, receipts, monitors)
         yield from _report(spec, context, derived, receipts, single, column_lineage, monitors)
         built.append((derived, receipts))
@@ -163,20 +162,23 @@ def _chunks(partitions: list[str], size: int) -> list[list[str]]:
 def _build(
     spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str], allow: bool,
     lineage: StepLineage, single: bool,
-) -> tuple[Derived, dict[str, Receipt]]:
-    """Derive and commit some partitions: the valid ones written, the refused and blocked ones recorded."""
+) -> tuple[Derived, dict[str, Receipt], monitor.Monitors]:
+    """Derive and commit some partitions: the valid ones written, the refused and blocked ones recorded; then
+    the monitors' verdicts on what was written."""
     derived = None
     try:
         derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
                          on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
-        if derived.inputs.blocked:
-            warehouse.record_failures(blocked_write(spec, derived, context.run_id))
-        if single and not derived.built:  # blocked by its upstream: nothing to run
-            raise dg.Failure("\n".join(derived.inputs.blocked.values()), allow_retries=False)
-        if derived.refused:
-            warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
-        written = derived.written
-        return derived, warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
+        with warehouse.session():  # the writes and the monitors that read them: one connection
+            if derived.inputs.blocked:
+                warehouse.record_failures(blocked_write(spec, derived, context.run_id))
+            if single and not derived.built:  # blocked by its upstream: nothing to run
+                raise dg.Failure("\n".join(derived.inputs.blocked.values()), allow_retries=False)
+            if derived.refused:
+                warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
+            written = derived.written
+            receipts = warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
+            return derived, receipts, monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):  # Ctrl-C, or the run was canceled
         lineage.aborted()
         record_cancel(context.instance, context.run_id)

@@ -1,6 +1,7 @@
 """The warehouse every asset writes through: a Dagster resource with one small interface.
 
     connect()            a DuckDB connection on the warehouse (reads, and writes inside commit)
+    session()            calls inside it share one connection (a commit and the monitors after it)
     read(...)            the rows of some partitions of a table
     commit(write)        replace a set of partitions atomically; returns a Receipt per partition
     record_failures(...) keep the check results and failure cases of a write that was refused
@@ -96,6 +97,12 @@ class Warehouse(dg.ConfigurableResource):
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.backend.connect() as con:
             yield con
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Warehouse calls inside share one connection (the file backend's lock and open are paid once)."""
+        with self.backend.session():
+            yield
 
     def commit(self, write: Write) -> dict[str, Receipt]:
         return self.backend.commit(write)

@@ -228,6 +228,11 @@ class DuckLake:
             cursor.close()
 
     @contextmanager
+    def session(self) -> Iterator[None]:
+        """Nothing to hold: the lake keeps one connection per process (its cursors are cheap)."""
+        yield
+
+    @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: every read sees the same snapshot (a step's inputs are
         consistent with each other), and DuckLake looks the snapshot up once instead of per statement."""
