@@ -7,9 +7,12 @@ spec is still its function: `staging_orders(raw_orders=frame)` returns a DataFra
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import inspect
 import json
+import linecache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -93,7 +96,7 @@ class TableSpec:
             FACTORY_VERSION, self.table, self.daily_on or "", ",".join(i.table for i in self.inputs),
             self.source.name if self.source else "",
             self.sql or (inspect.getsource(self.transform) if self.transform else ""),
-            inspect.getsource(self.contract), json.dumps(self.columns),
+            class_source(self.contract), json.dumps(self.columns),
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
@@ -116,6 +119,27 @@ class TableSpec:
     def partition_expr_of(self, table: str) -> str | None:
         """The partition expression of this table or one of its inputs."""
         return next(s.daily_on for s in (self, *self.inputs) if s.table == table)
+
+
+def class_source(cls: type) -> str:
+    """`inspect.getsource(cls)`, the same text, with each file parsed once: inspect parses the whole module
+    again for every class it is asked about (most of the time it takes to load the definitions)."""
+    file = inspect.getsourcefile(cls)
+    start = _class_starts(file).get(cls.__qualname__) if file else None
+    if start is None:  # a nested or generated class: inspect's own search
+        return inspect.getsource(cls)
+    return "".join(inspect.getblock(linecache.getlines(file)[start:]))
+
+
+@functools.cache
+def _class_starts(file: str) -> dict[str, int]:
+    """A file's top-level classes: name -> the line (0-based) where inspect starts its source (its first
+    decorator, if any; the first definition of a name, as inspect finds it)."""
+    starts: dict[str, int] = {}
+    for node in ast.parse("".join(linecache.getlines(file))).body:
+        if isinstance(node, ast.ClassDef):
+            starts.setdefault(node.name, (node.decorator_list[0] if node.decorator_list else node).lineno - 1)
+    return starts
 
 
 def production_asset(
