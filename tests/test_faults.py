@@ -3,6 +3,7 @@ cannot get the warehouse lock within PROVLINE_LOCK_TIMEOUT_S fails clearly and w
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from pipelines.warehouse import base
+from pipelines.warehouse import Warehouse, base
 
 from .conftest import DAY, DAY_FLIGHTS, REPO, materialize, query, scalar
 
@@ -156,3 +157,35 @@ def test_a_step_that_cannot_get_the_warehouse_lock_fails_clearly_and_writes_noth
         "step holds it (raise PROVLINE_LOCK_TIMEOUT_S for long backfills)")
     assert waited >= 1
     assert not (home / "warehouse.duckdb").exists()
+
+
+def _lock_is_free(lock: Path) -> bool:
+    with open(lock, "a+") as handle:  # a second open file: flock conflicts with the session's, even in-process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_a_warehouse_session_is_one_connection_under_the_lock_and_a_failed_write_inside_it_changes_nothing(home):
+    warehouse = Warehouse(home=str(home))
+    lock = Path(warehouse.backend.lock_path)
+    with warehouse.session():
+        with warehouse.connect() as first, warehouse.connect() as second:
+            assert first is second
+        assert not _lock_is_free(lock)  # held for the whole session
+        warehouse.backend.transact(lambda con: con.execute("CREATE TABLE t AS SELECT 1 AS x"), "create")
+
+        def half_written(con):
+            con.execute("INSERT INTO t VALUES (2)")
+            raise RuntimeError("disk full (injected)")
+
+        with pytest.raises(RuntimeError, match="disk full"):
+            warehouse.backend.transact(half_written, "insert")
+        with warehouse.connect() as con:  # the session goes on after a rolled-back write
+            assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert _lock_is_free(lock)
+    with warehouse.connect() as con:  # a fresh connection: the first write was committed, the second not
+        assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
