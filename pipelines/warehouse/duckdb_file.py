@@ -3,7 +3,8 @@
 DuckDB allows one writing process per file, and runs (a backfill's, a CLI's beside `dagster dev`, a
 multiprocess run's steps) are separate processes, so every connection is taken under an inter-process file
 lock (`<home>/<name>.lock`): they queue for the warehouse instead of failing on DuckDB's lock. The lock is
-held only while reading inputs and while committing, never while a pandas transform or validation runs.
+held only while reading inputs and while committing (with the anomaly monitors that read the commit:
+`session()`), never while a pandas transform or validation runs.
 A crash or kill -9 before COMMIT leaves the previous version intact (DuckDB's WAL rolls the transaction
 back on the next open).
 
