@@ -10,6 +10,12 @@ for each Dagster instance storage:
   consolidated  the same with Dagster's ConsolidatedSqliteEventLogStorage (one SQLite file for every run)
   postgres      dagster-postgres on a throwaway PostgreSQL 15 cluster on loopback, durable settings
                 (fsync and synchronous_commit on, the server's defaults)
+  postgres-async  the same server, Dagster's connections with `synchronous_commit=off` (dagster.yaml
+                `params: {options: -c synchronous_commit=off}`: a commit does not wait for its WAL flush)
+  postgres-pgbouncer  the same server and database through PgBouncer with session pooling (deploy/README.md):
+                dagster-postgres opens a new connection for every storage call (SQLAlchemy NullPool), which
+                PgBouncer answers with an idle server connection instead of PostgreSQL starting a backend
+  postgres-pgbouncer-tx  the same with transaction pooling
   memory        an in-memory instance (`dagster.materialize`, in process: nothing kept after the run)
 
     python benchmarks/bench_dagster_floor.py --checks 0 3
@@ -21,6 +27,7 @@ The wall time includes the process start and imports (~3 s). Prints a markdown t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -33,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 FIRST, LAST, DAY = "2013-01-01", "2013-12-31", "2013-01-15"
+BOUNCED = {"postgres-pgbouncer": "session", "postgres-pgbouncer-tx": "transaction"}  # storage -> pool mode
 
 DEFINITIONS = textwrap.dedent('''
     import os
@@ -81,19 +89,23 @@ IN_MEMORY = textwrap.dedent('''
 ''')
 
 
-def instance_yaml(storage: str, home: Path, pg_port: int | None) -> str:
+def instance_yaml(storage: str, home: Path, pg_port: int | None, bouncer_ports: dict[str, int]) -> str:
     yaml = "telemetry:\n  enabled: false\n"
     if storage == "consolidated":
         yaml += ("event_log_storage:\n  module: dagster._core.storage.event_log\n"
                  f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
-    if storage == "postgres":
+    if storage.startswith("postgres"):
+        port = bouncer_ports.get(storage, pg_port)
         yaml += ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
-                 f"      port: {pg_port}\n      db_name: dagster\n      username: dagster\n      password: ''\n"
+                 f"      port: {port}\n      db_name: dagster\n      username: dagster\n      password: ''\n"
                  "      scheme: postgresql+psycopg2\n")
+    if storage == "postgres-async":
+        yaml += "      params:\n        options: -c synchronous_commit=off\n"
     return yaml
 
 
-def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: int) -> tuple[float, int]:
+def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: int,
+             bouncer_ports: dict[str, int]) -> tuple[float, int]:
     """(wall seconds, per-partition events) of one run in fresh folders: the year's range, or one day."""
     first, last = (FIRST, LAST) if days == 365 else (DAY, DAY)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
@@ -101,7 +113,7 @@ def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: 
         (tmp / "floor_defs.py").write_text(DEFINITIONS)
         home = tmp / "dagster_home"
         home.mkdir()
-        (home / "dagster.yaml").write_text(instance_yaml(storage, home, pg_port))
+        (home / "dagster.yaml").write_text(instance_yaml(storage, home, pg_port, bouncer_ports))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
         env.update(DAGSTER_HOME=str(home), FLOOR_ASSETS=str(assets), FLOOR_CHECKS=str(checks))
         if storage == "memory":
@@ -121,23 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assets", type=int, default=7, help="partitioned assets in the chain (flights: 7)")
     parser.add_argument("--checks", type=int, nargs="+", default=[0, 3], help="check evaluations per partition")
-    parser.add_argument("--storage", nargs="+", default=["sqlite", "consolidated", "postgres", "memory"])
+    parser.add_argument("--storage", nargs="+",
+                        default=["sqlite", "consolidated", "postgres", "postgres-pgbouncer", "memory"])
     parser.add_argument("--days", type=int, choices=[1, 365], default=365, help="the year's range, or one day")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from tests.backends.pgcluster import pg_cluster  # a throwaway cluster, as the backend tests use
+    from tests.backends.pgcluster import pg_cluster, pgbouncer  # a throwaway cluster, as the backend tests use
 
     print(f"load1 at start: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     rows = []
-    with pg_cluster(durable=True) as pg:
+    with pg_cluster(durable=True) as pg, contextlib.ExitStack() as stack:
         pg.create_database("dagster", owner="dagster")
+        bouncer_ports = {storage: stack.enter_context(pgbouncer(pg, ("dagster",), mode))
+                         for storage, mode in BOUNCED.items() if storage in args.storage}
         for checks in args.checks:
             for storage in args.storage:
                 walls = []
                 for _ in range(args.repeat):
-                    wall, events = run_once(storage, args.assets, checks, pg.port, args.days)
+                    wall, events = run_once(storage, args.assets, checks, pg.port, args.days, bouncer_ports)
                     walls.append(wall)
                     print(f"{storage} checks={checks}: {wall:.1f} s", file=sys.stderr)
                 rows.append((checks, storage, statistics.median(walls), events))

@@ -168,3 +168,47 @@ def pg_cluster(base: str | None = None, attempts: int = 3, durable: bool = False
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer(cluster: PgCluster, users: tuple[str, ...], pool_mode: str = "session") -> Iterator[int]:
+    """PgBouncer in front of every database of `cluster` for these login roles (apt-get install pgbouncer);
+    yields its port. Runs as the cluster's OS user (it refuses root), trust auth on 127.0.0.1, its log in the
+    cluster's folder."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise RuntimeError("PgBouncer not found: apt-get install -y pgbouncer")
+    folder = cluster.root / "pgbouncer"
+    folder.mkdir(exist_ok=True)
+    port = free_port()
+    (folder / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
+    (folder / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host=127.0.0.1 port={cluster.port}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {folder / 'users.txt'}\npool_mode = {pool_mode}\n"
+        f"max_client_conn = 500\ndefault_pool_size = 10\nlogfile = {folder / 'pgbouncer.log'}\n"
+        "log_connections = 0\nlog_disconnections = 0\n"
+    )
+    kw: dict = {}
+    if cluster.os_user:
+        pw = pwd.getpwnam(cluster.os_user)
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    # (its log goes to the logfile and to stderr: a pipe nobody reads would fill and stall it)
+    process = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], cwd=folder, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, **kw)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = folder / "pgbouncer.log"
+                raise RuntimeError(f"PgBouncer did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
