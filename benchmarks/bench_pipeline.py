@@ -1,7 +1,8 @@
 """Benchmark of issue 10: the whole flights pipeline as a user runs it, against bare DuckDB SQL.
 
 Every repetition runs in fresh temporary PROVLINE_HOME and DAGSTER_HOME (a SQLite Dagster instance on disk,
-telemetry off), as a user would:
+telemetry off; or, with --instance postgres|pgbouncer, a fresh database on a throwaway PostgreSQL 15 cluster
+with durable settings, reached directly or through PgBouncer as deploy/README.md describes), as a user would:
 
   day        `dagster asset materialize -m pipelines.definitions --select group:flights --partition DAY` on a
              warm warehouse (reference tables and DAY already there; the run re-materializes DAY)
@@ -17,6 +18,7 @@ telemetry off), as a user would:
              pipeline through PROVLINE_SOURCE_DIR (Parquet) against bare SQL on the same files
 
     python benchmarks/bench_pipeline.py --day-repeat 3 --year-repeat 1 --scale 30
+    python benchmarks/bench_pipeline.py --day-repeat 3 --year-repeat 1 --instance pgbouncer
 
 Medians, and the ratios of medians measured in the same invocation, are printed as markdown tables.
 """
@@ -24,6 +26,8 @@ Medians, and the ratios of medians measured in the same invocation, are printed 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,12 +47,46 @@ FIRST, LAST, DAY = "2013-01-01", "2013-12-31", "2013-01-15"
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+
+
+def sqlite_instance() -> str:
+    return TELEMETRY_OFF
+
+
+new_instance: Callable[[], str] = sqlite_instance
+"""The dagster.yaml of a fresh Dagster instance: SQLite in DAGSTER_HOME, unless main() sets up PostgreSQL."""
+
+
+@contextlib.contextmanager
+def postgres_instances(through_pgbouncer: bool) -> Iterator[Callable[[], str]]:
+    """A throwaway durable PostgreSQL cluster (and PgBouncer in front of it); yields a function that creates a
+    fresh database and returns the dagster.yaml of an instance on it."""
+    sys.path.insert(0, str(REPO))
+    from tests.backends.pgcluster import pg_cluster, pgbouncer  # as the backend tests and bench_dagster_floor
+
+    with pg_cluster(durable=True) as pg, contextlib.ExitStack() as stack:
+        pg.create_role("dagster")
+        port = stack.enter_context(pgbouncer(pg, ("dagster",))) if through_pgbouncer else pg.port
+        databases = itertools.count()
+
+        def fresh() -> str:
+            name = f"dagster_{next(databases)}"
+            pg.create_database(name, owner="dagster")
+            return TELEMETRY_OFF + (
+                "storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
+                f"      port: {port}\n      db_name: {name}\n      username: dagster\n      password: ''\n"
+                "      scheme: postgresql+psycopg2\n")
+
+        yield fresh
+
+
 def clean_env(tmp: Path, source_dir: Path | None = None) -> dict[str, str]:
     """The user's environment without provline/OpenLineage/Dagster settings, pointed at fresh homes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVLINE_", "OPENLINEAGE", "DAGSTER_"))}
     dagster_home = tmp / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (dagster_home / "dagster.yaml").write_text(new_instance())
     env.update(PROVLINE_HOME=str(tmp / "home"), DAGSTER_HOME=str(dagster_home), PYTHONUNBUFFERED="1")
     if source_dir is not None:
         env["PROVLINE_SOURCE_DIR"] = str(source_dir)
@@ -327,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--year-repeat", type=int, default=1)
     parser.add_argument("--scale", type=int, default=0, help="copies of the flights for the scale run (0: skip)")
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
+    parser.add_argument("--instance", choices=["sqlite", "postgres", "pgbouncer"], default="sqlite",
+                        help="the Dagster instance of the `dagster asset materialize` runs (not `provline run`'s)")
     parser.add_argument("--bare-sql", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sources", type=Path, help=argparse.SUPPRESS)
@@ -334,7 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_sql:
         print(json.dumps(bare_sql(args.db, args.sources)))
         return 0
-    print(f"load before: {os.getloadavg()}; nproc {os.cpu_count()}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        if args.instance != "sqlite":
+            global new_instance
+            new_instance = stack.enter_context(postgres_instances(args.instance == "pgbouncer"))
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
+    print(f"load before: {os.getloadavg()}; nproc {os.cpu_count()}; Dagster instance: {args.instance}",
+          file=sys.stderr)
     runs: dict[str, list[dict]] = {"day": [], "year": [], "scale": []}
     for _ in range(args.day_repeat):
         runs["day"].append(one(run_day))
