@@ -23,7 +23,7 @@ from pipelines.lineage.naming import dagster_run_id
 from tests.conftest import REPO, materialize
 
 from .conftest import Lake
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, pgbouncer
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -62,6 +62,34 @@ def test_a_run_lands_in_the_postgres_run_storage(dagster_home: Path, postgres_se
         f"SELECT count(*) FROM event_logs WHERE run_id = '{result.run_id}' "
         "AND dagster_event_type = 'ASSET_MATERIALIZATION'", db=database)
     assert int(materialized) == 6  # the six unpartitioned tables, written to the DuckLake
+
+
+@pytest.fixture
+def through_pgbouncer(dagster_home: Path, postgres_server: PgCluster, monkeypatch) -> Iterator[int]:
+    """The same instance reached through PgBouncer (session pooling), as deploy/README.md recommends; yields
+    PgBouncer's port."""
+    with pgbouncer(postgres_server, ("provline",)) as port:
+        monkeypatch.setenv("DAGSTER_PG_PORT", str(port))
+        yield port
+
+
+@pytest.mark.slow
+def test_a_range_run_through_pgbouncer_records_each_partition_and_its_checks(
+        through_pgbouncer: int, postgres_server: PgCluster):
+    days = ["2013-01-14", "2013-01-15", "2013-01-16"]
+    with dg.DagsterInstance.get() as instance:
+        assert materialize("reference", instance=instance).success
+        result = materialize("flights", instance=instance, tags={
+            "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
+        assert result.success
+        materialized = instance.get_materialized_partitions(dg.AssetKey(["marts", "flight_facts"]))
+    assert materialized == set(days)
+    database = os.environ["DAGSTER_PG_DB"]
+    rows = postgres_server.psql(  # straight from PostgreSQL: what the bouncer passed on was stored
+        "SELECT partition, execution_status FROM asset_check_executions "
+        "WHERE asset_key = '[\"marts\", \"flight_facts\"]' AND check_name = 'contract' ORDER BY partition",
+        db=database).split()
+    assert rows == [f"{day}|SUCCEEDED" for day in days]
 
 
 def lineage_events(home: Path) -> list[dict]:
