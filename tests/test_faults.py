@@ -1,5 +1,6 @@
 """Atomicity: a failure (exception or kill -9) inside the write leaves the previous version; a step that
-cannot get the warehouse lock within PROVLINE_LOCK_TIMEOUT_S fails clearly and writes nothing."""
+cannot get the warehouse lock within PROVLINE_LOCK_TIMEOUT_S fails clearly and writes nothing; a warehouse
+session is one connection under the lock, and a failed write inside it rolls back alone."""
 
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def _lock_is_free(lock: Path) -> bool:
 
 def test_a_warehouse_session_is_one_connection_under_the_lock_and_a_failed_write_inside_it_changes_nothing(home):
     warehouse = Warehouse(home=str(home))
-    lock = Path(warehouse.backend.lock_path)
+    lock = warehouse.backend.lock_path
     with warehouse.session():
         with warehouse.connect() as first, warehouse.connect() as second:
             assert first is second

@@ -1,6 +1,6 @@
-"""The Dagster instance of deploy/dagster.yaml on a real PostgreSQL server: runs land in its run storage,
-its daemon launches sensor runs through the queue, and run monitoring fails a killed run, whose terminal
-OpenLineage event the provline lineage sensors then emit."""
+"""The Dagster instance of deploy/dagster.yaml on a real PostgreSQL server: runs land in its run storage (also
+through PgBouncer, as deploy/README.md recommends), its daemon launches sensor runs through the queue, and run
+monitoring fails a killed run, whose terminal OpenLineage event the provline lineage sensors then emit."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import yaml
 
 from pipelines.lineage.naming import dagster_run_id
 from tests.conftest import REPO, materialize
+from tests.test_ranges import range_tags
 
 from .conftest import Lake
 from .pgcluster import PgCluster, pgbouncer
@@ -79,8 +80,7 @@ def test_a_range_run_through_pgbouncer_records_each_partition_and_its_checks(
     days = ["2013-01-14", "2013-01-15", "2013-01-16"]
     with dg.DagsterInstance.get() as instance:
         assert materialize("reference", instance=instance).success
-        result = materialize("flights", instance=instance, tags={
-            "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
+        result = materialize("flights", instance=instance, tags=range_tags(days[0], days[-1]))
         assert result.success
         materialized = instance.get_materialized_partitions(dg.AssetKey(["marts", "flight_facts"]))
     assert materialized == set(days)
