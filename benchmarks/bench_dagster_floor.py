@@ -95,12 +95,10 @@ def instance_yaml(storage: str, home: Path, pg_port: int | None, bouncer_ports: 
         yaml += ("event_log_storage:\n  module: dagster._core.storage.event_log\n"
                  f"  class: ConsolidatedSqliteEventLogStorage\n  config:\n    base_dir: {home / 'history'}\n")
     if storage.startswith("postgres"):
-        port = bouncer_ports.get(storage, pg_port)
-        yaml += ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
-                 f"      port: {port}\n      db_name: dagster\n      username: dagster\n      password: ''\n"
-                 "      scheme: postgresql+psycopg2\n")
-    if storage == "postgres-async":
-        yaml += "      params:\n        options: -c synchronous_commit=off\n"
+        from tests.backends.pgcluster import dagster_storage_yaml
+
+        yaml += dagster_storage_yaml(bouncer_ports.get(storage, pg_port), "dagster", "dagster",
+                                     "-c synchronous_commit=off" if storage == "postgres-async" else None)
     return yaml
 
 

@@ -63,7 +63,7 @@ def postgres_instances(through_pgbouncer: bool) -> Iterator[Callable[[], str]]:
     """A throwaway durable PostgreSQL cluster (and PgBouncer in front of it); yields a function that creates a
     fresh database and returns the dagster.yaml of an instance on it."""
     sys.path.insert(0, str(REPO))
-    from tests.backends.pgcluster import pg_cluster, pgbouncer  # as the backend tests and bench_dagster_floor
+    from tests.backends.pgcluster import dagster_storage_yaml, pg_cluster, pgbouncer  # as bench_dagster_floor
 
     with pg_cluster(durable=True) as pg, contextlib.ExitStack() as stack:
         pg.create_role("dagster")
@@ -73,10 +73,7 @@ def postgres_instances(through_pgbouncer: bool) -> Iterator[Callable[[], str]]:
         def fresh() -> str:
             name = f"dagster_{next(databases)}"
             pg.create_database(name, owner="dagster")
-            return TELEMETRY_OFF + (
-                "storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
-                f"      port: {port}\n      db_name: {name}\n      username: dagster\n      password: ''\n"
-                "      scheme: postgresql+psycopg2\n")
+            return TELEMETRY_OFF + dagster_storage_yaml(port, name, "dagster")
 
         yield fresh
 

@@ -64,8 +64,8 @@ def test_materialization_metadata_and_data_version(one_day):
     assert preview[0] == "| " + " | ".join(catalog["staging.planes"].columns) + " |" and len(preview) == 2 + 5
     assert event.asset_materialization.tags["dagster/data_version"] == content_hash
     assert "dagster/column_schema" not in metadata  # the contract fixes it: the definition carries it, once
-    columns = defs.resolve_asset_graph().get(dg.AssetKey(["staging", "planes"])).metadata["dagster/column_schema"]
-    columns = columns.columns
+    schema = defs.resolve_asset_graph().get(dg.AssetKey(["staging", "planes"])).metadata["dagster/column_schema"]
+    columns = schema.columns
     assert [c.name for c in columns] == list(catalog["staging.planes"].columns)
     assert columns[0].description == "Tail number (key)."
     key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "warnings")

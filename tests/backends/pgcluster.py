@@ -212,3 +212,12 @@ def pgbouncer(cluster: PgCluster, users: tuple[str, ...], pool_mode: str = "sess
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def dagster_storage_yaml(port: int, db: str, user: str, options: str | None = None) -> str:
+    """The `storage:` section of a dagster.yaml for dagster-postgres on 127.0.0.1 (trust auth); `options` are
+    libpq's (e.g. `-c synchronous_commit=off`). For the benchmarks' throwaway instances."""
+    yaml = ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
+            f"      port: {port}\n      db_name: {db}\n      username: {user}\n      password: ''\n"
+            "      scheme: postgresql+psycopg2\n")  # SQLAlchemy 2.1 maps plain postgresql to psycopg 3
+    return yaml + (f"      params:\n        options: {options}\n" if options else "")
