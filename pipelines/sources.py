@@ -156,7 +156,8 @@ def read_file(path: Path, contract: type[pa.DataFrameModel], keep_parsed: bool =
 
 
 @lru_cache(maxsize=8)
-def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameModel], copies: Path | None) -> SourceTable:
+def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameModel],
+          copies: Path | None) -> SourceTable:
     with open(path, "rb") as file:
         digest = hashlib.file_digest(file, "md5").hexdigest()
     dtypes = {name: str(column.dtype) for name, column in contract.to_schema().columns.items()}
