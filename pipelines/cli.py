@@ -66,19 +66,24 @@ def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) ->
 
 
 def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
-                 days: list[str] | None = None) -> dg.DagsterRunStatus:
+                 days: list[str] | None = None, checks_per_run: bool = False) -> dg.DagsterRunStatus:
     """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days.
-    Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended."""
+    Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended.
+    `checks_per_run`: a range's checks are reported once for the run (and not planned per partition)."""
+    from pipelines.factory import CHECKS_PER_RUN_TAG
     from pipelines.lineage.runs import ended_as, finish_run, interrupt_on_cancel
 
-    partition, tags = None, {INVOCATION_TAG: uuid.uuid4().hex}
+    partition, tags, chosen = None, {INVOCATION_TAG: uuid.uuid4().hex}, None
     if days and len(days) == 1:
         partition = days[0]
     elif days:  # a range in one run (the assets' backfill policy is single-run)
         tags |= {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+        if checks_per_run:  # Dagster then plans no check per partition: the steps report each check once
+            tags[CHECKS_PER_RUN_TAG] = "true"
+            chosen = dg.AssetSelection.assets(*selection).without_checks()
     with interrupt_on_cancel(instance, dg.RunsFilter(tags={INVOCATION_TAG: tags[INVOCATION_TAG]})):
-        result = dg.materialize(selection, partition_key=partition, instance=instance, resources=resources,
-                                tags=tags, raise_on_error=False)
+        result = dg.materialize(selection, selection=chosen, partition_key=partition, instance=instance,
+                                resources=resources, tags=tags, raise_on_error=False)
     run = instance.get_run_by_id(result.run_id) or result.dagster_run
     finish_run(run)
     status = ended_as(run)
@@ -126,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = 0
     try:
         for selection, label, days in runs:
-            status = _materialize(instance, resources, selection, label, days)
+            status = _materialize(instance, resources, selection, label, days,
+                                  args.checks_per_run or get_settings().checks_per_run)
             if status == dg.DagsterRunStatus.CANCELED:
                 return INTERRUPTED
             if status != dg.DagsterRunStatus.SUCCESS and days is None:  # the daily tables need the others
@@ -271,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--start", help="first day of a range")
     run.add_argument("--end", help="last day of the range (inclusive)")
     run.add_argument("--skip-reference", action="store_true", help="do not rebuild the unpartitioned tables")
+    run.add_argument("--checks-per-run", action="store_true",
+                     help="a range reports each asset check once for the run, not per partition (big backfills; "
+                          "per-partition verdicts stay in provline health and OpenLineage)")
     run.set_defaults(func=cmd_run)
 
     status = commands.add_parser("status", help="the tables in the warehouse and their latest versions")

@@ -22,6 +22,7 @@ import inspect
 import logging
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -48,6 +49,9 @@ from pipelines.warehouse import Receipt, Warehouse, quarantine_table
 
 __all__ = ["TableSpec", "build_asset", "production_asset", "sql_asset"]
 
+CHECKS_PER_RUN_TAG = "provline/checks_per_run"
+"""Run tag (or PROVLINE_CHECKS_PER_RUN=true): a range reports each Dagster check once for the run, not once per
+partition; for backfills where Dagster's own cost of recording per-partition checks dominates."""
 TRANSIENT_RETRIES = 1
 """An unexpected error (a lock, a disk) is retried once, by the factory raising RetryRequested: an asset
 RetryPolicy would do the same, but Dagster also applies it to an interrupted step, re-running what the
@@ -137,13 +141,16 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     )
     column_lineage = _column_lineage_metadata(lineage.column_lineage[0])
     built: list[tuple[Derived, dict[str, Receipt]]] = []
+    per_run: dict[str, list] | None = {} if not single and _checks_per_run(context) else None
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
     rows = {} if single else planned_rows(spec, warehouse, partitions)
     for chunk in _chunks(partitions, rows, get_settings().range_chunk_rows):
         derived, receipts, monitors = _build(spec, context, warehouse, chunk, allow, lineage, single)
         lineage.finished(derived, receipts, monitors)
-        yield from _report(spec, context, derived, receipts, single, column_lineage, monitors)
+        yield from _report(spec, context, derived, receipts, single, column_lineage, monitors, per_run)
         built.append((derived, receipts))
+    if per_run is not None:
+        yield from _run_check_evaluations(spec, per_run)
     context.log.info(_written_summary(spec, {p: r for _, receipts in built for p, r in receipts.items()}))
     if any(derived.refused or derived.inputs.blocked for derived, _ in built):
         summary = _failure_summary(spec, [derived for derived, _ in built])
@@ -204,11 +211,13 @@ def _build(
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],
-            single: bool, column_lineage: dg.TableColumnLineage | None, monitors: monitor.Monitors):
+            single: bool, column_lineage: dg.TableColumnLineage | None, monitors: monitor.Monitors,
+            per_run: dict[str, list] | None = None):
     """The Dagster events: per partition, its materialization (when written), then its check results (the
     contract's, then the anomaly monitors'), each pointing at the materialization it checked. A run of one
     partition materializes Dagster's own way (its event carries the input provenance staleness reads); a
-    range reports each partition itself. Check results are events, not check outputs: half the writes."""
+    range reports each partition itself. Check results are events, not check outputs: half the writes.
+    With checks reported per run (`per_run`, see CHECKS_PER_RUN_TAG), the check results are collected there."""
     for partition in derived.written:
         receipt = receipts[partition]
         metadata = _metadata(spec, derived, partition, receipt, column_lineage)
@@ -219,13 +228,16 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
                 asset_key=spec.key, partition=partition, metadata=metadata,
                 tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
             )
-    targets = _materializations(context, spec, derived.written, derived.refused)
+    targets = _materializations(context, spec, derived.written, derived.refused) if per_run is None else {}
     blocking = _blocking_checks(spec)
     quarantined = derived.validation.quarantined_counts
     for partition in derived.built:
         results = derived.validation.results[partition]
         for result in _check_results(spec, results, partition, quarantined.get(partition, 0)) + \
                 monitors.check_results(partition):
+            if per_run is not None:
+                per_run.setdefault(result.check_name, []).append((partition, result))
+                continue
             yield dg.AssetCheckEvaluation(
                 asset_key=spec.key, check_name=result.check_name, passed=result.passed,
                 metadata=result.metadata, severity=result.severity, partition=partition or None,
@@ -233,6 +245,35 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
                 # a range goes on with the other partitions: the factory blocks this one downstream itself
                 blocking=single and result.check_name in blocking,
             )
+
+
+def _checks_per_run(context: dg.AssetExecutionContext) -> bool:
+    """Whether a range reports each check once for the run instead of once per partition (opt-in)."""
+    return get_settings().checks_per_run or context.run.tags.get(CHECKS_PER_RUN_TAG, "").lower() == "true"
+
+
+def _run_check_evaluations(spec: TableSpec, per_run: dict[str, list]) -> Iterator[dg.AssetCheckEvaluation]:
+    """One evaluation per check for a whole range: it fails when any partition failed, and its metadata names
+    each failed partition and why. (Each partition's own result is in quality.check_results and OpenLineage.)"""
+    for check, results in per_run.items():
+        failed = {partition or "unpartitioned": _why(result) for partition, result in results if not result.passed}
+        yield dg.AssetCheckEvaluation(
+            asset_key=spec.key, check_name=check, passed=not failed, severity=results[0][1].severity,
+            metadata={"partitions": len(results), "failed_partitions": len(failed),
+                      "failures": dg.MetadataValue.json(failed),
+                      "per_partition": f"provline health; quality.check_results WHERE asset = '{spec.table}'"},
+        )
+
+
+def _why(result: dg.AssetCheckResult) -> str:
+    """A failed check result in a line: its problem, or how many rows failed which rules."""
+    metadata = result.metadata
+    if metadata.get("problem"):
+        return str(metadata["problem"])
+    rules = metadata.get("failed_rules")
+    named = ", ".join(f"{rule} ({rows})" for rule, rows in rules.data.items()) if rules is not None \
+        else str(metadata.get("rule", ""))
+    return f"{metadata.get('failing_rows', 0)} failing rows: {named}"
 
 
 def _materializations(

@@ -45,6 +45,10 @@ class Settings:
     range_chunk_rows: int
     """PROVLINE_RANGE_CHUNK_ROWS: a range of partitions is built in chunks of whole days holding at most about this
     many rows (a day is never split: one bigger than this is a chunk of its own). Bounds a step's memory."""
+    checks_per_run: bool
+    """PROVLINE_CHECKS_PER_RUN: a range run reports each Dagster asset check once for the run (its metadata lists
+    the partitions that failed and why) instead of once per partition. Per-partition verdicts stay in
+    quality.check_results, OpenLineage and `provline health`; blocking stays per partition. Off by default."""
     memory_limit: str
     """PROVLINE_MEMORY_LIMIT: DuckDB's memory limit for each database a process opens (the warehouse's connection,
     the scratch database that validates); past it DuckDB spills to PROVLINE_HOME/spill."""
@@ -120,6 +124,7 @@ def get_settings() -> Settings:
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
         range_chunk_rows=int(_env("PROVLINE_RANGE_CHUNK_ROWS", "1000000")),
+        checks_per_run=_env("PROVLINE_CHECKS_PER_RUN", "false").lower() in ("1", "true", "yes"),
         memory_limit=_env("PROVLINE_MEMORY_LIMIT", "1GB"),
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
         landing_dir=_path("PROVLINE_LANDING_DIR"),
