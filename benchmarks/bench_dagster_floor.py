@@ -50,7 +50,9 @@ DEFINITIONS = textwrap.dedent('''
 
     warnings.simplefilter("ignore")
     DAILY = dg.DailyPartitionsDefinition(start_date="2013-01-01", end_date="2014-01-01")
-    ASSETS, CHECKS = int(os.environ["FLOOR_ASSETS"]), int(os.environ["FLOOR_CHECKS"])
+    ASSETS = int(os.environ["FLOOR_ASSETS"])
+    CHECKS = [int(n) for n in os.environ["FLOOR_CHECKS"].split(",")]  # per partition, for each asset
+    PER_RUN = os.environ.get("FLOOR_PER_RUN") == "1"  # each check once for the run, as provline's opt-in
 
 
     def trivial(index):
@@ -59,16 +61,19 @@ DEFINITIONS = textwrap.dedent('''
         @dg.multi_asset(
             name=f"a{index}",
             specs=[dg.AssetSpec(key, deps=[f"a{index - 1}"] if index else [], partitions_def=DAILY)],
-            check_specs=[dg.AssetCheckSpec(f"c{i}", asset=key, partitions_def=DAILY) for i in range(CHECKS)],
+            check_specs=[dg.AssetCheckSpec(f"c{i}", asset=key, partitions_def=DAILY) for i in range(CHECKS[index])],
             partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run(), can_subset=True,
         )
         def _asset(context):
             for partition in context.partition_keys:
                 yield dg.AssetMaterialization(asset_key=key, partition=partition, metadata={"rows": 1},
                                               tags={"dagster/data_version": partition})
-                for i in range(CHECKS):
+                for i in range(0 if PER_RUN else CHECKS[index]):
                     yield dg.AssetCheckEvaluation(asset_key=key, check_name=f"c{i}", passed=True,
                                                   partition=partition, metadata={"failing_rows": 0})
+            for i in range(CHECKS[index] if PER_RUN else 0):
+                yield dg.AssetCheckEvaluation(asset_key=key, check_name=f"c{i}", passed=True,
+                                              metadata={"partitions": len(context.partition_keys)})
             yield dg.Output(None, output_name=f"a{index}", metadata={"__source_asset_observation__": True})
 
         return _asset
@@ -78,15 +83,19 @@ DEFINITIONS = textwrap.dedent('''
     defs = dg.Definitions(assets=assets, executor=dg.in_process_executor)
 ''')
 
-IN_MEMORY = textwrap.dedent('''
+IN_PROCESS = textwrap.dedent('''
     import sys
     import dagster as dg
     sys.path.insert(0, sys.argv[1])
     import floor_defs
-    result = dg.materialize(floor_defs.assets, instance=dg.DagsterInstance.ephemeral(), tags={
+    instance = dg.DagsterInstance.ephemeral() if sys.argv[4] == "memory" else dg.DagsterInstance.get()
+    # checks once per run: Dagster plans none per partition (as `provline run --checks-per-run` selects)
+    selection = dg.AssetSelection.all().without_checks() if floor_defs.PER_RUN else None
+    result = dg.materialize(floor_defs.assets, selection=selection, instance=instance, tags={
         "dagster/asset_partition_range_start": sys.argv[2], "dagster/asset_partition_range_end": sys.argv[3]})
     assert result.success
 ''')
+"""`dagster.materialize` in one process, as `provline run` runs: on an in-memory instance, or DAGSTER_HOME's."""
 
 
 def instance_yaml(storage: str, home: Path, pg_port: int | None, bouncer_ports: dict[str, int]) -> str:
@@ -102,9 +111,12 @@ def instance_yaml(storage: str, home: Path, pg_port: int | None, bouncer_ports: 
     return yaml
 
 
-def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: int,
-             bouncer_ports: dict[str, int], planned_subset: bool = False) -> tuple[float, int]:
-    """(wall seconds, per-partition events) of one run in fresh folders: the year's range, or one day."""
+def run_once(storage: str, assets: int, checks: int | list[int], pg_port: int | None, days: int,
+             bouncer_ports: dict[str, int], planned_subset: bool = False, per_run: bool = False,
+             in_process: bool = False) -> tuple[float, int]:
+    """(wall seconds, events reported) of one run in fresh folders: the year's range, or one day. `checks`: per
+    partition, for every asset or (a list) for each; `per_run`: each check reported once for the run instead;
+    `in_process`: `dagster.materialize` in a Python process (as `provline run`), not `dagster asset materialize`."""
     first, last = (FIRST, LAST) if days == 365 else (DAY, DAY)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
         tmp = Path(tmp)
@@ -113,11 +125,13 @@ def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: 
         home.mkdir()
         (home / "dagster.yaml").write_text(instance_yaml(storage, home, pg_port, bouncer_ports))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
-        env.update(DAGSTER_HOME=str(home), FLOOR_ASSETS=str(assets), FLOOR_CHECKS=str(checks))
+        counts = checks if isinstance(checks, list) else [checks] * assets
+        env.update(DAGSTER_HOME=str(home), FLOOR_ASSETS=str(assets), FLOOR_CHECKS=",".join(map(str, counts)),
+                   FLOOR_PER_RUN="1" if per_run else "0")
         if planned_subset:
             env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "true"
-        if storage == "memory":
-            cmd = [sys.executable, "-c", IN_MEMORY, str(tmp), first, last]
+        if storage == "memory" or in_process or per_run:
+            cmd = [sys.executable, "-c", IN_PROCESS, str(tmp), first, last, storage]
         else:
             cmd = [str(BIN / "dagster"), "asset", "materialize", "-f", str(tmp / "floor_defs.py"), "--select", "*",
                    *(["--partition-range", f"{first}...{last}"] if days == 365 else ["--partition", DAY])]
@@ -126,7 +140,7 @@ def run_once(storage: str, assets: int, checks: int, pg_port: int | None, days: 
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"{storage}: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return wall, assets * days * (1 + checks)
+    return wall, assets * days + (sum(counts) if per_run else days * sum(counts))
 
 
 def main(argv: list[str] | None = None) -> int:
