@@ -10,6 +10,7 @@ import pytest
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pipelines.definitions import catalog, defs
+from pipelines.factory import CHECKS_PER_RUN_TAG
 from pipelines.verify import REPRODUCED, verify
 from pipelines.warehouse import Warehouse
 
@@ -32,15 +33,20 @@ def materialize_range(first: str, last: str, **kwargs) -> dg.ExecuteInProcessRes
                           tags=range_tags(first, last), **kwargs)
 
 
+SMALL_MEMORY = "64MB"
+
+
 @pytest.fixture(scope="module")
 def february(tmp_path_factory: pytest.TempPathFactory):
     """The reference tables and February 2013 in one range run, on an instance kept for inspection; built
-    about ten thousand rows (some ten days) at a time: chunks of a range must give what the whole range gives."""
+    about ten thousand rows (some ten days) at a time, DuckDB held to a small memory limit: chunks of a range
+    must give what the whole range gives."""
     home = tmp_path_factory.mktemp("february") / "provline"
     instance = dg.DagsterInstance.ephemeral()
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, home)
         mp.setenv("PROVLINE_RANGE_CHUNK_ROWS", "10000")
+        mp.setenv("PROVLINE_MEMORY_LIMIT", SMALL_MEMORY)
         assert materialize("reference").success
         result = materialize_range(FIRST, LAST, instance=instance)
         assert result.success
@@ -83,6 +89,18 @@ def test_per_partition_hashes_equal_day_by_day_runs(february, tmp_path, monkeypa
     by_day = sorted(query(day_home, sql, [days]))
     assert len(by_day) == len(FLIGHTS_GROUP) * len(days)
     assert sorted(query(home, sql, [days])) == by_day
+
+
+def test_a_chunked_range_under_a_small_memory_limit_gives_the_unchunked_hashes(february, tmp_path, monkeypatch):
+    home, _, _ = february
+    whole = tmp_path / "whole"
+    _isolate(monkeypatch, whole)  # the defaults: chunks of a million rows (February is one), 1GB for DuckDB
+    assert materialize("reference").success
+    assert materialize_range(FIRST, LAST).success
+    sql = "SELECT asset, partition, content_hash, row_count, quarantined_count FROM provline.version_log"
+    assert sorted(query(whole, sql)) == sorted(query(home, sql))
+    commits = "SELECT count(DISTINCT written_at) FROM provline.version_log WHERE asset = 'raw.flights'"
+    assert query(whole, commits) == [(1,)] and query(home, commits)[0][0] >= 3  # ~25,000 rows, 10,000 a chunk
 
 
 def test_dagster_records_one_materialization_per_asset_and_partition(february):
@@ -139,25 +157,66 @@ def test_verify_reproduces_a_partition_in_the_middle_of_the_range(february, monk
         assert verdict.verdict == REPRODUCED, verdict.text()
 
 
-def test_a_range_with_one_corrupt_day_writes_every_other_day_and_names_it(home, tmp_path, monkeypatch, delivered):
-    days = ["2013-01-14", "2013-01-15", "2013-01-16"]
-    folder = write_sources(tmp_path / "sources", delivered, days)
+CORRUPT_DAYS = ["2013-01-14", "2013-01-15", "2013-01-16"]  # the middle one with a flight from "XYZ"
+
+
+@pytest.fixture
+def corrupt_day(home, tmp_path, monkeypatch, delivered) -> list[str]:
+    """Sources of three days, one flight of the middle day from an origin that does not exist; the reference
+    tables built."""
+    folder = write_sources(tmp_path / "sources", delivered, CORRUPT_DAYS)
     flights = pd.read_csv(folder / "flights.csv", dtype=str, keep_default_na=False)
     bad = flights.index[(flights["day"] == "15")][3]
     flights.loc[bad, "origin"] = "XYZ"
     flights.to_csv(folder / "flights.csv", index=False)
     monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(folder))
     assert materialize("reference").success
-    result = materialize_range(days[0], days[-1])
+    return CORRUPT_DAYS
+
+
+def _written_and_blocked(home) -> None:
+    """Every day but the corrupt one written downstream of raw.flights, and raw.flights' failure recorded."""
+    written = query(home, "SELECT asset, list_sort(list(partition)) FROM provline.version_log "
+                          "WHERE partition <> '' GROUP BY asset")
+    good = [CORRUPT_DAYS[0], CORRUPT_DAYS[2]]
+    assert dict(written) == {**{spec.table: good for spec in FLIGHTS_GROUP}, "raw.weather": CORRUPT_DAYS,
+                             "staging.weather": CORRUPT_DAYS}
+    failed = query(home, "SELECT partition, check_name FROM quality.check_results WHERE asset = 'raw.flights' "
+                         "AND blocking")
+    assert failed == [("2013-01-15", "origin_isin")]
+    assert query(home, "SELECT count(*) FROM quality.check_results WHERE asset = 'staging.flights' "
+                       "AND partition = '2013-01-15' AND check_name = 'upstream_failed' AND blocking") == [(1,)]
+
+
+def test_a_range_with_one_corrupt_day_writes_every_other_day_and_names_it(home, corrupt_day):
+    result = materialize_range(corrupt_day[0], corrupt_day[-1])
     assert not result.success
     message = "\n".join(e.event_specific_data.error.message for e in result.all_events
                         if e.event_type_value == "STEP_FAILURE")
     assert "raw.flights [2013-01-15]" in message and "origin_isin" in message and "XYZ" in message
-    written = query(home, "SELECT asset, list_sort(list(partition)) FROM provline.version_log "
-                          "WHERE partition <> '' GROUP BY asset")
-    good = ["2013-01-14", "2013-01-16"]
-    assert dict(written) == {**{spec.table: good for spec in FLIGHTS_GROUP}, "raw.weather": days,
-                             "staging.weather": days}
-    failed = query(home, "SELECT partition, check_name FROM quality.check_results WHERE asset = 'raw.flights' "
-                         "AND blocking")
-    assert failed == [("2013-01-15", "origin_isin")]
+    _written_and_blocked(home)
+
+
+def test_checks_per_run_record_one_evaluation_per_check_and_run_and_still_block(home, corrupt_day):
+    """The opt-in for big backfills: Dagster plans no check per partition and gets one evaluation per check and
+    run, naming the partition that failed; materializations stay per partition, and so does blocking."""
+    result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights").without_checks(),
+                            resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False,
+                            tags={**range_tags(corrupt_day[0], corrupt_day[-1]), CHECKS_PER_RUN_TAG: "true"})
+    assert not result.success
+    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    checks = {(s.asset_key.to_user_string(), s.name) for a in defs.assets for s in a.check_specs
+              if a.partitions_def is not None}
+    assert Counter((e.asset_key.to_user_string(), e.check_name, e.partition) for e in evaluations) == \
+        Counter({(asset, check, None): 1 for asset, check in checks})
+    contract = next(e for e in evaluations
+                    if e.asset_key.to_user_string() == "raw/flights" and e.check_name == "contract")
+    assert not contract.passed and contract.metadata["partitions"].value == 3
+    failures = contract.metadata["failures"].value
+    assert list(failures) == ["2013-01-15"] and "origin_isin" in failures["2013-01-15"]
+    planned = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION_PLANNED"]
+    assert planned == []
+    materialized = Counter(e.asset_key.to_user_string() for e in result.all_events
+                           if e.event_type_value == "ASSET_MATERIALIZATION")
+    assert materialized["raw/weather"] == 3 and materialized["marts/flight_facts"] == 2
+    _written_and_blocked(home)
