@@ -43,25 +43,28 @@ class PartitionStats:
 
 def partition_stats(valid: pyarrow.Table, columns: dict[str, str]) -> dict[str, PartitionStats]:
     """Per partition of the valid rows: the row count and each column's null and distinct counts (NaN is a
-    null, as pandas counts it), over the values as written (cast to the contract's types): one grouped pass of
-    DuckDB over a range, in place."""
+    null, as pandas counts it), over the values as written (cast to the contract's types). DuckDB scans the rows
+    in place: one grouped pass for the counts, and a DISTINCT per column, which spills past the memory limit
+    where count(DISTINCT) cannot."""
     present = {c: t for c, t in columns.items() if c in valid.column_names}
     if valid.num_rows == 0:
         return {}
-    aggregates = []
-    for column, sql_type in present.items():
-        value = quote(column)
-        null = f"{value} IS NULL" + (f" OR isnan({value})" if sql_type in ("DOUBLE", "FLOAT") else "")
-        aggregates += [f"count(*) FILTER (WHERE {null})", f"count(DISTINCT {value}) FILTER (WHERE NOT ({null}))"]
+    part = quote(PARTITION)
+    nulls = {c: f"{quote(c)} IS NULL" + (f" OR isnan({quote(c)})" if t in ("DOUBLE", "FLOAT") else "")
+             for c, t in present.items()}
+    typed = f"(SELECT {part}, {typed_select(present)} FROM stats_rows)"
+    counts = "".join(f", count(*) FILTER (WHERE {null})" for null in nulls.values())
+    distinct = " UNION ALL ".join(
+        f"SELECT {part}, {i} AS i, count(*) FROM (SELECT DISTINCT {part}, {quote(c)} FROM {typed} "
+        f"WHERE NOT ({nulls[c]})) GROUP BY ALL" for i, c in enumerate(present))
     with scratch() as con:
         con.register("stats_rows", valid)
-        found = con.execute(
-            f"""SELECT {quote(PARTITION)}, count(*){"".join(", " + a for a in aggregates)}
-                FROM (SELECT {quote(PARTITION)}, {typed_select(present)} FROM stats_rows) GROUP BY ALL""").fetchall()
+        found = con.execute(f"SELECT {part}, count(*){counts} FROM {typed} GROUP BY ALL").fetchall()
+        distincts = {(partition, i): n for partition, i, n in con.execute(distinct).fetchall()} if present else {}
     return {
-        partition: PartitionStats(rows, {column: ColumnMetrics(counts[2 * i], counts[2 * i + 1])
+        partition: PartitionStats(rows, {column: ColumnMetrics(null_counts[i], distincts.get((partition, i), 0))
                                          for i, column in enumerate(present)})
-        for partition, rows, *counts in found
+        for partition, rows, *null_counts in found
     }
 
 
