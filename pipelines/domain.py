@@ -4,7 +4,10 @@ runtime in pipelines/ knows none of them.
 
     # assets/<domain>/__init__.py
     DAILY = daily_partitions("2024-01-01", last_day="2024-12-31")   # or last_day=None: still delivering
-    domain = Domain("sales", tables=[...], jobs=[...], schedules=[daily_schedule(job, DAILY)])
+    domain = Domain("sales", tables=[...], jobs=[...], schedules=[daily_schedule(job, DAILY)],
+                    owner="sales-data", contact="sales-data@example.com")
+
+`owner` (a team) and `contact` are what its exported data contracts name as their team (pipelines/contracts/).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class Domain:
     jobs: Sequence[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = ()
     schedules: Sequence[dg.ScheduleDefinition] = ()
     sensors: Sequence[dg.SensorDefinition] = ()
+    owner: str | None = None
+    """The team that owns the domain's tables and answers for their contracts."""
+    contact: str | None = None
+    """How to reach that team (an e-mail or a channel)."""
 
 
 def daily_partitions(first_day: str, last_day: str | None = None) -> dg.DailyPartitionsDefinition:

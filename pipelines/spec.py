@@ -22,7 +22,7 @@ import dagster as dg
 import pandas as pd
 import pandera.pandas as pa
 
-from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, rules_of
+from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, contract_version, rules_of
 from pipelines.sources import Source
 from pipelines.sql import DUCKDB_TYPES
 
@@ -74,6 +74,10 @@ class TableSpec:
     @cached_property
     def rules(self) -> list[Rule]:
         return rules_of(self.contract) + ([SOURCE_COVERAGE] if self.source and self.partitioned else [])
+
+    @property
+    def contract_version(self) -> str:
+        return contract_version(self.contract)
 
     @cached_property
     def columns(self) -> dict[str, str]:
