@@ -12,9 +12,12 @@ runtime in pipelines/ knows none of them.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from types import ModuleType
 
 import dagster as dg
 
@@ -32,6 +35,16 @@ class Domain:
     """The team that owns the domain's tables and answers for their contracts."""
     contact: str | None = None
     """How to reach that team (an e-mail or a channel)."""
+
+
+def domains_in(package: ModuleType) -> list[Domain]:
+    """The `domain` of each subpackage of `package` (assets/), in name order."""
+    found = []
+    for module in pkgutil.iter_modules(package.__path__):
+        domain = getattr(importlib.import_module(f"{package.__name__}.{module.name}"), "domain", None)
+        if isinstance(domain, Domain):
+            found.append(domain)
+    return found
 
 
 def daily_partitions(first_day: str, last_day: str | None = None) -> dg.DailyPartitionsDefinition:

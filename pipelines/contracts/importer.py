@@ -221,7 +221,7 @@ def _render(table: str, document: dict, obj: dict, columns: list[_Column], check
     lines = [
         f'"""The contract of {table}, written by `provline contract import` from {origin or "an ODCS document"}',
         f"(ODCS {document.get('apiVersion', '?')}, contract {document.get('id', '?')} version {meta['version']}).",
-        '"""', "", "from __future__ import annotations", "", "import pandas as pd", "import pandera.pandas as pa",
+        '"""', "", "import pandas as pd", "import pandera.pandas as pa",
         "from pandera.typing import Series", "",
         "from pipelines.quality import QUARANTINE, WARN, reference, rows_passing  # noqa: F401", "",
         "Int, Float, Str, Bool, Timestamp = pd.Int64Dtype, pd.Float64Dtype, pd.StringDtype, bool, pd.Timestamp", "",
