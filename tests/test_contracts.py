@@ -18,8 +18,9 @@ import pytest
 from datacontract.data_contract import DataContract
 
 from pipelines.cli import main
-from pipelines.contracts import load, schema_problems
+from pipelines.contracts import load
 from pipelines.contracts.importer import class_name, import_contract
+from pipelines.contracts.validate import schema_problems
 from pipelines.quality import rules_of, validate
 from pipelines.sql import quote
 from pipelines.warehouse import Warehouse, quarantine_table

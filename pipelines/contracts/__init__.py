@@ -7,7 +7,8 @@ document, and back.
     check    changes.py   the contracts of the working tree against those at a git ref: breaking or not
 
 `provline contract export|import|check` (cli.py) are the commands; datacontract-cli tests the exported
-documents against a built warehouse (`datacontract test`).
+documents against a built warehouse (`datacontract test`). The package itself imports only YAML: every
+`provline` command builds the parser that names these (pandera and the warehouse load when one runs).
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.contracts.odcs import API_VERSION, export_all, export_contract, server_block
-from pipelines.contracts.validate import schema_problems
-
-__all__ = ["API_VERSION", "contract_file", "dump", "export_all", "export_contract", "load", "schema_problems",
-           "server_block"]
+__all__ = ["contract_file", "dump", "load"]
 
 
 def contract_file(folder: Path, table: str) -> Path:

@@ -101,9 +101,8 @@ def _table_changes(table: str, before: dict, after: dict) -> list[Change]:
         change(f"{'required' if required else 'optional'} column {name} added", required)
     for name in (n for n in new if n in old):
         _column_changes(name, old[name], new[name], change)
-    keys = lambda props: sorted((p.get("primaryKeyPosition", 0), n) for n, p in props.items() if p.get("primaryKey"))  # noqa: E731
-    if keys(old) != keys(new):
-        change(f"primary key {[n for _, n in keys(old)]} -> {[n for _, n in keys(new)]}", True)
+    if _key(old) != _key(new):
+        change(f"primary key {_key(old)} -> {_key(new)}", True)
     old_rules, new_rules = _rules(before), _rules(after)
     for name in old_rules.keys() - new_rules.keys():
         change(f"rule {name} removed", False)
@@ -117,6 +116,20 @@ def _table_changes(table: str, before: dict, after: dict) -> list[Change]:
         elif _definition(old_rules[name]) != _definition(new_rules[name]):
             change(f"rule {name} changed ({now})", now != "warn")
     return out
+
+
+def _key(properties: dict[str, dict]) -> list[str]:
+    """The primary key's columns, in order."""
+    return [n for _, n in sorted((p.get("primaryKeyPosition", 0), n) for n, p in properties.items()
+                                 if p.get("primaryKey"))]
+
+
+def _allowed(prop: dict) -> set[str] | None:
+    """A property's allowed values (its invalidValues rule's validValues), or None."""
+    for rule in prop.get("quality") or []:
+        if rule.get("metric") == "invalidValues" and "validValues" in (rule.get("arguments") or {}):
+            return set(map(str, rule["arguments"]["validValues"]))
+    return None
 
 
 def _definition(rule: dict) -> dict:
@@ -146,10 +159,7 @@ def _column_changes(name: str, old: dict, new: dict, change) -> None:
             tightened = True  # a pattern or format changed: cannot tell
         change(f"column {name} {key} {a.get(key)} -> {b.get(key)} ({'tightened' if tightened else 'loosened'})",
                tightened)
-    allowed = lambda prop: next((set(map(str, r["arguments"]["validValues"])) for r in prop.get("quality") or []  # noqa: E731
-                                 if r.get("metric") == "invalidValues" and "validValues" in (r.get("arguments") or {})),
-                                None)
-    if (old_values := allowed(old)) is not None and (new_values := allowed(new)) is not None:
+    if (old_values := _allowed(old)) is not None and (new_values := _allowed(new)) is not None:
         if removed := sorted(old_values - new_values):
             change(f"column {name} no longer allows {removed}", True)
 

@@ -7,12 +7,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.contracts import contract_file, dump, export_all, load, schema_problems
-from pipelines.contracts.changes import at_ref, compare, exported_in
-from pipelines.contracts.importer import import_contract
+# the handlers import what they use: every other `provline` command builds this parser too
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.contracts import contract_file, dump
+    from pipelines.contracts.odcs import export_all
+    from pipelines.contracts.validate import schema_problems
     from pipelines.definitions import domains
     from pipelines.warehouse import Warehouse
 
@@ -32,6 +33,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from pipelines.contracts import load
+    from pipelines.contracts.importer import import_contract
+
     path = Path(args.file)
     try:
         imported = import_contract(load(path), args.table, origin=path.name)
@@ -48,6 +52,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from pipelines.contracts.changes import at_ref, compare, exported_in
+
     repo = Path(args.repo).resolve()
     try:
         with tempfile.TemporaryDirectory(prefix="provline-contracts-") as scratch:
