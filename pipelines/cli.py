@@ -198,7 +198,7 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
                WHERE asset = $asset AND partition = $partition AND check_name = $rule ORDER BY row_key""",
             {"asset": spec.table, "partition": partition, "rule": SOURCE_COVERAGE_RULE}).fetchall()
     rules = {rule.name: rule for rule in spec.rules}
-    rows = [_quarantined_row(row, rules) for row in (frame.to_dict("records") if frame is not None else [])]
+    rows = [_quarantined_row(row, rules) for row in (frame.to_pandas().to_dict("records") if frame is not None else [])]
     found = {"table": spec.table, "partition": args.partition, "quarantine_table": table, "rows": rows,
              "outside_partitions": [{"columns": c, "values": v, "row": k} for c, v, k in outside]}
     if args.json:

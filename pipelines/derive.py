@@ -15,6 +15,9 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
+from pandera.errors import SchemaError, SchemaErrors
 
 from pipelines.monitor.landing import read_landed
 from pipelines.quality import (
@@ -27,9 +30,10 @@ from pipelines.quality import (
     reference_values,
     validate,
 )
-from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, partition_keys, read_source, rows_outside
+from pipelines.settings import get_settings
+from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_source
 from pipelines.spec import TableSpec
-from pipelines.sql import PARTITION, UNPARTITIONED, columns_named
+from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, columns_named, partition_label, scratch
 from pipelines.warehouse import Warehouse, Write
 
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
@@ -49,7 +53,8 @@ class Inputs:
     previous: dict[str, dict]  # partition -> this table's previous version-log row
     reference_values: dict[str, set] = field(default_factory=dict)
     expected_rows: dict[str, int] | None = None
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    frames: dict[str, pyarrow.Table] = field(default_factory=dict)
+    """A pandas transform's inputs by parameter name, as read (Arrow; it gets them as Arrow-backed frames)."""
     source: SourceTable | None = None
 
 
@@ -57,9 +62,9 @@ class Inputs:
 class Derived:
     """What one materialization computes from its inputs, before anything is written."""
 
+    spec: TableSpec
     partitions: list[str]  # the partitions asked for
     inputs: Inputs
-    frame: pd.DataFrame  # the transform's rows, with a PARTITION column
     validation: Validation
 
     @cached_property
@@ -73,11 +78,14 @@ class Derived:
 
     @cached_property
     def previews(self) -> dict[str, str]:
-        """Per partition, its first valid rows as a markdown table (one grouped pass over a range)."""
+        """Per partition, its first valid rows as a markdown table: those rows are picked by position (a grouped
+        pass over a range), then only they are rendered, typed as the contract types them."""
         valid = self.validation.valid
-        head = valid.groupby(PARTITION, sort=False).head(PREVIEW_ROWS)
-        columns = [c for c in valid.columns if c != PARTITION]
-        text = head[columns].astype("string").fillna("")
+        if valid.num_rows == 0:
+            return {}
+        head = valid.take(_first_of_each(valid.column(PARTITION), PREVIEW_ROWS)).to_pandas()
+        columns = [c for c in head.columns if c != PARTITION]
+        text = _as_contract_types(self.spec, head[columns]).astype("string").fillna("")
         previews = {}
         for partition, row in zip(head[PARTITION], text.itertuples(index=False), strict=True):
             previews.setdefault(partition, "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
@@ -99,22 +107,21 @@ def derive(
     with warehouse.connect() as con:
         inputs = _read_inputs(spec, warehouse, con, partitions, allow_failed_upstream, log)
         built = [p for p in partitions if p not in inputs.blocked]
-        frame = con.execute(spec.sql, _sql_params(spec, built)).df() if spec.sql and built else None
+        # a SQL asset's rows stay Arrow, which DuckDB scans in place from here to the write
+        rows = con.execute(spec.sql, _sql_params(spec, built)).to_arrow_table() if spec.sql and built else None
     problems: dict[str, dict[str, str]] = {}
     outside, source = None, None
     if spec.source and built:
         source = read_landed(spec, built) or read_source(spec.source, spec.contract)
-        rows = source.numbered()
         if spec.partitioned:
-            labels = partition_keys(source.frame, spec.daily_on)
-            if len(strays := rows_outside(labels, spec.partitions)):  # kept out at the source, blocking nothing
-                message = describe_outside(source, strays, spec.partitions)
+            strays = source.outside(spec.daily_on, spec.partitions)
+            if len(strays):  # kept out at the source, blocking nothing
+                message = describe_outside(source, strays[SOURCE_LINE].to_numpy(), spec.partitions)
                 problems = {p: {SOURCE_COVERAGE_RULE: message} for p in built}
                 outside = _outside_cases(spec, source, strays)
                 if log is not None:
                     log.warning(message)
-            rows = rows[pd.Series(labels).isin(built).to_numpy()]
-        inputs.frames[spec.source.name] = rows
+        inputs.frames[spec.source.name] = source.rows(spec.daily_on, built)
         inputs.source = source
         for p in built:
             inputs.versions.setdefault(p, {})[f"source:{source.path.name}"] = source.content_hash
@@ -122,17 +129,36 @@ def derive(
             log.warning(f"{source.path}: extra column(s) not in the contract, dropped: {source.extra_columns}")
     if on_inputs is not None:
         on_inputs(inputs)
-    if frame is None:
-        frame = _call(spec, inputs.frames) if built else pd.DataFrame(columns=list(spec.columns))
-    frame = _with_partitions(spec, frame, partitions, built)
-    # a raw transform passes its rows' source lines through; they name failing rows and are never written
-    lines = frame.pop(SOURCE_LINE) if SOURCE_LINE in frame else None
+    if rows is None:
+        rows = _call(spec, inputs.frames) if built else pyarrow.table({c: pyarrow.array([], pyarrow.null())
+                                                                      for c in spec.columns})
+    rows = _with_partitions(spec, rows, partitions, built)
+    locate = None
+    if SOURCE_LINE in rows.column_names:  # a raw transform passes its rows' source lines through: they name
+        lines = rows.column(SOURCE_LINE)  # failing rows, and are never written
+        rows = rows.drop_columns([SOURCE_LINE])
+        locate = lambda positions: source.locations(lines.take(positions).to_numpy())  # noqa: E731
     validation = validate(
-        frame, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
+        rows, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
         expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
-        problems=problems, row_sources=source.locations(lines) if lines is not None else None, outside=outside,
+        problems=problems, locate=locate, outside=outside,
     )
-    return Derived(partitions, inputs, frame, validation)
+    return Derived(spec, partitions, inputs, validation)
+
+
+def planned_rows(spec: TableSpec, warehouse: Warehouse, partitions: list[str]) -> dict[str, int]:
+    """About how many rows each partition will hold, to cut a range into chunks before reading it: a source's rows
+    per day, or the rows of the partitioned inputs' latest versions. (Nothing for days from the landing zone: those
+    files are read one by one.)"""
+    if spec.source is not None:
+        return {} if get_settings().landing_dir else read_source(spec.source, spec.contract).counts(spec.daily_on)
+    rows: dict[str, int] = dict.fromkeys(partitions, 0)
+    with warehouse.connect() as con:
+        for upstream in (i for i in spec.inputs if i.partitioned):
+            if warehouse.table_exists(con, upstream.table):
+                for partition, version in warehouse.latest_versions(con, upstream.table, partitions).items():
+                    rows[partition] += version["row_count"]
+    return rows
 
 
 def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[str]) -> Write:
@@ -141,13 +167,19 @@ def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[s
     return Write(
         table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
         run_id=run_id, partitions=partitions,
-        rows=validation.valid[validation.valid[PARTITION].isin(partitions)],
-        quarantined=validation.quarantined[validation.quarantined[PARTITION].isin(partitions)],
+        rows=_of_partitions(validation.valid, partitions),
+        quarantined=_of_partitions(validation.quarantined, partitions),
         failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
         input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
         check_results={p: _stored_results(validation.results[p], spec.table, p) for p in partitions},
         contract_version=spec.contract_version,
     )
+
+
+def _of_partitions(rows: pyarrow.Table, partitions: list[str]) -> pyarrow.Table:
+    """The rows of some partitions (all of them, as they are, when that is every row)."""
+    keep = _in(rows.column(PARTITION), partitions)
+    return rows if pc.all(keep).as_py() else rows.filter(keep)
 
 
 def _read_inputs(spec, warehouse, con, partitions, allow, log) -> Inputs:
@@ -199,42 +231,82 @@ def _sql_params(spec: TableSpec, partitions: list[str]) -> dict:
     return {name: value for name, value in params.items() if f"${name}" in spec.sql}
 
 
-def _call(spec: TableSpec, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+PANDAS_TYPES = {
+    pyarrow.string(): pd.StringDtype("pyarrow"), pyarrow.large_string(): pd.StringDtype("pyarrow"),
+    pyarrow.int8(): pd.Int8Dtype(), pyarrow.int16(): pd.Int16Dtype(), pyarrow.int32(): pd.Int32Dtype(),
+    pyarrow.int64(): pd.Int64Dtype(), pyarrow.float32(): pd.Float32Dtype(), pyarrow.float64(): pd.Float64Dtype(),
+    pyarrow.bool_(): pd.BooleanDtype(),
+}
+"""The dtypes a pandas transform gets its inputs in, the contracts' own: text stays in its Arrow buffers (no copy);
+numbers and flags are pandas' nullable dtypes, because pandas' Arrow-backed numbers lack operators (`%`: pyarrow has
+no modulo kernel). Timestamps are pandas' datetime64."""
+
+
+def _call(spec: TableSpec, frames: dict[str, pyarrow.Table]) -> pyarrow.Table:
+    """Run a pandas transform: its inputs as frames of the contracts' dtypes (see PANDAS_TYPES), its output back
+    as Arrow (Arrow-backed columns without a copy)."""
     kwargs = {}
     for name in inspect.signature(spec.transform).parameters:
         if name not in frames:
             raise TypeError(f"{spec.transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
-        kwargs[name] = frames[name]
-    return spec(**kwargs)
+        kwargs[name] = frames[name].to_pandas(types_mapper=PANDAS_TYPES.get)
+    return arrow_table(spec(**kwargs))
 
 
-def _outside_cases(spec: TableSpec, source: SourceTable, positions: np.ndarray) -> pd.DataFrame:
+def _outside_cases(spec: TableSpec, source: SourceTable, strays: pd.DataFrame) -> pd.DataFrame:
     """The failure cases of source rows that belong to no partition: the columns that date a row and their
     values, the row's key, its file and line."""
-    rows = source.frame.iloc[positions].astype("string").fillna("None")
     dated = columns_named(spec.daily_on, spec.columns)
+    rows = strays[list(dict.fromkeys([*dated, *spec.key_columns]))].astype("string").fillna("None")
     return pd.DataFrame({
         "rule": SOURCE_COVERAGE_RULE,
         "column": ", ".join(dated),
         "failure_case": [", ".join(f"{c}={v}" for c, v in zip(dated, row, strict=True))
                          for row in rows[dated].itertuples(index=False)],
         "row_key": ["|".join(row) or None for row in rows[list(spec.key_columns)].itertuples(index=False)],
-        "source": source.locations(positions + source.first_line),
+        "source": source.locations(strays[SOURCE_LINE].to_numpy()),
     })
 
 
-def _with_partitions(spec: TableSpec, frame: pd.DataFrame, partitions: list[str], built: list[str]) -> pd.DataFrame:
-    """The transform's rows labelled with their partition; rows of blocked partitions are left out. A row
-    outside the partitions asked for is a bug in the transform, not bad data: it fails the step."""
+def _with_partitions(spec: TableSpec, rows: pyarrow.Table, partitions: list[str], built: list[str]) -> pyarrow.Table:
+    """The transform's rows labelled with their partition (by DuckDB, from the columns that date a row); rows of
+    blocked partitions are left out. A row outside the partitions asked for is a bug in the transform, not bad
+    data: it fails the step."""
     if not spec.partitioned:
-        return frame.assign(**{PARTITION: UNPARTITIONED})
-    keys = pd.Series(partition_keys(frame, spec.daily_on), index=frame.index)
-    stray = ~keys.isin(partitions)
-    if stray.any():
-        raise ValueError(f"{spec.table}: the transform returned {int(stray.sum())} row(s) outside the partitions "
-                         f"being built (e.g. partition {keys[stray].iloc[0]!r}); it must only return rows of its "
+        return rows.append_column(PARTITION, pyarrow.repeat(pyarrow.scalar(UNPARTITIONED), rows.num_rows))
+    with scratch() as con:
+        con.register("dated_rows", rows.select(columns_named(spec.daily_on, rows.column_names)))
+        keys = con.execute(f"SELECT {partition_label(spec.daily_on, tolerant=True)} AS p FROM dated_rows") \
+            .to_arrow_table().column("p")
+    stray = keys.filter(pc.invert(_in(keys, partitions)))
+    if len(stray):  # (a row with no valid date is outside every partition)
+        raise ValueError(f"{spec.table}: the transform returned {len(stray)} row(s) outside the partitions "
+                         f"being built (e.g. partition {stray[0].as_py()!r}); it must only return rows of its "
                          f"inputs' partitions")
-    return frame.assign(**{PARTITION: keys})[keys.isin(built)]
+    rows = rows.append_column(PARTITION, keys)
+    return rows if built == partitions else rows.filter(_in(keys, built))
+
+
+def _in(keys: pyarrow.ChunkedArray, partitions: list[str]) -> pyarrow.ChunkedArray:
+    """Whether each row's partition key is one of `partitions` (a null key is in none)."""
+    return pc.fill_null(pc.is_in(keys, value_set=pyarrow.array(partitions, pyarrow.string())), False)
+
+
+def _first_of_each(keys: pyarrow.ChunkedArray, n: int) -> np.ndarray:
+    """The positions of the first `n` rows of each partition, in row order (vectorized: no per-row Python)."""
+    codes = pc.dictionary_encode(keys.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    return np.sort(order[rank < n])
+
+
+def _as_contract_types(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """A few rows typed as the contract types them (pandera's coercion), to show them; as they are if not."""
+    try:
+        return spec.contract.to_schema().coerce_dtype(frame)
+    except (SchemaError, SchemaErrors):
+        return frame
 
 
 def _stored_results(results: list[RuleResult], table: str, partition: str) -> list[dict]:
@@ -255,7 +327,7 @@ def blocked_write(spec: TableSpec, derived: Derived, run_id: str) -> Write:
     blocked = list(derived.inputs.blocked)
     return Write(
         table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
-        run_id=run_id, partitions=blocked, rows=pd.DataFrame(),
+        run_id=run_id, partitions=blocked, rows=None,
         check_results={p: [{"check_name": UPSTREAM_FAILED, "severity": BLOCKING, "passed": False, "blocking": True,
                             "failing_rows": 0, "message": derived.inputs.causes[p]}]
                        for p in blocked},

@@ -27,7 +27,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines import monitor
-from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, write_for
+from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, planned_rows, write_for
 from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.runs import record_cancel
 from pipelines.lineage.step import StepLineage
@@ -43,7 +43,7 @@ from pipelines.quality import (
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError
 from pipelines.spec import TableSpec, production_asset, sql_asset
-from pipelines.sql import PARTITION, UNPARTITIONED
+from pipelines.sql import UNPARTITIONED
 from pipelines.warehouse import Receipt, Warehouse, quarantine_table
 
 __all__ = ["TableSpec", "build_asset", "production_asset", "sql_asset"]
@@ -140,7 +140,8 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
     column_lineage = _column_lineage_metadata(lineage.column_lineage[0])
     built: list[tuple[Derived, dict[str, Receipt]]] = []
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
-    for chunk in _chunks(partitions, get_settings().range_chunk_days):
+    rows = {} if single else planned_rows(spec, warehouse, partitions)
+    for chunk in _chunks(partitions, rows, get_settings().range_chunk_rows):
         derived, receipts, monitors = _build(spec, context, warehouse, chunk, allow, lineage, single)
         lineage.finished(derived, receipts, monitors)
         yield from _report(spec, context, derived, receipts, single, column_lineage, monitors)
@@ -157,8 +158,17 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         yield _range_output(spec)
 
 
-def _chunks(partitions: list[str], size: int) -> list[list[str]]:
-    return [partitions[i:i + size] for i in range(0, len(partitions), size)]
+def _chunks(partitions: list[str], rows: dict[str, int], budget: int) -> list[list[str]]:
+    """Consecutive partitions, cut where the next would take a chunk past `budget` rows (a day is never split)."""
+    chunks: list[list[str]] = [[]]
+    held = 0
+    for partition in partitions:
+        if chunks[-1] and held + rows.get(partition, 0) > budget:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(partition)
+        held += rows.get(partition, 0)
+    return chunks
 
 
 def _build(
@@ -213,7 +223,7 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
             )
     targets = _materializations(context, spec, derived.written, derived.refused)
     blocking = _blocking_checks(spec)
-    quarantined = derived.validation.quarantined[PARTITION].value_counts().to_dict()
+    quarantined = derived.validation.quarantined_counts
     for partition in derived.built:
         results = derived.validation.results[partition]
         for result in _check_results(spec, results, partition, quarantined.get(partition, 0)) + \

@@ -42,8 +42,12 @@ class Settings:
     """PROVLINE_SNAPSHOT_RETENTION_DAYS: how long version snapshots are kept for `provline verify`."""
     dagster_home: Path | None
     """DAGSTER_HOME: Dagster's instance; `provline run` records its runs there when set."""
-    range_chunk_days: int
-    """PROVLINE_RANGE_CHUNK_DAYS: a range of partitions is built this many days at a time (bounds memory)."""
+    range_chunk_rows: int
+    """PROVLINE_RANGE_CHUNK_ROWS: a range of partitions is built in chunks of whole days holding at most about this
+    many rows (a day is never split: one bigger than this is a chunk of its own). Bounds a step's memory."""
+    memory_limit: str
+    """PROVLINE_MEMORY_LIMIT: DuckDB's memory limit for each database a process opens (the warehouse's connection,
+    the scratch database that validates); past it DuckDB spills to PROVLINE_HOME/spill."""
     allow_failed_upstream: bool
     """PROVLINE_ALLOW_FAILED_UPSTREAM: build even when an upstream partition's latest blocking check
     failed (the override of cross-run blocking; the run tag provline/allow_failed_upstream=true does
@@ -68,6 +72,11 @@ class Settings:
     """PROVLINE_OUTBOX_ALERT_THRESHOLD: alert when more lineage events than this wait in the outbox."""
     health_partitions: int
     """PROVLINE_HEALTH_PARTITIONS: how many of an asset's latest partitions `provline health` sums up."""
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where DuckDB spills what does not fit in PROVLINE_MEMORY_LIMIT."""
+        return self.home / "spill"
 
     @property
     def lineage_dir(self) -> Path:
@@ -110,7 +119,8 @@ def get_settings() -> Settings:
         lineage_replay_budget_s=float(_env("PROVLINE_LINEAGE_REPLAY_BUDGET_S", "120")),
         snapshot_retention_days=int(_env("PROVLINE_SNAPSHOT_RETENTION_DAYS", "90")),
         dagster_home=Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else None,
-        range_chunk_days=int(_env("PROVLINE_RANGE_CHUNK_DAYS", "366")),
+        range_chunk_rows=int(_env("PROVLINE_RANGE_CHUNK_ROWS", "1000000")),
+        memory_limit=_env("PROVLINE_MEMORY_LIMIT", "1GB"),
         allow_failed_upstream=_env("PROVLINE_ALLOW_FAILED_UPSTREAM", "false").lower() in ("1", "true", "yes"),
         landing_dir=_path("PROVLINE_LANDING_DIR"),
         landing_settle_s=float(_env("PROVLINE_LANDING_SETTLE_S", "10")),

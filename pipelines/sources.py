@@ -17,19 +17,24 @@ import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 
 from pipelines.settings import get_settings
-from pipelines.sql import columns_named, partition_label, scratch
+from pipelines.sql import DUCKDB_TYPES, UNPARTITIONED, columns_named, partition_filter, partition_label, quote, scratch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NA = ["", "NA", "NaN", "nan", "null", "NULL"]
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".csv.zip")
@@ -55,12 +60,18 @@ def package_data(package: str, folder: str = "data") -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / folder if spec else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceTable:
+    """A source table's rows, typed by its contract. They stay where DuckDB reads them with filters, not in a
+    frame: in a Parquet file (the source itself when its columns already have the contract's types, else its
+    parsed copy), or in memory (one day from the landing zone, or a copy that could not be written)."""
+
     path: Path
-    frame: pd.DataFrame
+    typed: Path | pd.DataFrame
     content_hash: str
+    dtypes: dict[str, str]  # column -> the contract's pandas dtype, in contract order
     extra_columns: tuple[str, ...] = ()
+    casts: dict[str, str] = field(default_factory=dict)  # column -> the type DuckDB casts it to as it reads
 
     @property
     def first_line(self) -> int:
@@ -72,9 +83,48 @@ class SourceTable:
         label = f"{self.path.name} {'row' if self.first_line == 1 else 'line'} "
         return (label + pd.Series(lines).astype("string")).to_numpy(dtype=object)
 
-    def numbered(self) -> pd.DataFrame:
-        """The rows with their line in the file (SOURCE_LINE)."""
-        return self.frame.assign(**{SOURCE_LINE: np.arange(len(self.frame)) + self.first_line})
+    @property
+    def frame(self) -> pd.DataFrame:
+        """All the rows as one typed frame (for small tables and tests: the factory reads `rows`)."""
+        if isinstance(self.typed, pd.DataFrame):
+            return self.typed
+        return pd.read_parquet(self.typed, columns=list(self.dtypes)).astype(self.dtypes)
+
+    def rows(self, partition_expr: str | None = None, partitions: list[str] | None = None) -> pyarrow.Table:
+        """The rows of some daily partitions (all of them without `partition_expr`), in file order, with
+        their line in the file (SOURCE_LINE): read by DuckDB, only these rows leave it."""
+        where, params = partition_filter(partitions or [UNPARTITIONED], partition_expr, tolerant=True)
+        return self._query(f"SELECT * FROM {{rows}} WHERE {where}", params, lambda result: result.to_arrow_table())
+
+    def counts(self, partition_expr: str) -> dict[str, int]:
+        """Rows per daily partition (rows with no valid date are left out)."""
+        days = self._query(f"SELECT d, count(*) FROM (SELECT TRY(CAST(({partition_expr}) AS DATE)) AS d FROM {{rows}}) "
+                           "WHERE d IS NOT NULL GROUP BY d", {}, lambda result: result.fetchall())
+        return {day.isoformat(): rows for day, rows in days}
+
+    def outside(self, partition_expr: str, partitions: dg.DailyPartitionsDefinition) -> pd.DataFrame:
+        """The rows that belong to no daily partition (no valid date, or a date outside the partitions), with
+        their lines: loading partition by partition would silently leave them out."""
+        first, end = _bounds(partitions)
+        label = partition_label(partition_expr, tolerant=True)
+        outside = "p IS NULL OR p < $first" + (" OR p >= $end" if end else "")
+        return self._query(f"SELECT * EXCLUDE (p) FROM (SELECT *, {label} AS p FROM {{rows}}) WHERE {outside}",
+                           {"first": first} | ({"end": end} if end else {}), lambda result: result.df())
+
+    def _query(self, sql: str, params: dict, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`fetch` the result of `sql` over `{rows}`: the contract's columns and SOURCE_LINE."""
+        columns = ", ".join(f"CAST({quote(c)} AS {self.casts[c]}) AS {quote(c)}" if c in self.casts else quote(c)
+                            for c in self.dtypes)
+        with scratch() as con:
+            if isinstance(self.typed, pd.DataFrame):
+                con.register("source_frame", self.typed.assign(**{SOURCE_LINE: np.arange(len(self.typed))
+                                                                  + self.first_line}))
+                rows = f"(SELECT {columns}, {SOURCE_LINE} FROM source_frame)"
+            else:
+                rows = (f"(SELECT {columns}, file_row_number + {self.first_line} AS {SOURCE_LINE} "
+                        "FROM read_parquet($typed_path, file_row_number = true))")
+                params = params | {"typed_path": str(self.typed)}
+            return fetch(con.execute(sql.format(rows=rows), params))
 
 
 def source_path(source: Source) -> Path:
@@ -97,42 +147,78 @@ def read_source(source: Source, contract: type[pa.DataFrameModel]) -> SourceTabl
 def read_file(path: Path, contract: type[pa.DataFrameModel], keep_parsed: bool = False) -> SourceTable:
     """Read one file of a source table (the whole table, or one day of it), typed by its contract."""
     stat = path.stat()
-    return _read(path, stat.st_mtime_ns, stat.st_size, contract, keep_parsed)
-
-
-@lru_cache(maxsize=8)
-def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameModel], keep_parsed: bool) -> SourceTable:
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
-    columns = contract.to_schema().columns
-    dtypes = {name: str(column.dtype) for name, column in columns.items()}
-    copy = _parsed_copy(path, digest, dtypes) if keep_parsed else None
-    if copy is not None and copy.is_file():  # this very file, parsed before with these types
-        try:
-            frame = pd.read_parquet(copy)
-        except OSError:  # removed meanwhile (the file changed under another process): parse it
-            pass
-        else:
-            extra = tuple(c for c in pd.read_csv(path, dtype=str, nrows=0).columns if c not in columns)
-            return SourceTable(path, frame, digest, extra)
-    table = _parse_file(path, digest, dtypes)
-    if copy is not None:
-        _keep(path, table.frame, copy)
+    copies = get_settings().home / "cache" / "sources" if keep_parsed else None
+    table = _read(path, stat.st_mtime_ns, stat.st_size, contract, copies)
+    if isinstance(table.typed, Path) and not table.typed.is_file():  # its parsed copy was removed since
+        _read.cache_clear()
+        table = _read(path, stat.st_mtime_ns, stat.st_size, contract, copies)
     return table
 
 
-def _parsed_copy(path: Path, digest: str, dtypes: dict[str, str]) -> Path | None:
+@lru_cache(maxsize=8)
+def _read(path: Path, _mtime_ns: int, _size: int, contract: type[pa.DataFrameModel], copies: Path | None) -> SourceTable:
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "md5").hexdigest()
+    dtypes = {name: str(column.dtype) for name, column in contract.to_schema().columns.items()}
+    if path.suffix == ".parquet" and (typed := _parquet_casts(path, dtypes)) is not None:
+        casts, extra = typed
+        return SourceTable(path, path, digest, dtypes, extra, casts)
+    copy = _parsed_copy(copies, path, digest, dtypes) if copies is not None else None
+    if copy is not None and copy.is_file():  # this very file, parsed before with these types
+        return SourceTable(path, copy, digest, dtypes, _extra_columns(path, dtypes))
+    frame, extra = _parse_file(path, dtypes)
+    if copy is not None and _keep(path, frame, copy):
+        return SourceTable(path, copy, digest, dtypes, extra)  # the frame is let go: DuckDB reads the copy
+    return SourceTable(path, frame, digest, dtypes, extra)
+
+
+_WIDENS_TO = {
+    "BIGINT": {"TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT", "UINTEGER"},
+    "DOUBLE": {"FLOAT", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"},
+    "TIMESTAMP": {"TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S"},
+}
+"""Parquet types DuckDB casts to the contract's type exactly as pandas' astype would (no value can fail)."""
+
+
+def _parquet_casts(path: Path, dtypes: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """A Parquet source whose columns have the contract's types, or types that widen to them, is read as it is
+    (no parse, no copy): the casts DuckDB applies as it reads, and the extra columns. None when a column must be
+    parsed, or the file cannot be read (the parse then says why)."""
+    try:
+        with scratch() as con:
+            found = {name: kind for name, kind, *_ in
+                     con.execute("DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}).fetchall()}
+    except duckdb.Error:
+        return None
+    casts = {}
+    for name, dtype in dtypes.items():
+        target, kind = DUCKDB_TYPES.get(dtype), found.get(name)
+        if kind in _WIDENS_TO.get(target, ()):
+            casts[name] = target
+        elif target is None or kind != target:
+            return None
+    return casts, tuple(c for c in found if c not in dtypes)
+
+
+def _extra_columns(path: Path, dtypes: dict[str, str]) -> tuple[str, ...]:
+    return tuple(c for c in pd.read_csv(path, dtype=str, nrows=0).columns if c not in dtypes)
+
+
+def _parsed_copy(copies: Path, path: Path, digest: str, dtypes: dict[str, str]) -> Path | None:
     """Where a source CSV's typed frame is kept once parsed, as Parquet, named by the file's content hash and
     the contract's types: a changed file or contract never finds an old copy. Reading it is several times
-    faster than parsing the CSV again, which a one-day run would do for the whole file (docs/benchmarks.md)."""
+    faster than parsing the CSV again, which a one-day run would do for the whole file (docs/benchmarks.md), and
+    DuckDB reads only the rows of the days being built from it."""
     if path.suffix == ".parquet":
         return None
     types = hashlib.md5(json.dumps(dtypes).encode()).hexdigest()[:12]
-    return get_settings().home / "cache" / "sources" / f"{path.name}.{digest}.{types}.parquet"
+    return copies / f"{path.name}.{digest}.{types}.parquet"
 
 
-def _keep(source: Path, frame: pd.DataFrame, copy: Path) -> None:
+def _keep(source: Path, frame: pd.DataFrame, copy: Path) -> bool:
     """Write the parsed copy atomically (a reader never sees half a file) in place of the file's older
-    copies. A copy that cannot be written (a read-only home) only costs the next run its parse."""
+    copies; whether it was. A copy that cannot be written (a read-only home) costs the next run its parse, and
+    this one keeps the frame in memory."""
     try:
         copy.parent.mkdir(parents=True, exist_ok=True)
         partial = copy.with_name(f"{copy.name}.{os.getpid()}.partial")
@@ -143,9 +229,12 @@ def _keep(source: Path, frame: pd.DataFrame, copy: Path) -> None:
                 older.unlink(missing_ok=True)
     except OSError as error:
         log.debug("parsed copy of a source not kept at %s: %s", copy, error)
+        return False
+    return True
 
 
-def _parse_file(path: Path, digest: str, dtypes: dict[str, str]) -> SourceTable:
+def _parse_file(path: Path, dtypes: dict[str, str]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The typed frame of a file, and its extra columns (SourceError where a value does not parse)."""
     try:
         if path.suffix == ".parquet":
             raw = pd.read_parquet(path)
@@ -164,7 +253,7 @@ def _parse_file(path: Path, digest: str, dtypes: dict[str, str]) -> SourceTable:
             raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)
         typed = pd.DataFrame({name: _parse(path, name, raw[name], dtype, _first_line(path))
                               for name, dtype in dtypes.items()})
-    return SourceTable(path, typed, digest, extra)
+    return typed, extra
 
 
 def _first_line(path: Path) -> int:
@@ -183,21 +272,12 @@ def partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
     return keys
 
 
-def rows_outside(keys: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> np.ndarray:
-    """The positions of the source rows that belong to no daily partition (no valid date, or a date outside
-    the partitions): loading partition by partition would silently leave them out. `keys` are the rows'
-    partition keys (None where the date is invalid)."""
+def describe_outside(table: SourceTable, lines: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str:
+    """What `SourceTable.outside` found, in words: how many rows, and where the first ones are."""
     first, end = _bounds(partitions)
-    labels = pd.Series(keys, dtype=object).fillna("")  # "" sorts before every day
-    valid = (labels >= first) & (labels < end) if end else labels >= first
-    return np.flatnonzero(~valid.to_numpy())
-
-
-def describe_outside(table: SourceTable, positions: np.ndarray, partitions: dg.DailyPartitionsDefinition) -> str:
-    first, end = _bounds(partitions)
-    where = ", ".join(table.locations(positions[:10] + table.first_line)) + (" ..." if len(positions) > 10 else "")
+    where = ", ".join(table.locations(lines[:10])) + (" ..." if len(lines) > 10 else "")
     span = f"{first}..{end}" if end else f"from {first}"
-    return (f"{len(positions)} row(s) of {table.path} have no valid date in {span} and belong to no partition, "
+    return (f"{len(lines)} row(s) of {table.path} have no valid date in {span} and belong to no partition, "
             f"kept out: {where}")
 
 

@@ -15,16 +15,18 @@ import json
 import linecache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pandas as pd
 import pandera.pandas as pa
 
 from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, contract_version, rules_of
 from pipelines.sources import Source
-from pipelines.sql import DUCKDB_TYPES
+from pipelines.sql import DUCKDB_TYPES, quote
 
 FACTORY_VERSION = "1"  # bump when the factory changes what it writes for the same transform
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +60,21 @@ class TableSpec:
             raise ValueError(f"{self.table}: row_count_matches names {counted}, which is not one of its inputs")
 
     def __call__(self, **frames: pd.DataFrame) -> pd.DataFrame:
-        """The transform as a plain function of its input frames."""
-        if self.transform is None:
-            raise TypeError(f"{self.table} is a SQL asset: run {self.sql_path} in DuckDB")
-        return self.transform(**frames)
+        """The transform as a plain function of its input frames (by parameter name: `raw_orders` for raw.orders).
+        A SQL asset runs its SQL on them in a DuckDB of its own, over every day they hold."""
+        if self.transform is not None:
+            return self.transform(**frames)
+        with duckdb.connect() as con:
+            con.execute("SET TimeZone = 'UTC'")  # as the warehouse's sessions
+            for upstream in self.inputs:
+                name = upstream.table.replace(".", "_")
+                if name not in frames:
+                    raise TypeError(f"{self.table} reads {upstream.table}: pass it as {name}=")
+                con.register(name, frames[name])
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(upstream.table.split('.')[0])}")
+                con.execute(f"CREATE VIEW {quote(upstream.table)} AS SELECT * FROM {quote(name)}")
+            every_day = {"partition_start": date.min, "partition_end": date.max}
+            return con.execute(self.sql, {k: v for k, v in every_day.items() if f"${k}" in self.sql}).df()
 
     @property
     def key(self) -> dg.AssetKey:

@@ -10,6 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import pandas as pd
+import pyarrow
+import pyarrow.compute as pc
+
+from pipelines.settings import get_settings
 
 UNPARTITIONED = ""
 """The partition key of an unpartitioned table's only version."""
@@ -45,6 +50,11 @@ def path_literal(path: Path | str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def engine_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
+    """How every DuckDB database provline opens is set up: its memory bounded, spilling to `spill_dir` past it."""
+    return {"memory_limit": memory_limit, "temp_directory": str(spill_dir)}
+
+
 _scratch_database: tuple[int, duckdb.DuckDBPyConnection] | None = None
 
 
@@ -55,12 +65,32 @@ def scratch() -> Iterator[duckdb.DuckDBPyConnection]:
     frames it registers and the temp tables it creates are its own; it is closed on exit."""
     global _scratch_database
     if _scratch_database is None or _scratch_database[0] != os.getpid():  # never a parent's, after a fork
-        _scratch_database = (os.getpid(), duckdb.connect())
+        settings = get_settings()
+        _scratch_database = (os.getpid(), duckdb.connect(config=engine_config(settings.memory_limit,
+                                                                              settings.spill_dir)))
     con = _scratch_database[1].cursor()
     try:
         yield con
     finally:
         con.close()
+
+
+def arrow_table(frame: pd.DataFrame) -> pyarrow.Table:
+    """A pandas frame as an Arrow table (the index dropped): Arrow-backed columns are not copied, NaN in a float
+    column is a null. A column of mixed Python objects, which Arrow cannot type, is typed by DuckDB's own
+    analysis of the frame, as when DuckDB scans it."""
+    try:
+        return pyarrow.Table.from_pandas(frame, preserve_index=False)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError):
+        with scratch() as con:
+            con.register("mixed_frame", frame.reset_index(drop=True))
+            return con.execute("SELECT * FROM mixed_frame").to_arrow_table()
+
+
+def counts_of(rows: pyarrow.Table | pyarrow.Array | pyarrow.ChunkedArray) -> dict[str, int]:
+    """Rows per partition: of a table's PARTITION column, or of an array of partition keys."""
+    keys = rows.column(PARTITION) if isinstance(rows, pyarrow.Table) else rows
+    return {item["values"]: item["counts"] for item in pc.value_counts(keys).to_pylist()} if len(keys) else {}
 
 
 @contextmanager
@@ -75,14 +105,19 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def partition_filter(partitions: list[str], partition_expr: str | None) -> tuple[str, dict]:
+def partition_filter(partitions: list[str], partition_expr: str | None, tolerant: bool = False) -> tuple[str, dict]:
     """A WHERE clause (and its parameters) selecting the rows of daily `partitions`, given the SQL
-    expression over a table's columns that gives a row's date."""
+    expression over a table's columns that gives a row's date; `tolerant`: a row whose date is invalid (a
+    source row) is left out instead of failing the query."""
     if partition_expr is None or partitions == [UNPARTITIONED]:
         return "TRUE", {}
+    date = f"TRY(CAST(({partition_expr}) AS DATE))" if tolerant else f"CAST(({partition_expr}) AS DATE)"
     if len(partitions) == 1:
-        return f"({partition_expr}) = CAST($partition AS DATE)", {"partition": partitions[0]}
-    return f"list_contains(CAST($partitions AS DATE[]), CAST(({partition_expr}) AS DATE))", {"partitions": partitions}
+        return f"{date} = CAST($partition AS DATE)", {"partition": partitions[0]}
+    # the span first: cheap, it lets DuckDB skip row groups, and it is all a contiguous range needs
+    return (f"{date} BETWEEN CAST($first AS DATE) AND CAST($last AS DATE) "
+            f"AND list_contains(CAST($partitions AS DATE[]), {date})",
+            {"first": min(partitions), "last": max(partitions), "partitions": partitions})
 
 
 def partition_label(partition_expr: str, tolerant: bool = False) -> str:

@@ -56,7 +56,7 @@ def test_full_year_weather_quarantines_one_reading(year):
     assert _failing(result) == {"wind_speed_in_range": 1}
     assert not result.blocking("")
     assert len(result.quarantined) == 1 and len(result.valid) + 1 == len(weather)
-    bad = result.quarantined.iloc[0]
+    bad = result.quarantined.to_pylist()[0]
     assert bad["wind_speed"] == pytest.approx(1048.36058) and bad["_quarantine_reasons"] == "wind_speed_in_range"
 
 
@@ -75,7 +75,7 @@ def test_full_year_flight_facts_weather_coverage(year):
     con = duckdb.connect()
     for schema in ("staging", "marts"):
         con.execute(f"CREATE SCHEMA {schema}")
-    tables = {**year, "staging.weather": weather.valid.drop(columns="_partition")}
+    tables = {**year, "staging.weather": weather.valid.drop_columns(["_partition"])}
     for name, frame in tables.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")

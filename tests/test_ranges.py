@@ -35,12 +35,12 @@ def materialize_range(first: str, last: str, **kwargs) -> dg.ExecuteInProcessRes
 @pytest.fixture(scope="module")
 def february(tmp_path_factory: pytest.TempPathFactory):
     """The reference tables and February 2013 in one range run, on an instance kept for inspection; built
-    ten days at a time (chunks of a range must give what the whole range gives)."""
+    about ten thousand rows (some ten days) at a time: chunks of a range must give what the whole range gives."""
     home = tmp_path_factory.mktemp("february") / "provline"
     instance = dg.DagsterInstance.ephemeral()
     with pytest.MonkeyPatch.context() as mp:
         _isolate(mp, home)
-        mp.setenv("PROVLINE_RANGE_CHUNK_DAYS", "10")
+        mp.setenv("PROVLINE_RANGE_CHUNK_ROWS", "10000")
         assert materialize("reference").success
         result = materialize_range(FIRST, LAST, instance=instance)
         assert result.success

@@ -1,23 +1,18 @@
-"""staging: typed, cleaned, keyed. Pure pandas functions of the raw tables."""
+"""staging: typed, cleaned, keyed. Pure functions of the raw tables: flights in SQL (sql/staging_flights.sql),
+the others in pandas."""
 
 from __future__ import annotations
-
-import hashlib
 
 import pandas as pd
 
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
 from checks.flights import StagingAirlines, StagingAirports, StagingFlights, StagingPlanes, StagingWeather
-from pipelines.factory import production_asset
+from pipelines.factory import production_asset, sql_asset
 
 
 def _local_date(frame: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(frame[["year", "month", "day"]].astype("int64"))
-
-
-def _minutes_of_hhmm(hhmm: pd.Series) -> pd.Series:
-    return (hhmm // 100) * 60 + hhmm % 100
 
 
 def _utc(iso: pd.Series) -> pd.Series:
@@ -25,47 +20,12 @@ def _utc(iso: pd.Series) -> pd.Series:
     return pd.to_datetime(iso, utc=True).dt.tz_localize(None).astype("datetime64[ns]")
 
 
-def flight_key(frame: pd.DataFrame) -> pd.Series:
-    """16 hex characters of sha256(date|carrier|flight|origin|sched_dep_time): stable everywhere."""
-    natural = (
-        frame["flight_date"].dt.strftime("%Y-%m-%d") + "|" + frame["carrier"] + "|" + frame["flight"].astype("string")
-        + "|" + frame["origin"] + "|" + frame["sched_dep_time"].astype("string")
-    )
-    return natural.map(lambda key: hashlib.sha256(key.encode()).hexdigest()[:16]).astype("string")
-
-
-@production_asset(
-    "staging.flights", contract=StagingFlights, inputs=[raw_flights], partitions=DAILY, daily_on="flight_date",
-    key_columns=["flight_id"], group=FLIGHTS,
-    column_lineage={
-        "flight_id": [
-            ("raw.flights", c) for c in ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")
-        ],
-        "flight_date": [("raw.flights", c) for c in ("year", "month", "day")],
-        "scheduled_departure": [("raw.flights", c) for c in ("year", "month", "day", "sched_dep_time")],
-        "actual_departure": [("raw.flights", c) for c in ("year", "month", "day", "sched_dep_time", "dep_delay")],
-        "cancelled": [("raw.flights", "dep_time")],
-        "diverted": [("raw.flights", "dep_time"), ("raw.flights", "arr_time")],
-    },
+# The biggest table is staged in SQL: DuckDB computes its keys and timestamps in place (a pandas transform would
+# hash 10M keys one row at a time); the others stay pandas functions.
+staging_flights = sql_asset(
+    "staging.flights", sql="sql/staging_flights.sql", contract=StagingFlights, inputs=[raw_flights],
+    partitions=DAILY, daily_on="flight_date", key_columns=["flight_id"], group=FLIGHTS, relative_to=__file__,
 )
-def staging_flights(raw_flights: pd.DataFrame) -> pd.DataFrame:
-    """One row per scheduled flight: keyed, with cancelled/diverted flags and departure timestamps."""
-    flights = raw_flights.copy()
-    flights["flight_date"] = _local_date(flights)
-    flights["flight_id"] = flight_key(flights)
-    flights["scheduled_departure"] = flights["flight_date"] + pd.to_timedelta(
-        _minutes_of_hhmm(flights["sched_dep_time"]).astype("int64"), unit="min"
-    )
-    flights["actual_departure"] = flights["scheduled_departure"] + pd.to_timedelta(
-        flights["dep_delay"].astype("float64"), unit="min"
-    )
-    flights["time_hour"] = _utc(flights["time_hour"])
-    flights["dep_time"] = flights["dep_time"].astype("Int64")
-    flights["arr_time"] = flights["arr_time"].astype("Int64")
-    flights["cancelled"] = flights["dep_time"].isna().astype(bool)
-    flights["diverted"] = (flights["dep_time"].notna() & flights["arr_time"].isna()).astype(bool)
-    flights["tailnum"] = flights["tailnum"].str.strip().str.upper()
-    return flights.drop(columns=["year", "month", "day", "hour", "minute"])
 
 
 @production_asset(

@@ -12,6 +12,7 @@ from functools import cached_property
 
 import dagster as dg
 import pandas as pd
+import pyarrow
 
 from pipelines.lineage.emitter import LineageEmitter
 from pipelines.lineage.model import (
@@ -29,7 +30,7 @@ from pipelines.lineage.model import (
 from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
 from pipelines.monitor.anomaly import MEAN
-from pipelines.sql import PARTITION
+from pipelines.sql import PARTITION, quote, scratch, typed_select
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,27 @@ class PartitionStats:
     columns: dict[str, ColumnMetrics] = field(default_factory=dict)
 
 
-def partition_stats(valid: pd.DataFrame, columns: list[str]) -> dict[str, PartitionStats]:
-    """Per partition of the valid rows: the row count and each column's null and distinct counts, in one
-    grouped pass over a range instead of a filter per partition."""
-    present = [c for c in columns if c in valid]
-    if valid.empty:
+def partition_stats(valid: pyarrow.Table, columns: dict[str, str]) -> dict[str, PartitionStats]:
+    """Per partition of the valid rows: the row count and each column's null and distinct counts (NaN is a
+    null, as pandas counts it), over the values as written (cast to the contract's types): one grouped pass of
+    DuckDB over a range, in place."""
+    present = {c: t for c, t in columns.items() if c in valid.column_names}
+    if valid.num_rows == 0:
         return {}
-    groups = valid.groupby(PARTITION, sort=False)
-    nulls = valid[present].isna().groupby(valid[PARTITION], sort=False).sum()
-    distinct = groups[present].nunique(dropna=True)
+    aggregates = []
+    for column, sql_type in present.items():
+        value = quote(column)
+        null = f"{value} IS NULL" + (f" OR isnan({value})" if sql_type in ("DOUBLE", "FLOAT") else "")
+        aggregates += [f"count(*) FILTER (WHERE {null})", f"count(DISTINCT {value}) FILTER (WHERE NOT ({null}))"]
+    with scratch() as con:
+        con.register("stats_rows", valid)
+        found = con.execute(
+            f"""SELECT {quote(PARTITION)}, count(*){"".join(", " + a for a in aggregates)}
+                FROM (SELECT {quote(PARTITION)}, {typed_select(present)} FROM stats_rows) GROUP BY ALL""").fetchall()
     return {
-        partition: PartitionStats(int(rows), {
-            c: ColumnMetrics(int(nulls.at[partition, c]), int(distinct.at[partition, c])) for c in present})
-        for partition, rows in groups.size().items()
+        partition: PartitionStats(rows, {column: ColumnMetrics(counts[2 * i], counts[2 * i + 1])
+                                         for i, column in enumerate(present)})
+        for partition, rows, *counts in found
     }
 
 
@@ -105,7 +114,7 @@ class StepLineage:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
         lineage = self.column_lineage
         validation = derived.validation
-        stats = partition_stats(validation.valid, list(self.spec.columns))
+        stats = partition_stats(validation.valid, self.spec.columns)
         for partition in derived.written:
             receipt = receipts[partition]
             output = self._output(validation, partition, receipt.content_hash, stats.get(partition), lineage,
@@ -126,7 +135,7 @@ class StepLineage:
         outputs = {}
         if validation is not None:
             try:
-                stats = partition_stats(validation.valid, list(self.spec.columns))
+                stats = partition_stats(validation.valid, self.spec.columns)
                 outputs = {p: self._output(validation, p, None, stats.get(p), ({}, []))
                            for p in self.open if p in validation.results}
             except Exception:  # noqa: BLE001 - the FAIL events go out without the output's details

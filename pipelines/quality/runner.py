@@ -35,6 +35,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 from pandera.errors import SchemaError, SchemaErrors
 
 from pipelines.quality.rules import SCHEMA_RULE, column_check_rule, contract_metadata
@@ -114,7 +115,7 @@ def failure_cases_sql(
 
 
 def failure_cases_frame(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | pyarrow.Table,
     contract: type[pa.DataFrameModel],
     *,
     key_columns: Sequence[str] = (),
@@ -123,7 +124,8 @@ def failure_cases_frame(
     reference_values: Mapping[str, Iterable] | None = None,
     partition_column: str | None = None,
 ) -> pd.DataFrame:
-    """`failure_cases_sql` for a pandas frame: registered in DuckDB (no copy), `index` = its position.
+    """`failure_cases_sql` for rows in memory, an Arrow table or a pandas frame: scanned by DuckDB in place
+    (no copy), `index` = a row's position.
 
     reference_values: rule name -> the values the referenced column holds (as `validate` takes them),
         for references whose table is not in `con`; registered as small relations for the anti-join.
@@ -132,7 +134,10 @@ def failure_cases_frame(
         views = [FRAME_VIEW]
         tables = dict(reference_tables or {})
         try:
-            con.register(FRAME_VIEW, frame.reset_index(drop=True).assign(**{ROW: np.arange(len(frame))}))
+            if isinstance(frame, pd.DataFrame):
+                con.register(FRAME_VIEW, frame.reset_index(drop=True).assign(**{ROW: np.arange(len(frame))}))
+            else:
+                con.register(FRAME_VIEW, frame.append_column(ROW, pyarrow.array(np.arange(frame.num_rows))))
             for ref in contract_metadata(contract).get("references", []):
                 if reference_values is not None and ref.rule in reference_values:
                     view = f"__provline_ref_{ref.rule}"

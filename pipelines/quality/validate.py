@@ -1,22 +1,23 @@
 """Run a contract on the rows an asset is about to write, for one partition or a range at once.
 
-`validate` returns what the factory needs for the commit: the coerced valid rows, the quarantined
-rows with their reasons, the failure cases (for `quality.failures`) and, per partition, one
-`RuleResult` per rule of the contract (for Dagster asset checks and OpenLineage assertions). Every
-rule runs once over the whole frame (pipelines/quality/runner.py, inside DuckDB); its results are
-then counted per partition, so a range gives exactly the results day-by-day runs would give.
+`validate` returns what the factory needs for the commit: the valid rows, the quarantined rows with
+their reasons, the failure cases (for `quality.failures`) and, per partition, one `RuleResult` per
+rule of the contract (for Dagster asset checks and OpenLineage assertions). The rows are an Arrow
+table that DuckDB scans in place: every rule runs once over all of them (pipelines/quality/runner.py),
+only the failing rows leave DuckDB, and the split into valid and quarantined rows is an Arrow filter.
+The results are counted per partition, so a range gives exactly the results day-by-day runs would give.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pandera.errors import SchemaError, SchemaErrors
+import pyarrow
 
 from pipelines.quality.rules import (
     BLOCKING,
@@ -29,7 +30,7 @@ from pipelines.quality.rules import (
     volume_problem,
 )
 from pipelines.quality.runner import failure_cases_frame
-from pipelines.sql import PARTITION, UNPARTITIONED
+from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, counts_of
 
 SAMPLE_SIZE = 5
 QUARANTINE_REASONS = "_quarantine_reasons"
@@ -78,13 +79,19 @@ def describe_case(case: dict) -> str:
 
 @dataclass
 class Validation:
-    """The contract's verdict on the rows of one or more partitions. `valid`, `quarantined` and
-    `failures` carry a PARTITION column; `results` has one list of RuleResults per partition."""
+    """The contract's verdict on the rows of one or more partitions. `valid` and `quarantined` (Arrow tables
+    of the rows, the quarantined ones with their reasons) and `failures` (the failure cases) carry a PARTITION
+    column; `results` has one list of RuleResults per partition."""
 
-    valid: pd.DataFrame
-    quarantined: pd.DataFrame
+    valid: pyarrow.Table
+    quarantined: pyarrow.Table
     failures: pd.DataFrame
     results: dict[str, list[RuleResult]]
+
+    @cached_property
+    def quarantined_counts(self) -> dict[str, int]:
+        """Quarantined rows per partition (each row once, however many rules it failed)."""
+        return counts_of(self.quarantined)
 
     def blocking(self, partition: str) -> list[RuleResult]:
         return [r for r in self.results[partition] if r.blocking]
@@ -113,7 +120,7 @@ def describe_failures(table: str, partition: str, failed: list[RuleResult]) -> l
 
 
 def validate(
-    frame: pd.DataFrame,
+    rows: pyarrow.Table | pd.DataFrame,
     contract: type[pa.DataFrameModel],
     *,
     key_columns: Sequence[str],
@@ -124,13 +131,13 @@ def validate(
     columns: dict[str, str] | None = None,
     rules: list[Rule] | None = None,
     problems: Mapping[str, Mapping[str, str]] | None = None,
-    row_sources: np.ndarray | None = None,
+    locate: Callable[[np.ndarray], np.ndarray] | None = None,
     outside: pd.DataFrame | None = None,
 ) -> Validation:
-    """Validate `frame` against `contract`; never raises for bad data (see Validation.blocking).
+    """Validate `rows` against `contract`; never raises for bad data (see Validation.blocking).
 
-    frame: the rows to write; a PARTITION column says which of `partitions` each row belongs to
-        (without it, every row belongs to the only partition).
+    rows: the rows to write (a pandas frame is taken as Arrow); a PARTITION column says which of
+        `partitions` each row belongs to (without it, every row belongs to the only partition).
     reference_values: rule name -> the set of values that the referenced column holds.
     expected_rows: for `row_count_matches`, per partition the row count of that input partition.
     previous: per partition its previous version (version-log row: `columns`, `row_count`), for
@@ -138,34 +145,29 @@ def validate(
     columns: this write's (name -> type), for drift.
     rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
         and what the factory found wrong, per partition (partition -> rule name -> message).
-    row_sources: per row of `frame`, where it comes from ("orders.csv line 12"), for source rows.
+    locate: for source rows, where rows come from, by position ("orders.csv line 12"): asked for the
+        failing and quarantined rows only.
     outside: failure cases (rule, column, failure_case, row_key, source) of source rows that belong to no
-        partition, so are not in `frame`: each partition validated counts and records them.
+        partition, so are not in `rows`: each partition validated counts and records them.
     """
     rules = rules if rules is not None else rules_of(contract)
-    if PARTITION in frame:
-        labels = frame[PARTITION].to_numpy(dtype=object)
-        frame = frame.drop(columns=[PARTITION])
+    rows = arrow_table(rows) if isinstance(rows, pd.DataFrame) else rows
+    if PARTITION in rows.column_names:
+        labels = rows.column(PARTITION).combine_chunks()
+        rows = rows.drop_columns([PARTITION])
     else:
-        labels = np.full(len(frame), partitions[0], dtype=object)
-    if frame.empty:  # no value to mis-type: an empty text column is `object` to pandas and INTEGER to DuckDB
-        declared = contract.to_schema().columns
-        frame = frame.astype({name: str(declared[name].dtype) for name in frame.columns if name in declared})
-    try:
-        frame = contract.to_schema().coerce_dtype(frame)
-    except (SchemaError, SchemaErrors):
-        pass  # the values that do not parse are reported below as `schema` rule failures
-    frame = frame.reset_index(drop=True).assign(**{PARTITION: labels})
-    cases = failure_cases_frame(frame, contract, key_columns=key_columns, reference_values=reference_values or {},
-                                partition_column=PARTITION)
+        labels = pyarrow.repeat(pyarrow.scalar(partitions[0], pyarrow.string()), rows.num_rows)
+    cases = failure_cases_frame(rows.append_column(PARTITION, labels), contract, key_columns=key_columns,
+                                reference_values=reference_values or {}, partition_column=PARTITION)
     table_level = cases[cases["index"].isna()]
     shared = {rule: "; ".join(map(str, group["failure_case"].unique()))[:500]
               for rule, group in table_level.groupby("rule")}
     # one case per failing row and rule (a dataframe check reports each column it reads)
     row_cases = cases[cases["index"].notna()].drop_duplicates(["rule", "index"]).copy()
     row_cases["index"] = row_cases["index"].astype(int)
-    row_cases[PARTITION] = labels[row_cases["index"].to_numpy()]
-    row_cases["source"] = row_sources[row_cases["index"].to_numpy()] if row_sources is not None else None
+    failing = row_cases["index"].to_numpy()
+    row_cases[PARTITION] = labels.take(failing).to_numpy(zero_copy_only=False)
+    row_cases["source"] = locate(failing) if locate is not None else None
     if outside is not None and not outside.empty:
         counted_cases = pd.concat([row_cases, *(outside.assign(**{PARTITION: p}) for p in partitions)],
                                   ignore_index=True)
@@ -177,13 +179,13 @@ def validate(
                      .itertuples(index=False)]
                for key, group in counted_cases.groupby([PARTITION, "rule"]).head(SAMPLE_SIZE)
                .groupby([PARTITION, "rule"])}
-    rows = pd.Series(labels).value_counts().to_dict()
+    sizes = counts_of(labels)
     results = {}
     for partition in partitions:
-        messages = _messages(rules, partition, rows.get(partition, 0), contract, expected_rows, previous, columns)
+        messages = _messages(rules, partition, sizes.get(partition, 0), contract, expected_rows, previous, columns)
         messages = {**shared, **messages, **(problems or {}).get(partition, {})}
         results[partition] = [
-            RuleResult(rule, counted.get((partition, rule.name), 0), rows.get(partition, 0),
+            RuleResult(rule, counted.get((partition, rule.name), 0), sizes.get(partition, 0),
                        samples.get((partition, rule.name), []), messages.get(rule.name))
             for rule in rules
         ]
@@ -192,9 +194,14 @@ def validate(
     quarantining = {rule.name for rule in rules if rule.quarantine}
     to_quarantine = row_cases[row_cases["rule"].isin(quarantining)]
     reasons = to_quarantine.groupby("index")["rule"].agg(lambda r: ",".join(sorted(set(r))))
-    if row_sources is not None:  # the rule names, then where the row came from
-        reasons = reasons + " (" + pd.Series(row_sources[reasons.index.to_numpy()], index=reasons.index) + ")"
-    quarantined = frame.loc[reasons.index].assign(**{QUARANTINE_REASONS: reasons.values})
+    positions = reasons.index.to_numpy()
+    if locate is not None:  # the rule names, then where the row came from
+        reasons = reasons + " (" + pd.Series(locate(positions), index=reasons.index) + ")"
+    labelled = rows.append_column(PARTITION, labels)
+    quarantined = labelled.take(positions).append_column(
+        QUARANTINE_REASONS, pyarrow.array(reasons.to_numpy(dtype=object), pyarrow.string()))
+    keep = np.ones(rows.num_rows, dtype=bool)
+    keep[positions] = False
     failures = pd.DataFrame({
         PARTITION: counted_cases[PARTITION].to_numpy(),
         "check_name": counted_cases["rule"].to_numpy(),
@@ -204,8 +211,8 @@ def validate(
         # quality.failures has no column of its own for a source row's file and line: the key carries it
         "row_key": _located(counted_cases["row_key"], counted_cases["source"]).to_numpy(),
     })
-    valid = frame.drop(index=reasons.index).reset_index(drop=True)
-    return Validation(valid, quarantined.reset_index(drop=True), failures, results)
+    valid = labelled.filter(keep) if len(positions) else labelled  # nothing quarantined: the rows themselves
+    return Validation(valid, quarantined, failures, results)
 
 
 def _case(column, value, row_key, source) -> dict:

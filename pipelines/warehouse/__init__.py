@@ -56,21 +56,24 @@ class Warehouse(dg.ConfigurableResource):
     """How long a write waits for other writers: the file backend's lock, or DuckLake's commit conflicts."""
     snapshot_retention_days: int = 90
     """How long versions are kept for `provline verify` (Parquet snapshots, or DuckLake snapshots)."""
+    memory_limit: str = "1GB"
+    """DuckDB's memory limit for the warehouse's connection; past it DuckDB spills to `<home>/spill`."""
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Warehouse:
         settings = settings or get_settings()
         return cls(home=str(settings.home), name=settings.warehouse_name, url=settings.warehouse_url,
                    lake_data_path=settings.lake_data_path, lock_timeout_s=settings.lock_timeout_s,
-                   snapshot_retention_days=settings.snapshot_retention_days)
+                   snapshot_retention_days=settings.snapshot_retention_days, memory_limit=settings.memory_limit)
 
     @property
     def backend(self) -> DuckDBFile | DuckLake:
         if self.url == "duckdb":
-            return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days)
+            return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days,
+                              self.memory_limit)
         if self.url.startswith(DUCKLAKE):
             return DuckLake(self.url.removeprefix(DUCKLAKE), self.lake_data_path, self.name, self.lock_timeout_s,
-                            self.snapshot_retention_days)
+                            self.snapshot_retention_days, self.memory_limit, Path(self.home) / "spill")
         scheme = self.url.split(":")[0]  # (never the rest: it may hold a password)
         raise ValueError(f"unknown warehouse {scheme!r}: expected 'duckdb' or '{DUCKLAKE}<libpq conninfo>'")
 

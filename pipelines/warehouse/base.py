@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 
 import duckdb
 import pandas as pd
+import pyarrow
 
 from pipelines.sql import (
     PARTITION,
     UNPARTITIONED,
     column_ddl,
+    counts_of,
     partition_filter,
     partition_label,
     quote,
@@ -79,8 +81,8 @@ class Write:
     code_version: str
     run_id: str
     partitions: list[str]  # the partitions replaced; [UNPARTITIONED] for a full replace
-    rows: pd.DataFrame  # their rows, with a PARTITION column
-    quarantined: pd.DataFrame | None = None  # rows + PARTITION + `_quarantine_reasons`
+    rows: pyarrow.Table | None  # their rows, with a PARTITION column (None: a record of checks only)
+    quarantined: pyarrow.Table | None = None  # rows + PARTITION + `_quarantine_reasons`
     failures: pd.DataFrame | None = None  # quality.failures rows + PARTITION, without run/asset/at
     input_versions: dict[str, dict[str, str]] = field(default_factory=dict)  # partition -> {input: hash}
     check_results: dict[str, list[dict]] = field(default_factory=dict)  # partition -> stored results
@@ -105,9 +107,11 @@ class Receipt:
 # --- reads ---------------------------------------------------------------------------------------
 
 
-def read(con: duckdb.DuckDBPyConnection, table: str, partitions: list[str], partition_expr: str | None) -> pd.DataFrame:
+def read(con: duckdb.DuckDBPyConnection, table: str, partitions: list[str],
+         partition_expr: str | None) -> pyarrow.Table:
+    """The rows of some partitions of a table, as Arrow."""
     where, params = partition_filter(partitions, partition_expr)
-    return con.execute(f"SELECT * FROM {quote(table)} WHERE {where}", params).df()
+    return con.execute(f"SELECT * FROM {quote(table)} WHERE {where}", params).to_arrow_table()
 
 
 def latest_versions(con: duckdb.DuckDBPyConnection, table: str, partitions: list[str]) -> dict[str, dict]:
@@ -232,7 +236,9 @@ def record_check_results(con: duckdb.DuckDBPyConnection, write: Write, at: datet
         _insert_frame(con, "quality.check_results", pd.DataFrame(results))
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str], rows: pd.DataFrame) -> None:
+def insert_rows(con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str],
+                rows: pyarrow.Table) -> None:
+    """Insert rows (scanned in place, cast to the contract's types)."""
     con.register("incoming_rows", rows)
     try:
         con.execute(f"INSERT INTO {target} BY NAME SELECT {typed_select(columns)} FROM incoming_rows")
@@ -248,8 +254,8 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFram
         con.unregister("incoming_frame")
 
 
-def _count(frame: pd.DataFrame | None, partitions: list[str]) -> dict[str, int]:
-    counts = frame[PARTITION].value_counts().to_dict() if frame is not None and not frame.empty else {}
+def _count(rows: pyarrow.Table | None, partitions: list[str]) -> dict[str, int]:
+    counts = counts_of(rows) if rows is not None else {}
     return {p: int(counts.get(p, 0)) for p in partitions}
 
 
@@ -280,7 +286,7 @@ def _replace_quarantine(con: duckdb.DuckDBPyConnection, write: Write, where: str
     else:
         con.execute(f"DELETE FROM {table} WHERE {where}", params)
     quarantined = write.quarantined
-    if quarantined is None or quarantined.empty:
+    if quarantined is None or quarantined.num_rows == 0:
         return _count(None, write.partitions)
     con.register("incoming_quarantine", quarantined)
     try:

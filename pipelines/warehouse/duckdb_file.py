@@ -27,7 +27,16 @@ from typing import TypeVar
 import duckdb
 import pyarrow as pa
 
-from pipelines.sql import PARTITION, UNPARTITIONED, partition_filter, partition_label, path_literal, quote, transaction
+from pipelines.sql import (
+    PARTITION,
+    UNPARTITIONED,
+    engine_config,
+    partition_filter,
+    partition_label,
+    path_literal,
+    quote,
+    transaction,
+)
 from pipelines.warehouse.base import META_DDL, Receipt, VersionUnavailable, Write, write_partitions
 
 T = TypeVar("T")
@@ -64,8 +73,9 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
 
 
 class DuckDBFile:
-    def __init__(self, home: Path, name: str, lock_timeout_s: float, retention_days: int):
+    def __init__(self, home: Path, name: str, lock_timeout_s: float, retention_days: int, memory_limit: str):
         self.name = name
+        self.config = engine_config(memory_limit, home / "spill")
         self.path = home / f"{name}.duckdb"
         self.lock_path = home / f"{name}.lock"
         self.snapshot_dir = home / "snapshots"
@@ -97,7 +107,7 @@ class DuckDBFile:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.lock_path, self.lock_timeout_s):
-            con = duckdb.connect(str(self.path))
+            con = duckdb.connect(str(self.path), config=self.config)
             try:
                 con.execute("SET TimeZone = 'UTC'")  # hashes must not depend on the machine's zone
                 con.execute(META_DDL)

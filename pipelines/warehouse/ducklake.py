@@ -41,7 +41,7 @@ from typing import TypeVar
 import duckdb
 import pyarrow as pa
 
-from pipelines.sql import partition_filter, path_literal, quote, transaction
+from pipelines.sql import engine_config, partition_filter, path_literal, quote, transaction
 from pipelines.warehouse.base import META_DDL, SNAPSHOT_COLUMN, Receipt, VersionUnavailable, Write, write_partitions
 
 log = logging.getLogger("provline.warehouse")
@@ -123,7 +123,8 @@ def close_all() -> None:
 
 
 class DuckLake:
-    def __init__(self, conninfo: str, data_path: str, name: str, wait_s: float, retention_days: int):
+    def __init__(self, conninfo: str, data_path: str, name: str, wait_s: float, retention_days: int,
+                 memory_limit: str, spill_dir: Path):
         fields = parse_conninfo(conninfo)
         self.password = fields.pop("password", None)
         fields.setdefault("connect_timeout", "10")  # an unanswering host fails in seconds, not minutes
@@ -138,6 +139,7 @@ class DuckLake:
         self.name = name  # the catalog's alias in DuckDB: current_database()
         self.wait_s = wait_s
         self.retention_days = retention_days
+        self.config = engine_config(memory_limit, spill_dir)
 
     @property
     def server(self) -> str:
@@ -181,7 +183,7 @@ class DuckLake:
     def _open(self) -> duckdb.DuckDBPyConnection:
         if not self.remote:
             self._probe_local_path()
-        con = duckdb.connect(config=OFFLINE)
+        con = duckdb.connect(config=OFFLINE | self.config)
         try:
             self._prepare(con, "postgres_scanner", "ducklake", *(("httpfs",) if self.remote else ()))
             self._attach(con)
