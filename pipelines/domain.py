@@ -4,14 +4,20 @@ runtime in pipelines/ knows none of them.
 
     # assets/<domain>/__init__.py
     DAILY = daily_partitions("2024-01-01", last_day="2024-12-31")   # or last_day=None: still delivering
-    domain = Domain("sales", tables=[...], jobs=[...], schedules=[daily_schedule(job, DAILY)])
+    domain = Domain("sales", tables=[...], jobs=[...], schedules=[daily_schedule(job, DAILY)],
+                    owner="sales-data", contact="sales-data@example.com")
+
+`owner` (a team) and `contact` are what its exported data contracts name as their team (pipelines/contracts/).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from types import ModuleType
 
 import dagster as dg
 
@@ -25,6 +31,20 @@ class Domain:
     jobs: Sequence[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = ()
     schedules: Sequence[dg.ScheduleDefinition] = ()
     sensors: Sequence[dg.SensorDefinition] = ()
+    owner: str | None = None
+    """The team that owns the domain's tables and answers for their contracts."""
+    contact: str | None = None
+    """How to reach that team (an e-mail or a channel)."""
+
+
+def domains_in(package: ModuleType) -> list[Domain]:
+    """The `domain` of each subpackage of `package` (assets/), in name order."""
+    found = []
+    for module in pkgutil.iter_modules(package.__path__):
+        domain = getattr(importlib.import_module(f"{package.__name__}.{module.name}"), "domain", None)
+        if isinstance(domain, Domain):
+            found.append(domain)
+    return found
 
 
 def daily_partitions(first_day: str, last_day: str | None = None) -> dg.DailyPartitionsDefinition:

@@ -125,6 +125,8 @@ def _definition_metadata(spec: TableSpec) -> dict:
         "contract": contract,
         "transform": spec.source_file,
         "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
+        "contract_version": spec.contract_version,
+        "contract_export": f"provline contract export {spec.table} --out contracts",  # ODCS v3.1.0, pipelines/contracts
     }
 
 

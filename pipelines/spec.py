@@ -24,7 +24,7 @@ import duckdb
 import pandas as pd
 import pandera.pandas as pa
 
-from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, rules_of
+from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, contract_version, rules_of
 from pipelines.sources import Source
 from pipelines.sql import DUCKDB_TYPES, quote
 
@@ -87,6 +87,10 @@ class TableSpec:
     @cached_property
     def rules(self) -> list[Rule]:
         return rules_of(self.contract) + ([SOURCE_COVERAGE] if self.source and self.partitioned else [])
+
+    @property
+    def contract_version(self) -> str:
+        return contract_version(self.contract)
 
     @cached_property
     def columns(self) -> dict[str, str]:

@@ -41,4 +41,6 @@ domain = Domain(
     jobs=[reference_job, flights_daily_job],
     schedules=[flights_daily_schedule],
     sensors=[flights_landing_sensor],
+    owner="flights-data",
+    contact="flights-data@provline.dev",
 )

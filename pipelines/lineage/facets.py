@@ -9,8 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import attr
 from openlineage.client.constants import __version__ as OPENLINEAGE_CLIENT_VERSION
 from openlineage.client.facet_v2 import (
+    DatasetFacet,
     JobFacet,
     RunFacet,
     column_lineage_dataset,
@@ -202,6 +204,20 @@ def asset_job_facets(run: AssetRun) -> dict[str, JobFacet]:
 # ---- dataset facets -------------------------------------------------------------------------
 
 
+@attr.define
+class DataContractDatasetFacet(DatasetFacet):
+    """provline's custom facet: the data contract a dataset version was checked against. The schema facet has
+    no place for a contract's version; `provline contract export <table>` writes the contract (ODCS v3.1.0)."""
+
+    name: str
+    version: str
+    standard: str = "ODCS v3.1.0"
+
+    @staticmethod
+    def _get_schema() -> str:
+        return f"{PRODUCER}/pipelines/lineage/facets.py#DataContractDatasetFacet"
+
+
 def dataset_version(version: str) -> dataset_version_dataset.DatasetVersionDatasetFacet:
     return dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=version, producer=PRODUCER)
 
@@ -288,6 +304,9 @@ def output_dataset_facets(output: OutputInfo, namespace: str, committed: bool) -
             producer=PRODUCER,
         )
     }
+    if output.contract_version:
+        facets["dataContract"] = DataContractDatasetFacet(name=output.name, version=output.contract_version,
+                                                          producer=PRODUCER)
     if output.assertions:
         facets["dataQualityAssertions"] = assertions(output)
     if not committed:

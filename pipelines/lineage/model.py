@@ -108,6 +108,8 @@ class OutputInfo:
     """input columns that affect the whole output: join keys, filters, grouping and sort keys."""
     assertions: list[Assertion] = field(default_factory=list)
     column_metrics: dict[str, ColumnMetrics] = field(default_factory=dict)
+    contract_version: str | None = None
+    """The version of the data contract the rows were checked against (the custom `dataContract` facet)."""
 
 
 @dataclass(frozen=True)

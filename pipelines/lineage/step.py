@@ -183,7 +183,7 @@ class StepLineage:
         return OutputInfo(
             name=self.spec.table, version=version, columns=self.columns,
             row_count=stats.rows, column_lineage=column_lineage, indirect_lineage=indirect, assertions=assertions,
-            column_metrics=metrics,
+            column_metrics=metrics, contract_version=self.spec.contract_version,
         )
 
     @cached_property

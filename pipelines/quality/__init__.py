@@ -12,9 +12,11 @@ from pipelines.quality.rules import (
     WARN,
     Rule,
     contract_metadata,
+    contract_version,
     reference,
     rules_of,
 )
+from pipelines.quality.sql_rules import rows_passing
 from pipelines.quality.validate import (
     QUARANTINE_REASONS,
     ContractViolation,
@@ -28,6 +30,7 @@ from pipelines.quality.validate import (
 
 __all__ = [
     "BLOCKING", "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
-    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "describe_case",
-    "describe_failures", "expected_rows", "group_by_check", "reference", "reference_values", "rules_of", "validate",
+    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "contract_version",
+    "describe_case", "describe_failures", "expected_rows", "group_by_check", "reference", "reference_values",
+    "rows_passing", "rules_of", "validate",
 ]

@@ -31,6 +31,8 @@ in DuckDB; a check without it runs with pandera on pandas there. Built-in column
   an empty or truncated delivery never silently replaces good data; so is an empty partition with
   no previous version, unless `Config.metadata["allow_empty"]` is True; blocking;
 - `schema`: columns present with parseable types; always blocking.
+- `Config.metadata["version"]`: the contract's version (semver, "1.0.0" when not given), recorded with
+  every version it checked and in its ODCS export (pipelines/contracts/).
 - `source_rows_in_partitions` (partitioned source tables): a row of the source file that belongs to
   no daily partition (no valid date, or a date outside them) is counted, recorded with its file and
   line and kept out at the source (quarantine): it blocks no partition, and none is silently lost.
@@ -60,6 +62,7 @@ CHECK_OF_BEHAVIOUR: dict[Behaviour, str] = {BLOCKING: "contract", QUARANTINE: "q
 DRIFT_RULE = "schema_drift"
 VOLUME_RULE = "volume"
 DEFAULT_MAX_ROW_DROP = 0.5
+DEFAULT_CONTRACT_VERSION = "1.0.0"
 
 # pandera's names for its built-in checks -> the suffix of our rule name
 _CHECK_SUFFIX = {
@@ -181,6 +184,12 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
 
 def max_row_drop(model: type[pa.DataFrameModel]) -> float:
     return float(contract_metadata(model).get("max_row_drop", DEFAULT_MAX_ROW_DROP))
+
+
+def contract_version(model: type[pa.DataFrameModel]) -> str:
+    """The contract's version, `Config.metadata["version"]` (semver): the version log, OpenLineage and the
+    exported ODCS document name it; a breaking change raises its major part (`provline contract check`)."""
+    return str(contract_metadata(model).get("version", DEFAULT_CONTRACT_VERSION))
 
 
 def allow_empty(model: type[pa.DataFrameModel]) -> bool:

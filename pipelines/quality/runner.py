@@ -26,9 +26,10 @@ Contract constants (bounds, sets, patterns, rule names) are bound parameters; id
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import duckdb
 import numpy as np
@@ -267,6 +268,12 @@ def _check_sql(plan: _Plan, check: pa.Check, value: str) -> str | None:
             parts.append(f"length({value}) <= {plan.bind(stats['max_value'])}")
         return " AND ".join(parts) or "TRUE"
     return _string_check_sql(plan, name, stats, value)
+
+
+def check_predicate(check: pa.Check, value: str, literal: Callable[[object], str]) -> str | None:
+    """The SQL a built-in check runs as here (TRUE when `value` passes; nulls are the caller's), its constants
+    written by `literal` instead of bound: an exported contract (pipelines/contracts/) carries its SQL whole."""
+    return _check_sql(SimpleNamespace(bind=literal), check, value)
 
 
 def _string_check_sql(plan: _Plan, name: str, stats: dict, value: str) -> str | None:

@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS quality.check_results (
     message VARCHAR                      -- what failed, in words (a table-level finding, a failing value)
 );
 ALTER TABLE quality.check_results ADD COLUMN IF NOT EXISTS message VARCHAR;  -- warehouses from before it
+-- the contract version each version was checked against (Config.metadata["version"]); NULL before it was kept
+ALTER TABLE provline.version_log ADD COLUMN IF NOT EXISTS contract_version VARCHAR;
 """
 LATEST_FIRST = "snapshot_id DESC NULLS LAST, written_at DESC"
 """The order of a partition's versions, newest first: by commit (DuckLake's snapshot), else by time (the file
@@ -84,6 +86,7 @@ class Write:
     failures: pd.DataFrame | None = None  # quality.failures rows + PARTITION, without run/asset/at
     input_versions: dict[str, dict[str, str]] = field(default_factory=dict)  # partition -> {input: hash}
     check_results: dict[str, list[dict]] = field(default_factory=dict)  # partition -> stored results
+    contract_version: str | None = None  # the version of the contract the rows were checked against
 
 
 class VersionUnavailable(LookupError):
@@ -207,6 +210,7 @@ def write_partitions(con: duckdb.DuckDBPyConnection, write: Write) -> dict[str, 
         "input_row_count": [rows[p] + quarantined[p] for p in write.partitions],
         "quarantined_count": [quarantined[p] for p in write.partitions],
         "columns": json.dumps(list(write.columns.items())), "written_at": written_at,
+        "contract_version": write.contract_version,
     })
     _insert_frame(con, "provline.version_log", log)
     return {p: Receipt(hashes[p], rows[p], quarantined[p], written_at) for p in write.partitions}
