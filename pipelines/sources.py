@@ -104,12 +104,9 @@ class SourceTable:
 
     def outside(self, partition_expr: str, partitions: dg.DailyPartitionsDefinition) -> pd.DataFrame:
         """The rows that belong to no daily partition (no valid date, or a date outside the partitions), with
-        their lines: loading partition by partition would silently leave them out."""
-        first, end = _bounds(partitions)
-        label = partition_label(partition_expr, tolerant=True)
-        outside = "p IS NULL OR p < $first" + (" OR p >= $end" if end else "")
-        return self._query(f"SELECT * EXCLUDE (p) FROM (SELECT *, {label} AS p FROM {{rows}}) WHERE {outside}",
-                           {"first": first} | ({"end": end} if end else {}), lambda result: result.df())
+        their lines: loading partition by partition would silently leave them out. Found once per file version
+        and process (a range's chunks ask again)."""
+        return _outside(self, partition_expr, *_bounds(partitions))
 
     def _query(self, sql: str, params: dict, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """`fetch` the result of `sql` over `{rows}`: the contract's columns and SOURCE_LINE."""
@@ -125,6 +122,14 @@ class SourceTable:
                         "FROM read_parquet($typed_path, file_row_number = true))")
                 params = params | {"typed_path": str(self.typed)}
             return fetch(con.execute(sql.format(rows=rows), params))
+
+
+@lru_cache(maxsize=8)
+def _outside(table: SourceTable, partition_expr: str, first: str, end: str | None) -> pd.DataFrame:
+    label = partition_label(partition_expr, tolerant=True)
+    outside = "p IS NULL OR p < $first" + (" OR p >= $end" if end else "")
+    return table._query(f"SELECT * EXCLUDE (p) FROM (SELECT *, {label} AS p FROM {{rows}}) WHERE {outside}",
+                        {"first": first} | ({"end": end} if end else {}), lambda result: result.df())
 
 
 def source_path(source: Source) -> Path:

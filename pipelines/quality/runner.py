@@ -349,19 +349,21 @@ def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns
     _plan_unique(con, plan, numbered, partition_column)
     if not plan.cases:
         return pd.DataFrame(columns=CASE_COLUMNS)
-    key = " || '|' || ".join(f"coalesce(CAST(t.{quote(c)} AS VARCHAR), 'None')" for c in key_columns) or "NULL"
+    # the key columns ride along as they are; only a failing row's key is rendered as text
+    keys = "".join(f"t.{quote(c)} AS k{i}, " for i, c in enumerate(key_columns))
+    key = " || '|' || ".join(f"coalesce(CAST(k{i} AS VARCHAR), 'None')" for i in range(len(key_columns))) or "NULL"
     values = sorted({case.value for case in plan.cases})
     alias = {value: f"v{i}" for i, value in enumerate(values)}
     flags = ", ".join(f"({case.fails}) AS f{i}" for i, case in enumerate(plan.cases))
     scan = (
-        f"SELECT t.{ROW} AS row_no, {key} AS row_key, "
+        f"SELECT t.{ROW} AS row_no, {keys}"
         + "".join(f"{value} AS {alias[value]}, " for value in values)
         + f"{flags} FROM t {' '.join(plan.joins)}"
     )
     any_failed = " OR ".join(f"f{i}" for i in range(len(plan.cases)))
     unions = " UNION ALL ".join(
         f"SELECT {plan.bind(case.rule)} AS rule, {plan.bind(case.column)}::VARCHAR AS \"column\", "
-        f"CAST({alias[case.value]} AS VARCHAR) AS failure_case, row_no AS \"index\", row_key "
+        f"CAST({alias[case.value]} AS VARCHAR) AS failure_case, row_no AS \"index\", {key} AS row_key "
         f"FROM failing WHERE f{i}"
         for i, case in enumerate(plan.cases)
     )
