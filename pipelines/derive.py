@@ -54,7 +54,7 @@ class Inputs:
     reference_values: dict[str, set] = field(default_factory=dict)
     expected_rows: dict[str, int] | None = None
     frames: dict[str, pyarrow.Table] = field(default_factory=dict)
-    """A pandas transform's inputs by parameter name, as read (Arrow; it gets them as Arrow-backed frames)."""
+    """A pandas transform's inputs by parameter name, as read (Arrow, until the transform takes them as frames)."""
     source: SourceTable | None = None
 
 
@@ -244,12 +244,13 @@ no modulo kernel). Timestamps are pandas' datetime64."""
 
 def _call(spec: TableSpec, frames: dict[str, pyarrow.Table]) -> pyarrow.Table:
     """Run a pandas transform: its inputs as frames of the contracts' dtypes (see PANDAS_TYPES), its output back
-    as Arrow (Arrow-backed columns without a copy)."""
+    as Arrow (Arrow-backed columns without a copy). The inputs are handed over: each Arrow table is let go once
+    it is a frame, so a big chunk is not held three times."""
     kwargs = {}
     for name in inspect.signature(spec.transform).parameters:
         if name not in frames:
             raise TypeError(f"{spec.transform.__name__}() asks for {name!r}, not one of its inputs {sorted(frames)}")
-        kwargs[name] = frames[name].to_pandas(types_mapper=PANDAS_TYPES.get)
+        kwargs[name] = frames.pop(name).to_pandas(types_mapper=PANDAS_TYPES.get)
     return arrow_table(spec(**kwargs))
 
 

@@ -119,7 +119,10 @@ def test_validation_statistics_and_previews_equal_the_frame_path(year, table):
     # the statistics OpenLineage gets, per partition: one grouped SQL pass against pandas' groupby
     coerced = _coerced(table, validation.valid.to_pandas().drop(columns=PARTITION)) \
         .assign(**{PARTITION: validation.valid.column(PARTITION).to_pylist()})
-    assert partition_stats(validation.valid, spec.columns) == frame_partition_stats(coerced, list(spec.columns))
+    assert validation.unique_columns == [c for c, column in spec.contract.to_schema().columns.items() if column.unique]
+    expected = frame_partition_stats(coerced, list(spec.columns))
+    assert partition_stats(validation.valid, spec.columns) == expected
+    assert partition_stats(validation.valid, spec.columns, validation.unique_columns) == expected
     # the previews: the same markdown, rendered from the few rows they show
     derived = Derived(spec, days, Inputs(versions={}, blocked={}, causes={}, previous={}), validation)
     assert derived.previews == frame_previews(coerced)

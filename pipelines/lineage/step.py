@@ -5,7 +5,7 @@ emits what day-by-day steps would), built from the factory's own objects into th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import cached_property
@@ -41,11 +41,13 @@ class PartitionStats:
     columns: dict[str, ColumnMetrics] = field(default_factory=dict)
 
 
-def partition_stats(valid: pyarrow.Table, columns: dict[str, str]) -> dict[str, PartitionStats]:
+def partition_stats(valid: pyarrow.Table, columns: dict[str, str],
+                    unique: Collection[str] = ()) -> dict[str, PartitionStats]:
     """Per partition of the valid rows: the row count and each column's null and distinct counts (NaN is a
     null, as pandas counts it), over the values as written (cast to the contract's types). DuckDB scans the rows
     in place: one grouped pass for the counts, and a DISTINCT per column, which spills past the memory limit
-    where count(DISTINCT) cannot."""
+    where count(DISTINCT) cannot; a column proven `unique` (by validation) has as many distinct values as
+    non-null ones."""
     present = {c: t for c, t in columns.items() if c in valid.column_names}
     if valid.num_rows == 0:
         return {}
@@ -56,14 +58,15 @@ def partition_stats(valid: pyarrow.Table, columns: dict[str, str]) -> dict[str, 
     counts = "".join(f", count(*) FILTER (WHERE {null})" for null in nulls.values())
     distinct = " UNION ALL ".join(
         f"SELECT {part}, {i} AS i, count(*) FROM (SELECT DISTINCT {part}, {quote(c)} FROM {typed} "
-        f"WHERE NOT ({nulls[c]})) GROUP BY ALL" for i, c in enumerate(present))
+        f"WHERE NOT ({nulls[c]})) GROUP BY ALL" for i, c in enumerate(present) if c not in unique)
     with scratch() as con:
         con.register("stats_rows", valid)
         found = con.execute(f"SELECT {part}, count(*){counts} FROM {typed} GROUP BY ALL").fetchall()
-        distincts = {(partition, i): n for partition, i, n in con.execute(distinct).fetchall()} if present else {}
+        distincts = {(partition, i): n for partition, i, n in con.execute(distinct).fetchall()} if distinct else {}
     return {
-        partition: PartitionStats(rows, {column: ColumnMetrics(null_counts[i], distincts.get((partition, i), 0))
-                                         for i, column in enumerate(present)})
+        partition: PartitionStats(rows, {
+            column: ColumnMetrics(nulls, rows - nulls if column in unique else distincts.get((partition, i), 0))
+            for (i, column), nulls in zip(enumerate(present), null_counts, strict=True)})
         for partition, rows, *null_counts in found
     }
 
@@ -117,7 +120,7 @@ class StepLineage:
         """COMPLETE for each partition written; FAIL for each refused (with its failed checks) or blocked."""
         lineage = self.column_lineage
         validation = derived.validation
-        stats = partition_stats(validation.valid, self.spec.columns)
+        stats = partition_stats(validation.valid, self.spec.columns, validation.unique_columns)
         for partition in derived.written:
             receipt = receipts[partition]
             output = self._output(validation, partition, receipt.content_hash, stats.get(partition), lineage,
@@ -138,7 +141,7 @@ class StepLineage:
         outputs = {}
         if validation is not None:
             try:
-                stats = partition_stats(validation.valid, self.spec.columns)
+                stats = partition_stats(validation.valid, self.spec.columns, validation.unique_columns)
                 outputs = {p: self._output(validation, p, None, stats.get(p), ({}, []))
                            for p in self.open if p in validation.results}
             except Exception:  # noqa: BLE001 - the FAIL events go out without the output's details

@@ -89,6 +89,16 @@ class Validation:
     results: dict[str, list[RuleResult]]
 
     @cached_property
+    def unique_columns(self) -> list[str]:
+        """The columns whose uniqueness rule passed in every partition: each one's distinct count is its non-null
+        count (a key's, computed again, would be the most expensive statistic)."""
+        rules = [r.rule for results in self.results.values() for r in results]
+        unique = {rule.column for rule in rules if rule.column and rule.name == f"{rule.column}_unique"}
+        failed = {r.rule.column for results in self.results.values() for r in results
+                  if r.rule.column in unique and r.rule.name == f"{r.rule.column}_unique" and not r.passed}
+        return sorted(unique - failed)
+
+    @cached_property
     def quarantined_counts(self) -> dict[str, int]:
         """Quarantined rows per partition (each row once, however many rules it failed)."""
         return counts_of(self.quarantined)
