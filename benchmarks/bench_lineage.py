@@ -123,14 +123,15 @@ def step_lineage(frame):
     from pipelines.lineage.model import AssetRun, DatasetRef
     from pipelines.lineage.step import StepLineage, partition_stats
     from pipelines.quality import RuleResult
+    from pipelines.rows import Rows
 
     spec = catalog["marts.flight_facts"]
     step = StepLineage.__new__(StepLineage)
     step.spec = spec
-    validation = SimpleNamespace(valid=frame.assign(_partition=DAY),
+    validation = SimpleNamespace(valid=Rows.load(frame.assign(_partition=DAY)),
                                  results={DAY: [RuleResult(rule, 0, len(frame)) for rule in spec.rules]})
     started = time.perf_counter()
-    stats = partition_stats(validation.valid, list(spec.columns))[DAY]
+    stats = partition_stats(validation.valid, spec.columns)[DAY]
     output = step._output(validation, DAY, "d41d8cd98f00b204e9800998ecf8427e", stats, step._column_lineage())
     build_s = time.perf_counter() - started
     inputs = [DatasetRef(i.table, f"{n:032x}", DAY if i.partitioned else None) for n, i in enumerate(spec.inputs)]

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import numpy as np
 import pandas as pd
 import pyarrow
 import pyarrow.compute as pc
@@ -30,10 +29,11 @@ from pipelines.quality import (
     reference_values,
     validate,
 )
+from pipelines.rows import BATCH_ROWS, Rows
 from pipelines.settings import get_settings
 from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_source
 from pipelines.spec import TableSpec
-from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, columns_named, partition_label, scratch
+from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, columns_named, partition_label, quote
 from pipelines.warehouse import Warehouse, Write
 
 ALLOW_FAILED_UPSTREAM_TAG = "provline/allow_failed_upstream"
@@ -78,13 +78,14 @@ class Derived:
 
     @cached_property
     def previews(self) -> dict[str, str]:
-        """Per partition, its first valid rows as a markdown table: those rows are picked by position (a grouped
-        pass over a range), then only they are rendered, typed as the contract types them."""
-        valid = self.validation.valid
-        if valid.num_rows == 0:
-            return {}
-        head = valid.take(_first_of_each(valid.column(PARTITION), PREVIEW_ROWS)).to_pandas()
-        columns = [c for c in head.columns if c != PARTITION]
+        """Per partition, its first valid rows as a markdown table: DuckDB picks them (one grouped pass over a
+        range), and only they are rendered, typed as the contract types them."""
+        columns = [c for c in self.validation.valid.column_names if c in self.spec.columns]  # in the rows' order
+        head = self.validation.valid.query(  # (rowid named first: DuckDB 1.5 fails on it inside a window)
+            f"SELECT * EXCLUDE (position) FROM (SELECT rowid AS position, "
+            f"{', '.join(quote(c) for c in [PARTITION, *columns])} FROM {{rows}}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {quote(PARTITION)} ORDER BY position) <= {PREVIEW_ROWS} "
+            "ORDER BY position", fetch=lambda result: result.df())
         text = _as_contract_types(self.spec, head[columns]).astype("string").fillna("")
         previews = {}
         for partition, row in zip(head[PARTITION], text.itertuples(index=False), strict=True):
@@ -104,11 +105,12 @@ def derive(
 ) -> Derived:
     """Read the inputs, run the pure transform, validate: for one partition or a range. Used by
     materialize and by `provline verify` (on a scratch warehouse holding the recorded input versions)."""
+    rows = None
     with warehouse.connect() as con:
         inputs = _read_inputs(spec, warehouse, con, partitions, allow_failed_upstream, log)
         built = [p for p in partitions if p not in inputs.blocked]
-        # a SQL asset's rows stay Arrow, which DuckDB scans in place from here to the write
-        rows = con.execute(spec.sql, _sql_params(spec, built)).to_arrow_table() if spec.sql and built else None
+        if spec.sql and built:  # a SQL asset's rows stream from the warehouse into the scratch database
+            rows = _labelled(spec, con.execute(spec.sql, _sql_params(spec, built)).to_arrow_reader(BATCH_ROWS))
     problems: dict[str, dict[str, str]] = {}
     outside, source = None, None
     if spec.source and built:
@@ -130,18 +132,15 @@ def derive(
     if on_inputs is not None:
         on_inputs(inputs)
     if rows is None:
-        rows = _call(spec, inputs.frames) if built else pyarrow.table({c: pyarrow.array([], pyarrow.null())
-                                                                      for c in spec.columns})
-    rows = _with_partitions(spec, rows, partitions, built)
-    locate = None
-    if SOURCE_LINE in rows.column_names:  # a raw transform passes its rows' source lines through: they name
-        lines = rows.column(SOURCE_LINE)  # failing rows, and are never written
-        rows = rows.drop_columns([SOURCE_LINE])
-        locate = lambda positions: source.locations(lines.take(positions).to_numpy())  # noqa: E731
+        rows = _labelled(spec, _call(spec, inputs.frames) if built else
+                         pyarrow.table({c: pyarrow.array([], pyarrow.null()) for c in spec.columns}))
+    _keep_partitions(spec, rows, partitions, built)
+    # a raw transform passes its rows' source lines through: they name failing rows, and are never written
+    lines = SOURCE_LINE if SOURCE_LINE in rows.column_names else None
     validation = validate(
         rows, spec.contract, key_columns=spec.key_columns, partitions=built, reference_values=inputs.reference_values,
         expected_rows=inputs.expected_rows, previous=inputs.previous, columns=spec.columns, rules=spec.rules,
-        problems=problems, locate=locate, outside=outside,
+        problems=problems, lines=lines, locate=source.locations if lines else None, outside=outside,
     )
     return Derived(spec, partitions, inputs, validation)
 
@@ -167,7 +166,7 @@ def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[s
     return Write(
         table=spec.table, partition_expr=spec.daily_on, columns=spec.columns, code_version=spec.code_version,
         run_id=run_id, partitions=partitions,
-        rows=_of_partitions(validation.valid, partitions),
+        rows=validation.valid,
         quarantined=_of_partitions(validation.quarantined, partitions),
         failures=validation.failures[validation.failures[PARTITION].isin(partitions)],
         input_versions={p: derived.inputs.versions.get(p, {}) for p in partitions},
@@ -178,7 +177,8 @@ def write_for(spec: TableSpec, derived: Derived, run_id: str, partitions: list[s
 
 def _of_partitions(rows: pyarrow.Table, partitions: list[str]) -> pyarrow.Table:
     """The rows of some partitions (all of them, as they are, when that is every row)."""
-    keep = _in(rows.column(PARTITION), partitions)
+    keep = pc.fill_null(pc.is_in(rows.column(PARTITION), value_set=pyarrow.array(partitions, pyarrow.string())),
+                        False)
     return rows if pc.all(keep).as_py() else rows.filter(keep)
 
 
@@ -269,37 +269,26 @@ def _outside_cases(spec: TableSpec, source: SourceTable, strays: pd.DataFrame) -
     })
 
 
-def _with_partitions(spec: TableSpec, rows: pyarrow.Table, partitions: list[str], built: list[str]) -> pyarrow.Table:
-    """The transform's rows labelled with their partition (by DuckDB, from the columns that date a row); rows of
-    blocked partitions are left out. A row outside the partitions asked for is a bug in the transform, not bad
-    data: it fails the step."""
+def _labelled(spec: TableSpec, rows: pyarrow.Table | pyarrow.RecordBatchReader) -> Rows:
+    """The transform's rows into the scratch database, each labelled with its partition by DuckDB (from the
+    columns that date it; NULL where its date is invalid)."""
+    label = partition_label(spec.daily_on, tolerant=True) if spec.partitioned else f"'{UNPARTITIONED}'"
+    return Rows.load(rows, f"SELECT *, {label} AS {quote(PARTITION)} FROM {{source}}")
+
+
+def _keep_partitions(spec: TableSpec, rows: Rows, partitions: list[str], built: list[str]) -> None:
+    """Leave out the rows of blocked partitions. A row outside the partitions asked for is a bug in the
+    transform, not bad data: it fails the step."""
     if not spec.partitioned:
-        return rows.append_column(PARTITION, pyarrow.repeat(pyarrow.scalar(UNPARTITIONED), rows.num_rows))
-    with scratch() as con:
-        con.register("dated_rows", rows.select(columns_named(spec.daily_on, rows.column_names)))
-        keys = con.execute(f"SELECT {partition_label(spec.daily_on, tolerant=True)} AS p FROM dated_rows") \
-            .to_arrow_table().column("p")
-    stray = keys.filter(pc.invert(_in(keys, partitions)))
-    if len(stray):  # (a row with no valid date is outside every partition)
-        raise ValueError(f"{spec.table}: the transform returned {len(stray)} row(s) outside the partitions "
-                         f"being built (e.g. partition {stray[0].as_py()!r}); it must only return rows of its "
-                         f"inputs' partitions")
-    rows = rows.append_column(PARTITION, keys)
-    return rows if built == partitions else rows.filter(_in(keys, built))
-
-
-def _in(keys: pyarrow.ChunkedArray, partitions: list[str]) -> pyarrow.ChunkedArray:
-    """Whether each row's partition key is one of `partitions` (a null key is in none)."""
-    return pc.fill_null(pc.is_in(keys, value_set=pyarrow.array(partitions, pyarrow.string())), False)
-
-
-def _first_of_each(keys: pyarrow.ChunkedArray, n: int) -> np.ndarray:
-    """The positions of the first `n` rows of each partition, in row order (vectorized: no per-row Python)."""
-    codes = pc.dictionary_encode(keys.combine_chunks()).indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
-    rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
-    return np.sort(order[rank < n])
+        return
+    outside = f"{quote(PARTITION)} IS NULL OR NOT list_contains($partitions, {quote(PARTITION)})"
+    (stray, example), = rows.query(f"SELECT count(*), min(coalesce({quote(PARTITION)}, 'no valid date')) "
+                                   f"FROM {{rows}} WHERE {outside}", {"partitions": partitions})
+    if stray:
+        raise ValueError(f"{spec.table}: the transform returned {stray} row(s) outside the partitions being built "
+                         f"(e.g. partition {example!r}); it must only return rows of its inputs' partitions")
+    if built != partitions:
+        rows.delete(f"NOT list_contains($built, {quote(PARTITION)})", {"built": built})
 
 
 def _as_contract_types(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:

@@ -58,19 +58,29 @@ def engine_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
 _scratch_database: tuple[int, duckdb.DuckDBPyConnection] | None = None
 
 
-@contextmanager
-def scratch() -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection for work on frames (validation, partition labels): a cursor of one in-memory
-    database per process, since opening a new in-memory database costs ~17 ms and a cursor ~0.01 ms. The
-    frames it registers and the temp tables it creates are its own; it is closed on exit."""
+def scratch_database() -> duckdb.DuckDBPyConnection:
+    """The process's scratch DuckDB database: in memory, held to PROVLINE_MEMORY_LIMIT, spilling to
+    PROVLINE_HOME/spill. Work on rows happens in its cursors (`scratch()`); opening a new in-memory database costs
+    ~17 ms and a cursor ~0.01 ms."""
     global _scratch_database
     if _scratch_database is None or _scratch_database[0] != os.getpid():  # never a parent's, after a fork
         settings = get_settings()
         _scratch_database = (os.getpid(), duckdb.connect(config=engine_config(settings.memory_limit,
                                                                               settings.spill_dir)))
-    con = _scratch_database[1].cursor()
+    return _scratch_database[1]
+
+
+@contextmanager
+def scratch() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor of the scratch database (see `scratch_database`): the frames it registers are its own; the tables
+    it creates are the database's. It is closed on exit."""
+    global _scratch_database
+    con = scratch_database().cursor()
     try:
         yield con
+    except duckdb.FatalException:  # DuckDB has invalidated the database: the next use opens a new one
+        _scratch_database = None
+        raise
     finally:
         con.close()
 

@@ -117,8 +117,8 @@ def test_validation_statistics_and_previews_equal_the_frame_path(year, table):
     assert set(validation.quarantined.column(QUARANTINE_REASONS).to_pylist()) <= \
         {",".join(sorted(q)) for q in [quarantining, *({r} for r in quarantining)]} | {None}
     # the statistics OpenLineage gets, per partition: one grouped SQL pass against pandas' groupby
-    coerced = _coerced(table, validation.valid.to_pandas().drop(columns=PARTITION)) \
-        .assign(**{PARTITION: validation.valid.column(PARTITION).to_pylist()})
+    valid = validation.valid.to_pandas()
+    coerced = _coerced(table, valid.drop(columns=PARTITION)).assign(**{PARTITION: valid[PARTITION]})
     assert validation.unique_columns == [c for c, column in spec.contract.to_schema().columns.items() if column.unique]
     expected = frame_partition_stats(coerced, list(spec.columns))
     assert partition_stats(validation.valid, spec.columns) == expected

@@ -42,7 +42,7 @@ def test_full_year_flights_defects(year):
         "tailnum_in_staging_planes": 50094,  # WARN, not blocking
         "dest_in_staging_airports": 7602,  # SJU, PSE, BQN, STT: WARN
     }
-    assert not result.blocking("") and len(result.quarantined) == 0 and len(result.valid) == len(flights)
+    assert not result.blocking("") and len(result.quarantined) == 0 and result.valid.num_rows == len(flights)
     dests = result.failures.query("check_name == 'dest_in_staging_airports'")["failing_value"]
     missing = set(dests)
     assert missing == {"SJU", "PSE", "BQN", "STT"}
@@ -55,7 +55,7 @@ def test_full_year_weather_quarantines_one_reading(year):
     result = validate(weather, StagingWeather, key_columns=["origin", "time_hour"])
     assert _failing(result) == {"wind_speed_in_range": 1}
     assert not result.blocking("")
-    assert len(result.quarantined) == 1 and len(result.valid) + 1 == len(weather)
+    assert len(result.quarantined) == 1 and result.valid.num_rows + 1 == len(weather)
     bad = result.quarantined.to_pylist()[0]
     assert bad["wind_speed"] == pytest.approx(1048.36058) and bad["_quarantine_reasons"] == "wind_speed_in_range"
 
@@ -75,7 +75,7 @@ def test_full_year_flight_facts_weather_coverage(year):
     con = duckdb.connect()
     for schema in ("staging", "marts"):
         con.execute(f"CREATE SCHEMA {schema}")
-    tables = {**year, "staging.weather": weather.valid.drop_columns(["_partition"])}
+    tables = {**year, "staging.weather": weather.valid.to_arrow().drop_columns(["_partition"])}
     for name, frame in tables.items():
         con.register("frame", frame)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")

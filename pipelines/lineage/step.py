@@ -12,7 +12,6 @@ from functools import cached_property
 
 import dagster as dg
 import pandas as pd
-import pyarrow
 
 from pipelines.lineage.emitter import LineageEmitter
 from pipelines.lineage.model import (
@@ -30,7 +29,8 @@ from pipelines.lineage.model import (
 from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
 from pipelines.monitor.anomaly import MEAN
-from pipelines.sql import PARTITION, quote, scratch, typed_select
+from pipelines.rows import Rows
+from pipelines.sql import PARTITION, quote, typed_select
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +41,23 @@ class PartitionStats:
     columns: dict[str, ColumnMetrics] = field(default_factory=dict)
 
 
-def partition_stats(valid: pyarrow.Table, columns: dict[str, str],
-                    unique: Collection[str] = ()) -> dict[str, PartitionStats]:
+def partition_stats(valid: Rows, columns: dict[str, str], unique: Collection[str] = ()) -> dict[str, PartitionStats]:
     """Per partition of the valid rows: the row count and each column's null and distinct counts (NaN is a
-    null, as pandas counts it), over the values as written (cast to the contract's types). DuckDB scans the rows
-    in place: one grouped pass for the counts, and a DISTINCT per column, which spills past the memory limit
+    null, as pandas counts it), over the values as written (cast to the contract's types). SQL over the rows where
+    they are: one grouped pass for the counts, and a DISTINCT per column, which spills past the memory limit
     where count(DISTINCT) cannot; a column proven `unique` (by validation) has as many distinct values as
     non-null ones."""
     present = {c: t for c, t in columns.items() if c in valid.column_names}
-    if valid.num_rows == 0:
-        return {}
     part = quote(PARTITION)
     nulls = {c: f"{quote(c)} IS NULL" + (f" OR isnan({quote(c)})" if t in ("DOUBLE", "FLOAT") else "")
              for c, t in present.items()}
-    typed = f"(SELECT {part}, {typed_select(present)} FROM stats_rows)"
+    typed = f"(SELECT {part}, {typed_select(present)} FROM {{rows}})"
     counts = "".join(f", count(*) FILTER (WHERE {null})" for null in nulls.values())
     distinct = " UNION ALL ".join(
         f"SELECT {part}, {i} AS i, count(*) FROM (SELECT DISTINCT {part}, {quote(c)} FROM {typed} "
         f"WHERE NOT ({nulls[c]})) GROUP BY ALL" for i, c in enumerate(present) if c not in unique)
-    with scratch() as con:
-        con.register("stats_rows", valid)
-        found = con.execute(f"SELECT {part}, count(*){counts} FROM {typed} GROUP BY ALL").fetchall()
-        distincts = {(partition, i): n for partition, i, n in con.execute(distinct).fetchall()} if distinct else {}
+    found = valid.query(f"SELECT {part}, count(*){counts} FROM {typed} GROUP BY ALL")
+    distincts = {(partition, i): n for partition, i, n in valid.query(distinct)} if distinct and found else {}
     return {
         partition: PartitionStats(rows, {
             column: ColumnMetrics(nulls, rows - nulls if column in unique else distincts.get((partition, i), 0))

@@ -39,6 +39,7 @@ import pyarrow
 from pandera.errors import SchemaError, SchemaErrors
 
 from pipelines.quality.rules import SCHEMA_RULE, column_check_rule, contract_metadata
+from pipelines.rows import Rows
 from pipelines.sql import DUCKDB_TYPES, quote, scratch
 
 CASE_COLUMNS = ["rule", "column", "failure_case", "index", "row_key"]
@@ -87,6 +88,7 @@ def failure_cases_sql(
     reference_tables: Mapping[str, str] | None = None,
     row_number: str | None = None,
     partition_column: str | None = None,
+    carry: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Failure cases of `contract` on `relation` (a table or view in `con`), computed in DuckDB.
 
@@ -96,26 +98,29 @@ def failure_cases_sql(
         `rowid` for a table, the scan position for a view.
     partition_column: a column of `relation` naming each row's partition (a range of partitions is
         validated in one scan): keys are unique within a partition, as when each is validated alone.
+    carry: columns of `relation` that are not the rows' data (their partition, their line in a source file):
+        not checked, and returned as they are with each failing row's cases.
     Returns columns rule, column, failure_case (text), index (row number; null for table-level
-    cases such as a missing column) and row_key.
+    cases such as a missing column), row_key and the `carry` columns.
     """
     schema = contract.to_schema()
-    source_types = {k: v for k, v in _column_types(con, relation).items() if k not in (row_number, partition_column)}
+    internal = {row_number, partition_column, *carry}
+    source_types = {k: v for k, v in _column_types(con, relation).items() if k not in internal}
     plan = _Plan()
     _plan_columns(plan, schema, source_types)
     _plan_dataframe_checks(plan, schema, source_types)
     _plan_references(plan, con, contract, source_types, reference_tables or {})
     numbered = _numbered(con, relation, row_number)
-    cases = _run(con, numbered, plan, [c for c in key_columns if c in source_types], partition_column)
+    cases = _run(con, numbered, plan, [c for c in key_columns if c in source_types], partition_column, carry)
     if plan.fallback:
-        cases = pd.concat([cases, _pandera_fallback(con, numbered, schema, plan.fallback, key_columns)],
+        cases = pd.concat([cases, _pandera_fallback(con, numbered, schema, plan.fallback, key_columns, carry)],
                           ignore_index=True)
     table_level = pd.DataFrame(plan.table_level, columns=CASE_COLUMNS)
     return pd.concat([table_level, cases], ignore_index=True) if not table_level.empty else cases
 
 
 def failure_cases_frame(
-    frame: pd.DataFrame | pyarrow.Table,
+    frame: pd.DataFrame | pyarrow.Table | Rows,
     contract: type[pa.DataFrameModel],
     *,
     key_columns: Sequence[str] = (),
@@ -123,9 +128,10 @@ def failure_cases_frame(
     reference_tables: Mapping[str, str] | None = None,
     reference_values: Mapping[str, Iterable] | None = None,
     partition_column: str | None = None,
+    carry: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """`failure_cases_sql` for rows in memory, an Arrow table or a pandas frame: scanned by DuckDB in place
-    (no copy), `index` = a row's position.
+    """`failure_cases_sql` for a step's rows (a table of the scratch database, `index` its rowid), or for rows in
+    memory, an Arrow table or a pandas frame (`index` a row's position): scanned by DuckDB in place, no copy.
 
     reference_values: rule name -> the values the referenced column holds (as `validate` takes them),
         for references whose table is not in `con`; registered as small relations for the anti-join.
@@ -134,7 +140,9 @@ def failure_cases_frame(
         views = [FRAME_VIEW]
         tables = dict(reference_tables or {})
         try:
-            if isinstance(frame, pd.DataFrame):
+            if isinstance(frame, Rows):
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {FRAME_VIEW} AS SELECT rowid AS {ROW}, * FROM {frame.name}")
+            elif isinstance(frame, pd.DataFrame):
                 con.register(FRAME_VIEW, frame.reset_index(drop=True).assign(**{ROW: np.arange(len(frame))}))
             else:
                 con.register(FRAME_VIEW, frame.append_column(ROW, pyarrow.array(np.arange(frame.num_rows))))
@@ -145,9 +153,12 @@ def failure_cases_frame(
                                                     dtype=object))
                     views.append(view)
                     tables[ref.table] = view
-            return failure_cases_sql(con, FRAME_VIEW, contract, key_columns=key_columns,
-                                     reference_tables=tables, row_number=ROW, partition_column=partition_column)
+            return failure_cases_sql(con, FRAME_VIEW, contract, key_columns=key_columns, reference_tables=tables,
+                                     row_number=ROW, partition_column=partition_column, carry=carry)
         finally:
+            if isinstance(frame, Rows):
+                con.execute(f"DROP VIEW IF EXISTS {FRAME_VIEW}")
+                views.remove(FRAME_VIEW)
             for view in views:
                 con.unregister(view)
 
@@ -341,16 +352,18 @@ def _table_case(column: str | None, failure: str) -> dict:
 
 
 def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns: list[str],
-         partition_column: str | None) -> pd.DataFrame:
+         partition_column: str | None, carry: Sequence[str] = ()) -> pd.DataFrame:
     if plan.parsed:  # checks see the typed values, the schema rule the raw ones
         replace = ", ".join(f"{expr} AS {quote(name)}" for name, expr in plan.parsed.items())
         raws = "".join(f", {quote(name)} AS {_raw(name)}" for name in plan.parsed)
         numbered = f"SELECT * REPLACE ({replace}){raws} FROM ({numbered})"
     _plan_unique(con, plan, numbered, partition_column)
     if not plan.cases:
-        return pd.DataFrame(columns=CASE_COLUMNS)
+        return pd.DataFrame(columns=[*CASE_COLUMNS, *carry])
     # the key columns ride along as they are; only a failing row's key is rendered as text
     keys = "".join(f"t.{quote(c)} AS k{i}, " for i, c in enumerate(key_columns))
+    keys += "".join(f"t.{quote(c)} AS c{i}, " for i, c in enumerate(carry))
+    carried = "".join(f", c{i} AS {quote(c)}" for i, c in enumerate(carry))
     key = " || '|' || ".join(f"coalesce(CAST(k{i} AS VARCHAR), 'None')" for i in range(len(key_columns))) or "NULL"
     values = sorted({case.value for case in plan.cases})
     alias = {value: f"v{i}" for i, value in enumerate(values)}
@@ -363,7 +376,7 @@ def _run(con: duckdb.DuckDBPyConnection, numbered: str, plan: _Plan, key_columns
     any_failed = " OR ".join(f"f{i}" for i in range(len(plan.cases)))
     unions = " UNION ALL ".join(
         f"SELECT {plan.bind(case.rule)} AS rule, {plan.bind(case.column)}::VARCHAR AS \"column\", "
-        f"CAST({alias[case.value]} AS VARCHAR) AS failure_case, row_no AS \"index\", {key} AS row_key "
+        f"CAST({alias[case.value]} AS VARCHAR) AS failure_case, row_no AS \"index\", {key} AS row_key{carried} "
         f"FROM failing WHERE f{i}"
         for i, case in enumerate(plan.cases)
     )
@@ -396,11 +409,13 @@ def _plan_unique(con: duckdb.DuckDBPyConnection, plan: _Plan, numbered: str, par
 
 def _pandera_fallback(
     con: duckdb.DuckDBPyConnection, numbered: str, schema: pa.DataFrameSchema,
-    checks: list[tuple[str, str | None, pa.Check]], key_columns: Sequence[str],
+    checks: list[tuple[str, str | None, pa.Check]], key_columns: Sequence[str], carry: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Checks with no SQL form: run each alone with pandera on pandas (reads the relation once)."""
     frame = con.execute(numbered).df()
     rows = frame.pop(ROW).to_numpy()
+    carried = frame[list(carry)]
+    frame = frame.drop(columns=list(carry))
     try:
         frame = schema.coerce_dtype(frame)
     except (SchemaError, SchemaErrors):
@@ -420,11 +435,12 @@ def _pandera_fallback(
             "failure_case": [None if pd.isna(v) else str(v) for v in found.loc[found["index"].notna(), "failure_case"]],
             "index": pd.array(rows[positions], dtype="Int64"),
             "row_key": [_key(frame, key_columns, p) for p in positions],
+            **{c: carried[c].to_numpy()[positions] for c in carry},
         }))
         table_level = found[found["index"].isna()]
         out += [pd.DataFrame([{"rule": rule, "column": column, "failure_case": str(v), "index": None,
                                "row_key": None} for v in table_level["failure_case"]])] if len(table_level) else []
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=CASE_COLUMNS)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=[*CASE_COLUMNS, *carry])
 
 
 def _key(frame: pd.DataFrame, key_columns: Sequence[str], position: int) -> str | None:

@@ -2,10 +2,11 @@
 
 `validate` returns what the factory needs for the commit: the valid rows, the quarantined rows with
 their reasons, the failure cases (for `quality.failures`) and, per partition, one `RuleResult` per
-rule of the contract (for Dagster asset checks and OpenLineage assertions). The rows are an Arrow
-table that DuckDB scans in place: every rule runs once over all of them (pipelines/quality/runner.py),
-only the failing rows leave DuckDB, and the split into valid and quarantined rows is an Arrow filter.
-The results are counted per partition, so a range gives exactly the results day-by-day runs would give.
+rule of the contract (for Dagster asset checks and OpenLineage assertions). The rows are a table of the
+scratch database (pipelines/rows.py): every rule runs once over all of them (pipelines/quality/runner.py),
+only the failing rows leave DuckDB, and the quarantined rows are moved out of the table, which then holds
+the valid ones. The results are counted per partition, so a range gives exactly the results day-by-day runs
+would give.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pipelines.quality.rules import (
     volume_problem,
 )
 from pipelines.quality.runner import failure_cases_frame
-from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, counts_of
+from pipelines.rows import Rows
+from pipelines.sql import PARTITION, UNPARTITIONED, counts_of, quote
 
 SAMPLE_SIZE = 5
 QUARANTINE_REASONS = "_quarantine_reasons"
@@ -79,11 +81,11 @@ def describe_case(case: dict) -> str:
 
 @dataclass
 class Validation:
-    """The contract's verdict on the rows of one or more partitions. `valid` and `quarantined` (Arrow tables
-    of the rows, the quarantined ones with their reasons) and `failures` (the failure cases) carry a PARTITION
-    column; `results` has one list of RuleResults per partition."""
+    """The contract's verdict on the rows of one or more partitions. `valid` (the rows to write, in the scratch
+    database), `quarantined` (the rows set aside with their reasons, few: Arrow) and `failures` (the failure
+    cases) carry a PARTITION column; `results` has one list of RuleResults per partition."""
 
-    valid: pyarrow.Table
+    valid: Rows
     quarantined: pyarrow.Table
     failures: pd.DataFrame
     results: dict[str, list[RuleResult]]
@@ -130,7 +132,7 @@ def describe_failures(table: str, partition: str, failed: list[RuleResult]) -> l
 
 
 def validate(
-    rows: pyarrow.Table | pd.DataFrame,
+    rows: Rows | pyarrow.Table | pd.DataFrame,
     contract: type[pa.DataFrameModel],
     *,
     key_columns: Sequence[str],
@@ -141,13 +143,15 @@ def validate(
     columns: dict[str, str] | None = None,
     rules: list[Rule] | None = None,
     problems: Mapping[str, Mapping[str, str]] | None = None,
+    lines: str | None = None,
     locate: Callable[[np.ndarray], np.ndarray] | None = None,
     outside: pd.DataFrame | None = None,
 ) -> Validation:
     """Validate `rows` against `contract`; never raises for bad data (see Validation.blocking).
 
-    rows: the rows to write (a pandas frame is taken as Arrow); a PARTITION column says which of
-        `partitions` each row belongs to (without it, every row belongs to the only partition).
+    rows: the rows to write, in the scratch database (rows in memory are loaded there); a PARTITION column says
+        which of `partitions` each row belongs to (without it, every row belongs to the only partition). The
+        quarantined rows are taken out of it: it is the Validation's `valid`.
     reference_values: rule name -> the set of values that the referenced column holds.
     expected_rows: for `row_count_matches`, per partition the row count of that input partition.
     previous: per partition its previous version (version-log row: `columns`, `row_count`), for
@@ -155,29 +159,24 @@ def validate(
     columns: this write's (name -> type), for drift.
     rules / problems: the asset's rules when it has more than its contract's (see TableSpec.rules),
         and what the factory found wrong, per partition (partition -> rule name -> message).
-    locate: for source rows, where rows come from, by position ("orders.csv line 12"): asked for the
-        failing and quarantined rows only.
+    lines / locate: for source rows, the column holding each row's line in its file (not data: never checked)
+        and how to name lines ("orders.csv line 12"), asked for the failing rows only.
     outside: failure cases (rule, column, failure_case, row_key, source) of source rows that belong to no
         partition, so are not in `rows`: each partition validated counts and records them.
     """
     rules = rules if rules is not None else rules_of(contract)
-    rows = arrow_table(rows) if isinstance(rows, pd.DataFrame) else rows
-    if PARTITION in rows.column_names:
-        labels = rows.column(PARTITION).combine_chunks()
-        rows = rows.drop_columns([PARTITION])
-    else:
-        labels = pyarrow.repeat(pyarrow.scalar(partitions[0], pyarrow.string()), rows.num_rows)
-    cases = failure_cases_frame(rows.append_column(PARTITION, labels), contract, key_columns=key_columns,
-                                reference_values=reference_values or {}, partition_column=PARTITION)
+    if not isinstance(rows, Rows):
+        rows = _loaded(rows, partitions[0])
+    carry = [PARTITION, *([lines] if lines else [])]
+    cases = failure_cases_frame(rows, contract, key_columns=key_columns, reference_values=reference_values or {},
+                                partition_column=PARTITION, carry=carry)
     table_level = cases[cases["index"].isna()]
     shared = {rule: "; ".join(map(str, group["failure_case"].unique()))[:500]
               for rule, group in table_level.groupby("rule")}
     # one case per failing row and rule (a dataframe check reports each column it reads)
     row_cases = cases[cases["index"].notna()].drop_duplicates(["rule", "index"]).copy()
-    row_cases["index"] = row_cases["index"].astype(int)
-    failing = row_cases["index"].to_numpy()
-    row_cases[PARTITION] = labels.take(failing).to_numpy(zero_copy_only=False)
-    row_cases["source"] = locate(failing) if locate is not None else None
+    row_cases["index"] = row_cases["index"].astype("int64")
+    row_cases["source"] = locate(row_cases[lines].to_numpy()) if locate is not None else None
     if outside is not None and not outside.empty:
         counted_cases = pd.concat([row_cases, *(outside.assign(**{PARTITION: p}) for p in partitions)],
                                   ignore_index=True)
@@ -189,7 +188,7 @@ def validate(
                      .itertuples(index=False)]
                for key, group in counted_cases.groupby([PARTITION, "rule"]).head(SAMPLE_SIZE)
                .groupby([PARTITION, "rule"])}
-    sizes = counts_of(labels)
+    sizes = rows.counts()
     results = {}
     for partition in partitions:
         messages = _messages(rules, partition, sizes.get(partition, 0), contract, expected_rows, previous, columns)
@@ -204,14 +203,12 @@ def validate(
     quarantining = {rule.name for rule in rules if rule.quarantine}
     to_quarantine = row_cases[row_cases["rule"].isin(quarantining)]
     reasons = to_quarantine.groupby("index")["rule"].agg(lambda r: ",".join(sorted(set(r))))
-    positions = reasons.index.to_numpy()
     if locate is not None:  # the rule names, then where the row came from
-        reasons = reasons + " (" + pd.Series(locate(positions), index=reasons.index) + ")"
-    labelled = rows.append_column(PARTITION, labels)
-    quarantined = labelled.take(positions).append_column(
+        where = to_quarantine.drop_duplicates("index").set_index("index")["source"]
+        reasons = reasons + " (" + where.loc[reasons.index] + ")"
+    quarantined = rows.take_out(reasons.index.to_numpy())
+    quarantined = quarantined.append_column(
         QUARANTINE_REASONS, pyarrow.array(reasons.to_numpy(dtype=object), pyarrow.string()))
-    keep = np.ones(rows.num_rows, dtype=bool)
-    keep[positions] = False
     failures = pd.DataFrame({
         PARTITION: counted_cases[PARTITION].to_numpy(),
         "check_name": counted_cases["rule"].to_numpy(),
@@ -221,8 +218,16 @@ def validate(
         # quality.failures has no column of its own for a source row's file and line: the key carries it
         "row_key": _located(counted_cases["row_key"], counted_cases["source"]).to_numpy(),
     })
-    valid = labelled.filter(keep) if len(positions) else labelled  # nothing quarantined: the rows themselves
-    return Validation(valid, quarantined, failures, results)
+    return Validation(rows, quarantined, failures, results)
+
+
+def _loaded(rows: pyarrow.Table | pd.DataFrame, partition: str) -> Rows:
+    """Rows in memory, into the scratch database, each labelled `partition` unless they say their own."""
+    names = rows.column_names if isinstance(rows, pyarrow.Table) else list(rows.columns)
+    if PARTITION in names:
+        return Rows.load(rows)
+    return Rows.load(rows, f"SELECT *, CAST($partition AS VARCHAR) AS {quote(PARTITION)} FROM {{source}}",
+                     {"partition": partition})
 
 
 def _case(column, value, row_key, source) -> dict:

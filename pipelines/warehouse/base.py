@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 import pyarrow
 
+from pipelines.rows import Rows
 from pipelines.sql import (
     PARTITION,
     UNPARTITIONED,
@@ -81,7 +82,7 @@ class Write:
     code_version: str
     run_id: str
     partitions: list[str]  # the partitions replaced; [UNPARTITIONED] for a full replace
-    rows: pyarrow.Table | None  # their rows, with a PARTITION column (None: a record of checks only)
+    rows: Rows | None  # rows with a PARTITION column, these partitions' and maybe others' (None: checks only)
     quarantined: pyarrow.Table | None = None  # rows + PARTITION + `_quarantine_reasons`
     failures: pd.DataFrame | None = None  # quality.failures rows + PARTITION, without run/asset/at
     input_versions: dict[str, dict[str, str]] = field(default_factory=dict)  # partition -> {input: hash}
@@ -197,7 +198,7 @@ def write_partitions(con: duckdb.DuckDBPyConnection, write: Write) -> dict[str, 
         con.execute(f"CREATE TABLE IF NOT EXISTS {target} ({column_ddl(write.columns)})")
         _align_columns(con, write.table, write.columns)
         con.execute(f"DELETE FROM {target} WHERE {where}", params)
-    insert_rows(con, target, write.columns, write.rows)
+    insert_rows(con, target, write.columns, write.rows.stream(*_of(write.partitions)))
     hashes = content_hashes(con, write.table, write.partitions, write.partition_expr)
     quarantined = _replace_quarantine(con, write, where, params)
     record_check_results(con, write, written_at)
@@ -237,8 +238,8 @@ def record_check_results(con: duckdb.DuckDBPyConnection, write: Write, at: datet
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str],
-                rows: pyarrow.Table) -> None:
-    """Insert rows (scanned in place, cast to the contract's types)."""
+                rows: pyarrow.Table | pyarrow.RecordBatchReader) -> None:
+    """Insert rows (scanned in place, or streamed batch by batch; cast to the contract's types)."""
     con.register("incoming_rows", rows)
     try:
         con.execute(f"INSERT INTO {target} BY NAME SELECT {typed_select(columns)} FROM incoming_rows")
@@ -254,9 +255,14 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFram
         con.unregister("incoming_frame")
 
 
-def _count(rows: pyarrow.Table | None, partitions: list[str]) -> dict[str, int]:
-    counts = counts_of(rows) if rows is not None else {}
+def _count(rows: Rows | pyarrow.Table | None, partitions: list[str]) -> dict[str, int]:
+    counts = {} if rows is None else rows.counts() if isinstance(rows, Rows) else counts_of(rows)
     return {p: int(counts.get(p, 0)) for p in partitions}
+
+
+def _of(partitions: list[str]) -> tuple[str, dict]:
+    """The rows of some partitions: a filter on the PARTITION column and its parameters."""
+    return f"list_contains($partitions, {quote(PARTITION)})", {"partitions": partitions}
 
 
 def _align_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.rows import Rows
 from pipelines.sql import PARTITION
 from pipelines.warehouse import CommitConflict, Warehouse, Write, ducklake
 from tests.conftest import DAY, REPO, materialize
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def write(day: str, value: int, run_id: str) -> Write:
     rows = pd.DataFrame({"day": pd.to_datetime([day] * 3), "v": [value] * 3, PARTITION: day})
     return Write(table="raw.t", partition_expr="day", columns={"day": "DATE", "v": "BIGINT"}, code_version="c",
-                 run_id=run_id, partitions=[day], rows=rows)
+                 run_id=run_id, partitions=[day], rows=Rows.load(rows))
 
 
 def interloper(lake_backend: ducklake.DuckLake, times: int):

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from pipelines.rows import Rows
 from pipelines.sql import PARTITION
 from pipelines.warehouse import Warehouse, WarehouseUnavailable, Write, ducklake
 
@@ -56,7 +57,7 @@ def test_data_files_on_s3_compatible_storage(lake: Lake, s3_bucket: str, monkeyp
     warehouse.setup_for_execution(None)  # the probe object goes to the bucket
     rows = pd.DataFrame({"day": pd.to_datetime(["2013-01-01"] * 20), "v": range(20), PARTITION: "2013-01-01"})
     write = Write(table="raw.t", partition_expr="day", columns={"day": "DATE", "v": "BIGINT"}, code_version="c",
-                  run_id="r", partitions=["2013-01-01"], rows=rows)
+                  run_id="r", partitions=["2013-01-01"], rows=Rows.load(rows))
     receipt = warehouse.commit(write)["2013-01-01"]
     client = boto3.client("s3", endpoint_url=s3_bucket, aws_access_key_id="k", aws_secret_access_key="s",
                           region_name="us-east-1")
