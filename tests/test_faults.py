@@ -177,14 +177,14 @@ def test_a_warehouse_session_is_one_connection_under_the_lock_and_a_failed_write
         with warehouse.connect() as first, warehouse.connect() as second:
             assert first is second
         assert not _lock_is_free(lock)  # held for the whole session
-        warehouse.backend.transact(lambda con: con.execute("CREATE TABLE t AS SELECT 1 AS x"), "create")
+        warehouse.backend.transact(lambda con: con.execute("CREATE TABLE t AS SELECT 1 AS x"), "create", "t", [""])
 
         def half_written(con):
             con.execute("INSERT INTO t VALUES (2)")
             raise RuntimeError("disk full (injected)")
 
         with pytest.raises(RuntimeError, match="disk full"):
-            warehouse.backend.transact(half_written, "insert")
+            warehouse.backend.transact(half_written, "insert", "t", [""])
         with warehouse.connect() as con:  # the session goes on after a rolled-back write
             assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
     assert _lock_is_free(lock)

@@ -250,7 +250,8 @@ def findings(
         _store_stats(con, spec.table, fresh, hashes)
         _store_results(con, spec.table, verdicts, receipts, run_id)
 
-    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}")
+    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}", spec.table,
+                               written)
     return verdicts
 
 

@@ -112,7 +112,7 @@ class Warehouse(dg.ConfigurableResource):
         cases are committed, so the UI and later runs see why; the data stays."""
         at = datetime.now(UTC).replace(tzinfo=None)
         self.backend.transact(lambda con: base.record_check_results(con, write, at),
-                              f"check results of {write.table} {write.partitions}")
+                              f"check results of {write.table} {write.partitions}", write.table, write.partitions)
 
     # the reads every backend shares
     read = staticmethod(base.read)
