@@ -16,6 +16,7 @@ import dagster as dg
 from pipelines.monitor import alerts
 from pipelines.monitor.anomaly import Finding, by_check, check_result, check_specs, findings
 from pipelines.quality import BLOCKING, group_by_check
+from pipelines.sql import interrupted
 
 if TYPE_CHECKING:
     from pipelines.derive import Derived
@@ -48,7 +49,9 @@ def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: 
     try:
         if spec.partitioned and receipts:
             monitors.findings = findings(spec, warehouse, receipts, run_id)
-    except Exception:  # noqa: BLE001 - the write is committed; the monitors are a report on it
+    except Exception as error:  # noqa: BLE001 - the write is committed; the monitors are a report on it
+        if interrupted(error):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
+            raise
         log.exception("anomaly monitors of %s could not run", spec.table)
     alerts.notify(_blocking_events(spec, derived) + _anomaly_events(spec, monitors))
     return monitors

@@ -37,8 +37,12 @@ from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
 from pipelines.warehouse.ducklake import PREFIX as DUCKLAKE
 from pipelines.warehouse.ducklake import CommitConflict, DuckLake, WarehouseUnavailable
 
-__all__ = ["CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
+__all__ = ["TRANSIENT_ERRORS", "CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
            "WarehouseUnavailable", "Write", "quarantine_table"]
+
+TRANSIENT_ERRORS = (WarehouseLockTimeout, CommitConflict, WarehouseUnavailable, duckdb.IOException, OSError)
+"""What may pass on a second try: a lock or a commit conflict that outlasted its wait, the catalog or a disk gone
+for a moment. Anything else (a parse, a decode, a contract, a type error) fails the same way again."""
 
 
 class Warehouse(dg.ConfigurableResource):
