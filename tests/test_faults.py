@@ -153,6 +153,7 @@ def test_a_step_that_cannot_get_the_warehouse_lock_fails_clearly_and_writes_noth
     assert not result.success
     (failure,) = [e.event_specific_data.error.cause for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failure.cls_name == "WarehouseLockTimeout"  # after the step's retry, which waited as long
+    assert [e.event_type_value for e in result.all_events].count("STEP_UP_FOR_RETRY") == 1  # transient: once more
     assert failure.message.startswith(
         f"pipelines.warehouse.duckdb_file.WarehouseLockTimeout: waited 1s for the warehouse lock {lock}; another "
         "step holds it (raise PROVLINE_LOCK_TIMEOUT_S for long backfills)")
