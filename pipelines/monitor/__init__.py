@@ -36,8 +36,9 @@ class Monitors:
     findings: dict[str, list[Finding]] = field(default_factory=dict)
 
     def check_results(self, partition: str) -> list[dg.AssetCheckResult]:
-        found = self.findings.get(partition, [])
-        return [check_result(self.key, found)] if found else []
+        """The partition's `anomalies` check result; none while there is no verdict yet (anomaly.py says why)."""
+        result = check_result(self.key, self.findings.get(partition, []))
+        return [result] if result is not None else []
 
 
 def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: dict[str, Receipt],
@@ -76,5 +77,6 @@ def _anomaly_events(spec: TableSpec, monitors: Monitors) -> list[alerts.Event]:
         alerts.Event(alerts.ANOMALY, spec.table, partition, check, bool(failed),
                      "; ".join(f.describe() for f in failed))
         for partition, found in monitors.findings.items() for check, group in by_check(found).items()
+        if any(f.judged for f in group)  # no verdict yet: neither an alert nor a resolution
         for failed in [[f for f in group if f.anomalous]]
     ]
