@@ -23,7 +23,7 @@ from pipelines.lineage.naming import dagster_run_id
 from tests.conftest import REPO, materialize
 from tests.test_ranges import range_tags
 
-from .conftest import Lake
+from .conftest import Lake, require_pgbouncer
 from .pgcluster import PgCluster, pgbouncer
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -69,6 +69,7 @@ def test_a_run_lands_in_the_postgres_run_storage(dagster_home: Path, postgres_se
 def through_pgbouncer(dagster_home: Path, postgres_server: PgCluster, monkeypatch) -> Iterator[int]:
     """The same instance reached through PgBouncer (session pooling), as deploy/README.md recommends; yields
     PgBouncer's port."""
+    require_pgbouncer()
     with pgbouncer(postgres_server, ("provline",)) as port:
         monkeypatch.setenv("DAGSTER_PG_PORT", str(port))
         yield port
