@@ -233,5 +233,5 @@ def dagster_storage_yaml(port: int, db: str, user: str, options: str | None = No
     libpq's (e.g. `-c synchronous_commit=off`). For the benchmarks' throwaway instances."""
     yaml = ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
             f"      port: {port}\n      db_name: {db}\n      username: {user}\n      password: ''\n"
-            "      scheme: postgresql+psycopg2\n")  # SQLAlchemy 2.1 maps plain postgresql to psycopg 3
+            "      scheme: postgresql+psycopg2\n")  # (the default under SQLAlchemy 2.0, pinned: pyproject.toml)
     return yaml + (f"      params:\n        options: {options}\n" if options else "")
