@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -267,3 +268,33 @@ def test_kill_9_during_a_lake_commit_leaves_no_partial_partition(lake: Lake, whe
     with warehouse.connect() as con:
         after = con.execute("SELECT content_hash FROM provline.version_log WHERE asset = 'staging.flights'").fetchall()
     assert after == before or (where == "during-commit" and after[:-1] == before and len(after) == 2)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_waiting_for_a_partition_held_by_another_host_ends_the_run_at_once(lake: Lake, home: Path):
+    """The wait for another host's partition lock is interrupted like any step: exit 130, ABORT, nothing written."""
+    from pipelines.warehouse.ducklake import lock_key
+    from tests.test_run_lifecycle import BIN, QUICKLY_S, _ended_within, _states
+
+    assert materialize("reference").success
+    with psycopg.connect(lake.conninfo, autocommit=True) as other_host:
+        other_host.execute("SELECT pg_advisory_lock(%s)", [lock_key("raw.flights", DAY)])
+        process = subprocess.Popen(
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions", "--select", "raw/flights",
+             "--partition", DAY], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300  # (a hang guard)
+            while not other_host.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                assert process.poll() is None, process.communicate()[0][-3000:]
+                assert time.monotonic() < deadline, "the run never waited for the partition"
+                time.sleep(0.2)
+            os.killpg(process.pid, signal.SIGINT)
+            code, out, _ = _ended_within(process, QUICKLY_S)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert code == 130, out[-3000:]
+    assert _states(home)["raw.flights"] == ["START", "ABORT"]
+    with Warehouse.from_settings().connect() as con:
+        assert con.execute("SELECT count(*) FROM provline.version_log WHERE asset = 'raw.flights'").fetchone() == (0,)
