@@ -132,10 +132,10 @@ def interrupt_on_cancel(instance: dg.DagsterInstance, run: dg.RunsFilter) -> Ite
 
 def exit_interrupted() -> None:
     """At exit, whatever status the process was exiting with (Dagster's CLI: 1), exit INTERRUPTED if this
-    process executed a run that an interrupt ended. Registered when this module is imported, before the
-    handlers that flush lineage and alerts at exit: atexit runs the latest first, so those run before it; then
-    logging is shut down and the streams flushed, which os._exit would skip. (Python has no other way to change
-    the status of an exit already under way.)"""
+    process executed a run that an interrupt ended. The lineage outbox and the alerts are flushed before it
+    (threading's exit hooks run before atexit's), and so is every atexit handler registered after this module's
+    import (atexit runs the latest first); logging is shut down and the streams flushed here, which os._exit
+    would skip. (Python has no other way to change the status of an exit already under way.)"""
     if not _interrupted_here.is_set():
         return
     logging.shutdown()
