@@ -21,7 +21,8 @@ from pandera.typing import Series
 from pipelines.quality import QUARANTINE, WARN, reference
 
 NYC_ORIGINS = ["EWR", "JFK", "LGA"]
-HHMM = "{0} IS NULL OR {0} % 100 < 60"  # a clock time as HHMM (or HMM): its last two digits are minutes
+HHMM = "{0} IS NULL OR ({0} % 100 < 60 AND {0} % 1 = 0)"  # a clock time as HHMM (or HMM): whole, last 2 digits minutes
+DAY_MINUTES = 1440
 Int = pd.Int64Dtype
 Float = pd.Float64Dtype
 Str = pd.StringDtype
@@ -116,9 +117,47 @@ def _identified_by(df: pd.DataFrame, key: list[str]) -> Series[bool]:
             == rows.groupby(list(df.columns), dropna=False)["_n"].transform("size"))
 
 
+def _minutes(hhmm: str) -> str:
+    """SQL: the minutes after midnight of an HHMM clock time."""
+    return f"(floor({hhmm} / 100) * 60 + {hhmm} % 100)"
+
+
+def _delay_agrees(delay: str, actual: str, scheduled: str) -> str:
+    """SQL: the delay is the minutes from the scheduled to the actual clock time (modulo a day: a flight may leave
+    after midnight), and less than a day (one of a day or more could not be told from the clock times)."""
+    return (f"{delay} IS NULL OR ({actual} IS NOT NULL AND abs({delay}) < {DAY_MINUTES} AND "
+            f"({_minutes(scheduled)} + {delay} - {_minutes(actual)}) % {DAY_MINUTES} = 0)")
+
+
+def _delay_agrees_frame(df: pd.DataFrame, delay: str, actual: str, scheduled: str) -> Series[bool]:
+    def minutes(hhmm: pd.Series) -> pd.Series:
+        return (hhmm // 100) * 60 + hhmm % 100
+
+    late = df[delay]
+    agrees = df[actual].notna() & (late.abs() < DAY_MINUTES) & \
+        ((minutes(df[scheduled]) + late - minutes(df[actual])) % DAY_MINUTES == 0)
+    return (late.isna() | agrees).fillna(False).astype(bool)
+
+
+# The UTC hour of a local (New York) hour: 5 hours later, 4 under daylight saving time.
+UTC_OFFSETS_H = (4, 5)
+UTC_HOUR = ("date_diff('hour', try(make_timestamp(year, month, day, hour, 0, 0)), "
+            "TRY_CAST(time_hour AS TIMESTAMPTZ) AT TIME ZONE 'UTC') IN " + str(UTC_OFFSETS_H))
+
+
+def _utc_hour_frame(df: pd.DataFrame) -> Series[bool]:
+    """time_hour is the row's local date and hour in UTC (pandas' form of UTC_HOUR)."""
+    utc = pd.to_datetime(df["time_hour"], utc=True, errors="coerce", format="ISO8601").dt.tz_localize(None)
+    local = pd.to_datetime(df[["year", "month", "day", "hour"]].astype("float64"), errors="coerce")
+    return ((utc - local) / pd.Timedelta(hours=1)).isin(UTC_OFFSETS_H).astype(bool)
+
+
 # The nycflights13 documentation (`flights`, `weather` in the R package this data comes from) states what
-# raw checks: carrier codes "see airlines"; times "format HHMM or HMM"; relative humidity (a percentage);
-# wind direction in degrees; one observation per station and hour; one row per scheduled flight.
+# raw checks: carrier codes "see airlines"; times "format HHMM or HMM"; delays "in minutes" (so the minutes
+# between the scheduled and the actual time); time_hour the scheduled (or observed) date and hour; relative
+# humidity (a percentage); wind direction in degrees; one observation per station and hour; one row per
+# scheduled flight. A value they rule out (a delay of 10^12 minutes, a time_hour that is no timestamp) never
+# reaches staging, whose transforms compute with it.
 RAW_FLIGHT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
                       "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour",
                       "minute", "time_hour"]
@@ -177,14 +216,32 @@ class RawFlights(Contract):
     @pa.dataframe_check(name="times_are_hhmm", statistics={"sql": " AND ".join(
         f"({HHMM.format(c)})" for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time"))})
     def times_are_hhmm(cls, df: pd.DataFrame) -> Series[bool]:
-        """Departure and arrival times are HHMM (or HMM): their last two digits are minutes."""
+        """Departure and arrival times are HHMM (or HMM): whole numbers whose last two digits are minutes."""
         times = df[["dep_time", "sched_dep_time", "arr_time", "sched_arr_time"]]
-        return ((times % 100 < 60) | times.isna()).all(axis=1)
+        return (((times % 100 < 60) & (times % 1 == 0)) | times.isna()).all(axis=1).fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="dep_delay_agrees_with_times",
+                        statistics={"sql": _delay_agrees("dep_delay", "dep_time", "sched_dep_time")})
+    def dep_delay_agrees_with_times(cls, df: pd.DataFrame) -> Series[bool]:
+        """The departure delay is the whole minutes from sched_dep_time to dep_time, under a day."""
+        return _delay_agrees_frame(df, "dep_delay", "dep_time", "sched_dep_time")
+
+    @pa.dataframe_check(name="arr_delay_agrees_with_times",
+                        statistics={"sql": _delay_agrees("arr_delay", "arr_time", "sched_arr_time")})
+    def arr_delay_agrees_with_times(cls, df: pd.DataFrame) -> Series[bool]:
+        """The arrival delay is the whole minutes from sched_arr_time to arr_time, under a day."""
+        return _delay_agrees_frame(df, "arr_delay", "arr_time", "sched_arr_time")
+
+    @pa.dataframe_check(name="time_hour_is_the_scheduled_hour", statistics={"sql": UTC_HOUR})
+    def time_hour_is_the_scheduled_hour(cls, df: pd.DataFrame) -> Series[bool]:
+        """time_hour is the scheduled date and hour (year, month, day, hour, New York time) in UTC."""
+        return _utc_hour_frame(df)
 
     class Config:
         metadata = {
             "version": "1.0.0",
-            "quarantine": ["no_exact_copies", "times_are_hhmm"],
+            "quarantine": ["no_exact_copies", "times_are_hhmm", "dep_delay_agrees_with_times",
+                           "arr_delay_agrees_with_times", "time_hour_is_the_scheduled_hour"],
             "references": [reference("carrier", "raw.airlines", "carrier")],
             "monitors": {"means": ["distance"], "skip_null_rate": CANCELLATION_NULLS},
         }
@@ -228,11 +285,17 @@ class RawWeather(Contract):
         """(origin, time_hour) identifies an observation: rows that share it and differ cannot both be right."""
         return _identified_by(df, RAW_WEATHER_KEY)
 
+    @pa.dataframe_check(name="time_hour_is_the_observation_hour", statistics={"sql": UTC_HOUR})
+    def time_hour_is_the_observation_hour(cls, df: pd.DataFrame) -> Series[bool]:
+        """time_hour is the observation's date and hour (year, month, day, hour, New York time) in UTC."""
+        return _utc_hour_frame(df)
+
     class Config:
         # nycflights13's readings end 2013-12-30 18:00: a day may have none. It is written empty (its flights
         # carry no weather: weather_coverage warns, anomaly_volume flags it); an empty delivery still never
         # replaces a day that had readings (volume)
-        metadata = {"version": "1.0.0", "quarantine": ["no_exact_copies"], "allow_empty": True,
+        metadata = {"version": "1.0.0", "quarantine": ["no_exact_copies", "time_hour_is_the_observation_hour"],
+                    "allow_empty": True,
                     "monitors": {"means": ["temp"], "skip_null_rate": WEATHER_NULLS}}
 
 

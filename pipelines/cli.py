@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -36,7 +40,6 @@ from pipelines.settings import get_settings
 
 INVOCATION_TAG = "provline/invocation"
 """Tags each run `provline run` starts, so it can watch for a cancel of that run."""
-INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C
 
 
 def _instance() -> dg.DagsterInstance:
@@ -111,10 +114,31 @@ def _failure_text(event: dg.DagsterEvent) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM stops the command as Ctrl-C does (Dagster's own CLIs map it the same way), so a
+    terminated run still ends CANCELED, with lineage ABORT, instead of vanishing mid-step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The unpartitioned tables, then each day's partitioned tables (every domain whose partitions have it).
-    An interrupt (Ctrl-C, or a cancel through the Dagster instance) ends the run, the range with it, exit 130."""
+    An interrupt (Ctrl-C, SIGTERM, or a cancel through the Dagster instance) ends the run, the range with it,
+    exit 130."""
+    with _terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from pipelines.definitions import defs
+    from pipelines.lineage.runs import INTERRUPTED
     from pipelines.warehouse import Warehouse
 
     assets = list(defs.assets)

@@ -44,8 +44,8 @@ from pipelines.quality import (
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError
 from pipelines.spec import TableSpec, production_asset, sql_asset
-from pipelines.sql import UNPARTITIONED
-from pipelines.warehouse import Receipt, Warehouse, quarantine_table
+from pipelines.sql import UNPARTITIONED, interrupted
+from pipelines.warehouse import TRANSIENT_ERRORS, Receipt, Warehouse, quarantine_table
 
 __all__ = ["TableSpec", "build_asset", "production_asset", "sql_asset"]
 
@@ -53,8 +53,9 @@ CHECKS_PER_RUN_TAG = "provline/checks_per_run"
 """Run tag (or PROVLINE_CHECKS_PER_RUN=true): a range reports each Dagster check once for the run, not once per
 partition; for backfills where Dagster's own cost of recording per-partition checks dominates."""
 TRANSIENT_RETRIES = 1
-"""An unexpected error (a lock, a disk) is retried once, by the factory raising RetryRequested: an asset
-RetryPolicy would do the same, but Dagster also applies it to an interrupted step, re-running what the
+"""A transient error (warehouse.TRANSIENT_ERRORS: a lock or commit conflict that outlasted its wait, I/O) is
+retried once, by the factory raising RetryRequested; every other error fails the step at once. An asset
+RetryPolicy would retry any error, and Dagster also applies it to an interrupted step, re-running what the
 operator just stopped."""
 _EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
 
@@ -135,8 +136,24 @@ def _definition_metadata(spec: TableSpec) -> dict:
 
 def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse):
     partitions = list(context.partition_keys) if spec.partitioned else [UNPARTITIONED]
-    single = len(partitions) == 1
     lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace)
+    try:
+        return (yield from _materialize(spec, context, warehouse, partitions, lineage))
+    except BaseException as error:
+        if not interrupted(error):
+            raise
+        # Ctrl-C, SIGTERM or a cancel (also as DuckDB reports one): the step ends here, and the run with it;
+        # nothing retries an interrupt (see TRANSIENT_RETRIES)
+        lineage.aborted()
+        record_cancel(context.instance, context.run_id)
+        if isinstance(error, dg.DagsterExecutionInterruptedError | KeyboardInterrupt):
+            raise
+        raise dg.DagsterExecutionInterruptedError() from error
+
+
+def _materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str],
+                 lineage: StepLineage):
+    single = len(partitions) == 1
     lineage.started()
     allow = get_settings().allow_failed_upstream or (
         context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
@@ -198,18 +215,18 @@ def _build(
             written = derived.written
             receipts = warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
             return derived, receipts, monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
-    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):  # Ctrl-C, or the run was canceled
-        lineage.aborted()
-        record_cancel(context.instance, context.run_id)
-        raise  # the step ends here, and the run with it: nothing retries an interrupt (see TRANSIENT_RETRIES)
     except Exception as error:
+        if interrupted(error):
+            raise  # (materialize ends the step's lineage: ABORT)
         lineage.failed(str(error), traceback.format_exc(), derived.validation if derived else None)
         if isinstance(error, dg.Failure):
             raise
-        if isinstance(error, ContractViolation | SourceError | MissingTable):
-            # bad data: a retry would fail the same way
-            raise dg.Failure(description=str(error), allow_retries=False) from error
-        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=1) from error
+        if isinstance(error, TRANSIENT_ERRORS):
+            raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=1) from error
+        # bad data or a bug: a retry would fail the same way
+        known = isinstance(error, ContractViolation | SourceError | MissingTable)
+        raise dg.Failure(description=str(error) if known else f"{type(error).__name__}: {error}",
+                         allow_retries=False) from error
 
 
 def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived, receipts: dict[str, Receipt],

@@ -8,17 +8,20 @@ long-lived ``dagster dev``) see a changed PROVLINE_HOME without a restart.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Secret-bearing settings (a webhook URL, a conninfo that may hold a password) are left out of its repr, so a
+    logged or printed Settings never shows them."""
+
     home: Path
     """PROVLINE_HOME: holds the warehouse, the lineage log, the outbox and the snapshots."""
     source_dir: Path | None
     """PROVLINE_SOURCE_DIR: read `<table>.csv` / `<table>.parquet` from here instead of the domains' own data."""
-    warehouse_url: str
+    warehouse_url: str = field(repr=False)  # (a conninfo may hold a password)
     """PROVLINE_WAREHOUSE: the warehouse backend, `duckdb` (a file under PROVLINE_HOME) or
     `ducklake:postgres:<libpq conninfo>` (DuckLake with its catalog in that PostgreSQL database)."""
     lake_data_path: str
@@ -62,7 +65,7 @@ class Settings:
     landing_settle_s: float
     """PROVLINE_LANDING_SETTLE_S: a landing file is read only once it has not changed for this long and
     since the sensor's previous tick (a file still being written is left alone)."""
-    alert_webhook_url: str | None
+    alert_webhook_url: str | None = field(repr=False)  # (the URL is the credential)
     """PROVLINE_ALERT_WEBHOOK_URL: Slack-compatible incoming webhook for alerts (a secret: never logged)."""
     alert_timeout_s: float
     """PROVLINE_ALERT_TIMEOUT_S: the HTTP timeout of one alert delivery attempt, and the most a process

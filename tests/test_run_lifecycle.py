@@ -130,7 +130,7 @@ def test_a_dagster_cli_run_starts_and_ends_in_lineage_under_a_name_a_user_knows(
     with _waiting_for_the_lock(home, env, command, started=6 + 1) as process:
         os.killpg(process.pid, signal.SIGINT)
         code, out, _ = _ended_within(process, QUICKLY_S)
-    assert code != 0
+    assert code == 130, out[-3000:]  # interrupted, not "Materialization failed." (1)
     assert _states(home)["materialize:group:flights"] == ["START", "ABORT"]
     assert _spec_problems(home) == []
     run = _instance(env).get_runs(limit=1)[0]

@@ -55,6 +55,34 @@ def test_unparsable_value_names_file_column_and_line(source_dir, home):
     assert query(home, "SELECT * FROM information_schema.tables WHERE table_name = 'flights'") == []
 
 
+def _latin1_flights(source_dir) -> None:
+    """flights.csv with one tail number written in Latin-1 (not UTF-8) on line 43."""
+    frame = pd.read_csv(source_dir / "flights.csv", dtype=str)
+    frame.loc[frame.index[41], "tailnum"] = "N\u00e9123"
+    frame.to_csv(source_dir / "flights.csv", index=False, encoding="latin-1")
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_what_to_do(source_dir, home):
+    _latin1_flights(source_dir)
+    with pytest.raises(SourceError) as error:
+        read_source(source("flights"), RawFlights)
+    message = str(error.value)
+    assert f"{source_dir / 'flights.csv'}: not UTF-8 at line 43, byte 43 of the line (b'\\xe9')" in message
+    assert "iconv -f WINDOWS-1252 -t UTF-8 flights.csv" in message
+
+
+@pytest.mark.slow
+def test_a_file_that_is_not_utf8_fails_the_step_once(source_dir, home):
+    """A decode error is deterministic: the step fails at once, never retried, saying where and what to do."""
+    assert materialize("reference").success
+    _latin1_flights(source_dir)
+    result = materialize("flights", DAY)
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events if e.step_key == "raw__flights"]
+    assert kinds.count("STEP_FAILURE") == 1 and "STEP_UP_FOR_RETRY" not in kinds
+    assert "flights.csv: not UTF-8 at line 43" in _failure_text(result)
+
+
 def test_missing_column_and_missing_file(source_dir, home):
     pd.read_csv(source_dir / "flights.csv").drop(columns=["dest"]).to_csv(source_dir / "flights.csv", index=False)
     with pytest.raises(SourceError, match=r"flights.csv: missing column\(s\) dest"):

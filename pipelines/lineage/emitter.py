@@ -28,6 +28,7 @@ from pipelines.lineage import facets, naming
 from pipelines.lineage.delivery import Delivery, ReplayResult, load_client_config, redact, replay
 from pipelines.lineage.model import AssetRun, DatasetRef, OutputInfo, SourceFile
 from pipelines.settings import Settings, get_settings
+from pipelines.sql import interrupted
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class LineageEmitter:
             with self._lock:
                 fn(*args)
         except Exception as exc:  # noqa: BLE001 - lineage must never stop the pipeline
+            if interrupted(exc):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
+                raise
             log.warning("OpenLineage emission skipped: %s", redact(exc, self._scrub))
 
     def _emit(self, event: RunEvent) -> None:

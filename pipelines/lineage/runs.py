@@ -12,13 +12,18 @@ find the marker (see LineageEmitter.run_finished).
 An interrupt (Ctrl-C, kill -INT/-TERM, a terminate request) is the operator's cancel: `record_cancel`
 marks the run CANCELING, so Dagster ends it CANCELED and lineage ABORT, not FAILURE "interrupted
 unexpectedly". The other way round, a cancel through the instance interrupts the process that executes the
-run (`interrupt_on_cancel`), so both end a run the same way.
+run (`interrupt_on_cancel`), so both end a run the same way. A process whose run the executor saw interrupted
+exits INTERRUPTED (130, the shell's status for Ctrl-C), as `provline run` does: Dagster's CLI says only
+"Materialization failed." and exits 1 (`exit_interrupted`).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +39,9 @@ from pipelines.lineage.emitter import LineageEmitter, RunTerminal
 MATERIALIZE = "materialize:"
 SHOWN_PARTS = 3
 CANCEL_POLL_S = 1.0
+INTERRUPTED = 130
+"""The exit status of a process ended by Ctrl-C (128 + SIGINT), as shells report it."""
+_interrupted_here = threading.Event()
 
 RUN_TERMINAL: dict[dg.DagsterRunStatus, RunTerminal] = {
     dg.DagsterRunStatus.SUCCESS: "COMPLETE",
@@ -122,6 +130,26 @@ def interrupt_on_cancel(instance: dg.DagsterInstance, run: dg.RunsFilter) -> Ite
         watcher.join()
 
 
+def exit_interrupted() -> None:
+    """At exit, whatever status the process was exiting with (Dagster's CLI: 1), exit INTERRUPTED if this
+    process executed a run that an interrupt ended. The lineage outbox and the alerts are flushed before it
+    (threading's exit hooks run before atexit's), and so is every atexit handler registered after this module's
+    import (atexit runs the latest first); logging is shut down and the streams flushed here, which os._exit
+    would skip. (Python has no other way to change the status of an exit already under way.)"""
+    if not _interrupted_here.is_set():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more to say
+            pass
+    os._exit(INTERRUPTED)
+
+
+atexit.register(exit_interrupted)
+
+
 class LineageExecutor(dg.Executor):
     """Runs the steps with another executor; emits the run's START before them and its terminal event after:
     COMPLETE, FAIL (a step failed: Dagster ends the run FAILURE) or ABORT (interrupted or canceled: CANCELED)."""
@@ -152,6 +180,7 @@ class LineageExecutor(dg.Executor):
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
             record_cancel(instance, run.run_id)
             emitter.run_finished(run.run_id, name, "ABORT", "interrupted")
+            _interrupted_here.set()
             raise
         except GeneratorExit:
             raise

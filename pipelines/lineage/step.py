@@ -94,13 +94,14 @@ class StepLineage:
             partition: [DatasetRef(i.table, partition=partition if i.partitioned else None) for i in spec.inputs]
             for partition in partitions
         }
-        self.open = set(partitions)  # the partitions whose OpenLineage run has no terminal event yet
+        self.open: set[str] = set()  # the partitions whose OpenLineage run started and has no terminal event yet
         self.emitter = LineageEmitter(dataset_namespace=dataset_namespace)
 
     def started(self) -> None:
         self.emitter.run_started(self.dagster_run_id, self.dagster_job_name)
         for partition, run in self.runs.items():
             self.emitter.asset_started(run, self.inputs[partition])
+            self.open.add(partition)
 
     def inputs_known(self, versions: dict[str, dict[str, str]], source) -> None:
         """The versions read, per partition; `source` (a SourceTable) is the file a raw table reads."""

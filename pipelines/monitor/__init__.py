@@ -16,6 +16,7 @@ import dagster as dg
 from pipelines.monitor import alerts
 from pipelines.monitor.anomaly import Finding, by_check, check_result, check_specs, findings
 from pipelines.quality import BLOCKING, group_by_check
+from pipelines.sql import interrupted
 
 if TYPE_CHECKING:
     from pipelines.derive import Derived
@@ -35,8 +36,9 @@ class Monitors:
     findings: dict[str, list[Finding]] = field(default_factory=dict)
 
     def check_results(self, partition: str) -> list[dg.AssetCheckResult]:
-        found = self.findings.get(partition, [])
-        return [check_result(self.key, found)] if found else []
+        """The partition's `anomalies` check result; none while there is no verdict yet (anomaly.py says why)."""
+        result = check_result(self.key, self.findings.get(partition, []))
+        return [result] if result is not None else []
 
 
 def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: dict[str, Receipt],
@@ -48,7 +50,9 @@ def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: 
     try:
         if spec.partitioned and receipts:
             monitors.findings = findings(spec, warehouse, receipts, run_id)
-    except Exception:  # noqa: BLE001 - the write is committed; the monitors are a report on it
+    except Exception as error:  # noqa: BLE001 - the write is committed; the monitors are a report on it
+        if interrupted(error):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
+            raise
         log.exception("anomaly monitors of %s could not run", spec.table)
     alerts.notify(_blocking_events(spec, derived) + _anomaly_events(spec, monitors))
     return monitors
@@ -73,5 +77,6 @@ def _anomaly_events(spec: TableSpec, monitors: Monitors) -> list[alerts.Event]:
         alerts.Event(alerts.ANOMALY, spec.table, partition, check, bool(failed),
                      "; ".join(f.describe() for f in failed))
         for partition, found in monitors.findings.items() for check, group in by_check(found).items()
+        if any(f.judged for f in group)  # no verdict yet: neither an alert nor a resolution
         for failed in [[f for f in group if f.anomalous]]
     ]

@@ -31,6 +31,7 @@ import duckdb
 
 from pipelines.lineage.delivery import queue_lock
 from pipelines.settings import Settings, get_settings
+from pipelines.sql import interrupted
 from pipelines.warehouse.duckdb_file import file_lock
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def notify(events: Sequence[Event]) -> None:
         with connect(settings) as con:
             recorded = _record(con, events, settings)
     except Exception as error:  # noqa: BLE001 - alerting never fails what raised the alert
+        if interrupted(error):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
+            raise
         log.warning("%d alert(s) not recorded: %s", len(events), error)
         return
     if recorded:

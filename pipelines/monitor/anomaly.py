@@ -12,7 +12,10 @@ weekly cycle — its spread within weekdays is under half its overall spread, as
 (fewer on Saturdays) — the expected value is the mean of the same weekday and the spread is the pooled
 spread within weekdays. A change smaller than MIN_CHANGE never counts: over two quiet weeks a 3σ band
 can be narrower than what matters. With fewer than MIN_HISTORY previous partitions there is no verdict
-yet (the check passes and says so).
+yet, and it is not reported as one: stored with `passed` NULL and a message saying why, and no evaluation
+in Dagster (a check result is passed or failed there, and a passing one with a note showed as a green
+"Passed"; with none, the UI shows the partition's check as not evaluated, or skipped in the run that planned
+it), no assertion in OpenLineage and no alert.
 
 Per table, in the contract's `Config.metadata["monitors"]`:
     {"means": ["distance"], "skip_null_rate": ["dep_time"], "k": 3, "window": 14}
@@ -67,6 +70,7 @@ MIN_CHANGE = {VOLUME: 0.10, NULL_RATE: 0.05, MEAN: 0.10}
 absolute difference (5 percentage points). Measured on real data: docs/benchmarks.md."""
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "BOOLEAN")
 _PARTITION = "__monitor_partition"
+NO_VERDICT = f"no verdict yet: fewer than {MIN_HISTORY} earlier partitions to compare with"
 
 STATS_TABLE = "quality.partition_stats"
 STATS_DDL = f"""
@@ -209,6 +213,11 @@ class Finding:
     expected: Expected | None
 
     @property
+    def judged(self) -> bool:
+        """Whether there was a baseline to judge the statistic against (else: no verdict yet)."""
+        return self.expected is not None
+
+    @property
     def anomalous(self) -> bool:
         return self.expected is not None and not math.isnan(self.actual) and \
             not self.expected.low <= self.actual <= self.expected.high
@@ -250,7 +259,8 @@ def findings(
         _store_stats(con, spec.table, fresh, hashes)
         _store_results(con, spec.table, verdicts, receipts, run_id)
 
-    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}")
+    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}", spec.table,
+                               written)
     return verdicts
 
 
@@ -332,13 +342,15 @@ def judge(stats: dict[str, dict[Metric, float]], written: list[str], metrics: li
 
 def _store_results(con, table: str, verdicts: dict[str, list[Finding]], receipts: dict[str, Receipt],
                    run_id: str) -> None:
-    """One check_results row per partition and check, recorded with (at the time of) the validation it follows."""
+    """One check_results row per partition and check, recorded with (at the time of) the validation it follows;
+    `passed` NULL where there is no verdict yet."""
     rows = [
         {"run_id": run_id, "asset": table, "partition": p, "check_name": check, "severity": WARN,
-         "passed": not failed, "blocking": False, "failing_rows": 0,
-         "message": "; ".join(f.describe() for f in failed) or None, "recorded_at": receipts[p].written_at}
+         "passed": not failed if judged else None, "blocking": False, "failing_rows": 0,
+         "message": "; ".join(f.describe() for f in failed) or None if judged else NO_VERDICT,
+         "recorded_at": receipts[p].written_at}
         for p, found in verdicts.items() for check, group in by_check(found).items()
-        for failed in [[f for f in group if f.anomalous]]
+        for failed, judged in [([f for f in group if f.anomalous], any(f.judged for f in group))]
     ]
     insert_frame(con, "quality.check_results", pd.DataFrame(rows))
 
@@ -350,11 +362,13 @@ def by_check(found: list[Finding]) -> dict[str, list[Finding]]:
     return groups
 
 
-def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult:
+def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult | None:
     """The `anomalies` check of one partition: which statistics are out of range, each with its expected
-    range and actual value; the row count's always in the open."""
+    range and actual value; the row count's always in the open. None while there is no verdict yet."""
     failed = [f for f in found if f.anomalous]
-    judged = [f for f in found if f.expected is not None]
+    judged = [f for f in found if f.judged]
+    if not judged:
+        return None
     metadata: dict = {"judged": len(judged), "anomalies": len(failed)}
     for finding in found:
         if finding.metric.kind == VOLUME:
@@ -368,7 +382,5 @@ def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult:
                              "baseline_partitions": f.expected.points, "weekday": f.expected.weekly}
             for f in failed
         })
-    if not judged:
-        metadata["note"] = f"no baseline yet: fewer than {MIN_HISTORY} previous partitions"
     return dg.AssetCheckResult(asset_key=key, check_name=ANOMALY_CHECK, passed=not failed,
                                severity=dg.AssetCheckSeverity.WARN, metadata=metadata)

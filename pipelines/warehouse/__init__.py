@@ -37,8 +37,12 @@ from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
 from pipelines.warehouse.ducklake import PREFIX as DUCKLAKE
 from pipelines.warehouse.ducklake import CommitConflict, DuckLake, WarehouseUnavailable
 
-__all__ = ["CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
+__all__ = ["TRANSIENT_ERRORS", "CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
            "WarehouseUnavailable", "Write", "quarantine_table"]
+
+TRANSIENT_ERRORS = (WarehouseLockTimeout, CommitConflict, WarehouseUnavailable, duckdb.IOException, OSError)
+"""What may pass on a second try: a lock or a commit conflict that outlasted its wait, the catalog or a disk gone
+for a moment. Anything else (a parse, a decode, a contract, a type error) fails the same way again."""
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -115,7 +119,7 @@ class Warehouse(dg.ConfigurableResource):
         cases are committed, so the UI and later runs see why; the data stays."""
         at = datetime.now(UTC).replace(tzinfo=None)
         self.backend.transact(lambda con: base.record_check_results(con, write, at),
-                              f"check results of {write.table} {write.partitions}")
+                              f"check results of {write.table} {write.partitions}", write.table, write.partitions)
 
     # the reads every backend shares
     read = staticmethod(base.read)

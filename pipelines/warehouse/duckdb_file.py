@@ -134,8 +134,10 @@ class DuckDBFile:
             self._snapshot(con, write, receipts)
         return receipts
 
-    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
-        """Any other write, in one transaction under the lock (`what` names it for the lake's retries)."""
+    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str, table: str,
+                 partitions: list[str]) -> T:
+        """Any other write, in one transaction under the lock (which serializes every writer: `what`, `table` and
+        `partitions` are for the lake's)."""
         with self.connect() as con, transaction(con):
             return body(con)
 

@@ -9,11 +9,19 @@
 - No password in any message: a `password=` in the conninfo becomes an unnamed DuckDB postgres secret
   instead of part of the ATTACH string, which DuckDB echoes in its errors (libpq's PGPASSWORD / PGPASSFILE
   work too). Errors name host, port, database and user.
-- Many writers, no lock: DuckLake commits are optimistic. Two transactions that delete from the same table
+- Many writers: DuckLake commits are optimistic. Two transactions that delete from the same table
   (any partition of it) conflict at COMMIT; the loser's whole transaction is retried with full-jitter
   exponential backoff, each retry logged, for at most `wait_s` (PROVLINE_LOCK_TIMEOUT_S). DuckLake's own
   retry (`ducklake_max_retry_count`) only covers snapshot-id collisions in the catalog. Anything that is
   not a conflict (the catalog gone, a bad value) fails at once.
+- Replacing one (table, partition) is serialized across hosts (`_serialized`): a partition's first write
+  deletes nothing, and two inserts never conflict, so optimism alone let two hosts both commit a new
+  partition (twice its rows). Each write takes a PostgreSQL advisory lock per (table, partition) in the
+  catalog database, on a connection of its own, in a PostgreSQL transaction held open until the DuckDB
+  transaction committed or rolled back; a process that dies takes its connection, and the lock, with it.
+  We chose the lock over a write that always conflicts (a row each writer rewrites): that row would have
+  its own first-write race, DuckLake detects conflicts per table, so writers of different partitions would
+  redo each other's whole transactions, and a loser redoes its write where the lock lets it wait.
 - Versions: DuckLake gives every row a virtual `snapshot_id` column, the snapshot that inserted it, so a
   version-log row's `snapshot_id` is exactly the commit of that version. `read_version` reads it back with
   time travel (`AT (VERSION => n)`); `maintain` runs DuckLake's CHECKPOINT, which expires snapshots older
@@ -24,6 +32,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -39,6 +48,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+import psycopg
 import pyarrow as pa
 
 from pipelines.sql import engine_config, partition_filter, path_literal, quote, transaction
@@ -99,6 +109,13 @@ def extension_path(name: str) -> Path:
         raise WarehouseUnavailable(f"the {name} extension for DuckDB {duckdb.__version__} is not installed: "
                                    f"pip install duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}")
     return path
+
+
+def lock_key(table: str, partition: str) -> int:
+    """The advisory-lock key of (table, partition): 64 bits of a hash (a collision only serializes two writes
+    that need not be)."""
+    digest = hashlib.blake2b(f"{table}\x00{partition}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _is_conflict(error: BaseException) -> bool:
@@ -281,6 +298,30 @@ class DuckLake:
 
     # --- writes -------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _serialized(self, table: str, partitions: list[str], what: str) -> Iterator[None]:
+        """While inside, no other host replaces these partitions of `table`: their advisory locks in the catalog
+        database, taken in one order (no deadlock between overlapping ranges) on a connection of our own and
+        held by its open transaction. Enter it before the DuckDB transaction begins, so that transaction reads
+        what the previous holder committed."""
+        try:
+            con = psycopg.connect(self.conninfo, password=self.password, application_name="provline-writer")
+        except psycopg.Error as error:
+            raise WarehouseUnavailable(self._explain(error)) from None
+        with con:  # commits (releasing the locks) at exit, or rolls back; then closes
+            con.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(self.wait_s * 1000))}ms"])
+            try:
+                for key in sorted({lock_key(table, partition) for partition in partitions}):
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+            except psycopg.errors.LockNotAvailable:
+                raise CommitConflict(
+                    f"{what}: another writer of the same partitions held them for {self.wait_s:g}s; nothing of "
+                    "this write was written. Raise PROVLINE_LOCK_TIMEOUT_S, or run fewer writers of the same "
+                    "partitions at once.") from None
+            except psycopg.OperationalError as error:
+                raise WarehouseUnavailable(self._explain(error)) from None
+            yield
+
     def _retrying(self, con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T],
                   what: str) -> T:
         """BEGIN; body; COMMIT — the whole transaction again after a commit conflict, until wait_s is spent."""
@@ -315,14 +356,16 @@ class DuckLake:
                         {"what": what, "run": write.run_id})
             return receipts
 
-        with self._cursor() as con:
+        with self._cursor() as con, self._serialized(write.table, write.partitions, what):
             receipts = self._retrying(con, body, what)
             snapshot = con.execute(f"FROM {quote(self.name)}.last_committed_snapshot()").fetchone()[0]
         return {p: replace(r, snapshot_id=snapshot) for p, r in receipts.items()}
 
-    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str) -> T:
-        """Any other write (the check results of a refused write): one transaction, retried on conflicts."""
-        with self._cursor() as con:
+    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str, table: str,
+                 partitions: list[str]) -> T:
+        """Any other write of some partitions of `table` (the check results of a refused write, the monitors'
+        statistics): one transaction, serialized with the partitions' other writers, retried on conflicts."""
+        with self._cursor() as con, self._serialized(table, partitions, what):
             return self._retrying(con, body, what)
 
     # --- versions -----------------------------------------------------------------------------------

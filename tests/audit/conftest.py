@@ -26,11 +26,14 @@ class Audited:
 
 
 def _changed_sources(target: Path, delivered: dict[str, pd.DataFrame]) -> Path:
-    """The sources of DAY as delivered, but for one changed dep_delay."""
+    """The sources of DAY as delivered, but for one flight that left 7 minutes later (its dep_time and dep_delay:
+    the raw contract checks that they agree)."""
     write_sources(target, delivered, [DAY])
     flights = pd.read_csv(target / "flights.csv", dtype=str, keep_default_na=False)
-    first = flights.index[flights["dep_delay"] != "NA"][0]
-    flights.loc[first, "dep_delay"] = str(int(flights.loc[first, "dep_delay"]) + 7)
+    departed = flights["dep_delay"] != "NA"
+    first = flights.index[departed & (pd.to_numeric(flights["dep_time"], errors="coerce") % 100 < 53)][0]
+    flights.loc[first, "dep_delay"] = str(int(float(flights.loc[first, "dep_delay"])) + 7)
+    flights.loc[first, "dep_time"] = str(int(float(flights.loc[first, "dep_time"])) + 7)
     flights.to_csv(target / "flights.csv", index=False)
     return target
 

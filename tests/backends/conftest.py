@@ -11,16 +11,22 @@ from pathlib import Path
 import pytest
 
 from pipelines.warehouse import ducklake
+from tests.conftest import require
 
-from .pgcluster import PgCluster, pg_bindir, pg_cluster
+from .pgcluster import PgCluster, has_server, pg_cluster, pgbouncer_binary
+
+
+def require_postgres() -> None:
+    require("PostgreSQL", has_server(), "apt-get install -y postgresql (its server binaries: initdb, pg_ctl)")
+
+
+def require_pgbouncer() -> None:
+    require("PgBouncer", pgbouncer_binary() is not None, "apt-get install -y pgbouncer")
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PgCluster]:
-    try:
-        pg_bindir()
-    except RuntimeError as error:
-        pytest.skip(str(error))
+    require_postgres()
     with pg_cluster() as pg:
         pg.create_role("provline")
         yield pg

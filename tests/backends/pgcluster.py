@@ -40,6 +40,20 @@ def pg_bindir() -> Path:
     raise RuntimeError("PostgreSQL server binaries not found: apt-get install -y postgresql")
 
 
+def has_server() -> bool:
+    """Whether PostgreSQL's server binaries (initdb, pg_ctl) are here."""
+    try:
+        pg_bindir()
+    except RuntimeError:
+        return False
+    return True
+
+
+def pgbouncer_binary() -> str | None:
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return binary if Path(binary).exists() else None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -175,8 +189,8 @@ def pgbouncer(cluster: PgCluster, users: tuple[str, ...], pool_mode: str = "sess
     """PgBouncer in front of every database of `cluster` for these login roles (apt-get install pgbouncer);
     yields its port. Runs as the cluster's OS user (it refuses root), trust auth on 127.0.0.1, its log in the
     cluster's folder."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
+    binary = pgbouncer_binary()
+    if binary is None:
         raise RuntimeError("PgBouncer not found: apt-get install -y pgbouncer")
     folder = cluster.root / "pgbouncer"
     folder.mkdir(exist_ok=True)
@@ -219,5 +233,5 @@ def dagster_storage_yaml(port: int, db: str, user: str, options: str | None = No
     libpq's (e.g. `-c synchronous_commit=off`). For the benchmarks' throwaway instances."""
     yaml = ("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
             f"      port: {port}\n      db_name: {db}\n      username: {user}\n      password: ''\n"
-            "      scheme: postgresql+psycopg2\n")  # SQLAlchemy 2.1 maps plain postgresql to psycopg 3
+            "      scheme: postgresql+psycopg2\n")  # (the default under SQLAlchemy 2.0, pinned: pyproject.toml)
     return yaml + (f"      params:\n        options: {options}\n" if options else "")

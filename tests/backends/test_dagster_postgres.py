@@ -23,7 +23,7 @@ from pipelines.lineage.naming import dagster_run_id
 from tests.conftest import REPO, materialize
 from tests.test_ranges import range_tags
 
-from .conftest import Lake
+from .conftest import Lake, require_pgbouncer
 from .pgcluster import PgCluster, pgbouncer
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -52,6 +52,21 @@ def runs(pg: PgCluster, database: str) -> list[tuple[str, str]]:
         "SELECT run_id, status FROM runs ORDER BY create_timestamp", db=database).split()]
 
 
+def test_dagsters_documented_postgres_db_config_without_a_scheme_works(postgres_server: PgCluster, home: Path,
+                                                                      tmp_path: Path):
+    """Dagster's docs configure `postgres_db` without `scheme`: SQLAlchemy then picks its default PostgreSQL driver,
+    which must be the one dagster-postgres is written for (psycopg2; pyproject.toml pins SQLAlchemy 2.0)."""
+    database = "dagster_" + uuid.uuid4().hex[:8]
+    postgres_server.create_database(database, owner="provline")
+    (tmp_path / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_db:\n      username: provline\n      password: ''\n"
+        f"      hostname: 127.0.0.1\n      db_name: {database}\n      port: {postgres_server.port}\n")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        result = materialize("reference", instance=instance)
+    assert result.success
+    assert runs(postgres_server, database) == [(result.run_id, "SUCCESS")]
+
+
 @pytest.mark.slow
 def test_a_run_lands_in_the_postgres_run_storage(dagster_home: Path, postgres_server: PgCluster):
     with dg.DagsterInstance.get() as instance:
@@ -69,6 +84,7 @@ def test_a_run_lands_in_the_postgres_run_storage(dagster_home: Path, postgres_se
 def through_pgbouncer(dagster_home: Path, postgres_server: PgCluster, monkeypatch) -> Iterator[int]:
     """The same instance reached through PgBouncer (session pooling), as deploy/README.md recommends; yields
     PgBouncer's port."""
+    require_pgbouncer()
     with pgbouncer(postgres_server, ("provline",)) as port:
         monkeypatch.setenv("DAGSTER_PG_PORT", str(port))
         yield port

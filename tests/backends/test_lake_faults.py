@@ -12,7 +12,7 @@ import pytest
 from pipelines.warehouse import Warehouse, WarehouseUnavailable, ducklake
 from tests.conftest import materialize
 
-from .conftest import Lake, new_lake
+from .conftest import Lake, new_lake, require_postgres
 from .pgcluster import PASSWORD_ROLE, free_port, pg_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -92,6 +92,7 @@ def test_catalog_lost_mid_run_keeps_the_previous_version_and_a_rerun_succeeds(ho
     from pipelines.warehouse import base
     from tests.audit.conftest import DAY, _changed_sources
 
+    require_postgres()
     with pg_cluster() as pg:  # its own server: this test stops it
         pg.create_role("provline")
         lake = new_lake(pg, tmp_path / "lake-data")

@@ -23,11 +23,17 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pipelines.definitions import defs
 from pipelines.warehouse import Warehouse
 
-from ..conftest import REPO, _isolate
+from ..conftest import REPO, _isolate, require
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> None:
+    """Asked first: without a browser the module skips before it starts a webserver."""
+    require("chromium", CHROMIUM.exists(), "apt-get install -y chromium (Debian's; never `playwright install`)")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WINDY_DAY, LATER_DAY = "2013-02-12", "2013-01-17"
@@ -91,8 +97,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         yield browser

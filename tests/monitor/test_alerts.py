@@ -136,3 +136,33 @@ def test_a_failed_run_alerts_and_the_next_success_resolves_it(home: Path, tmp_pa
     # from the fixed run's step, and from the run-success sensor
     assert f"[provline] Resolved: Blocking check failed: raw.flights [{DAY}] contract: passes again" in texts
     assert f"[provline] Resolved: Run failed: __ephemeral_asset_job__ [{DAY}] run: run {fixed.run_id}" in texts
+
+
+SECRET = "T0000/B0000/s3cr3t-w3bh00k-t0k3n"
+
+
+@pytest.mark.slow
+def test_no_secret_setting_shows_in_a_repr_a_log_or_an_event(home: Path, tmp_path: Path, monkeypatch,
+                                                            caplog: pytest.LogCaptureFixture):
+    """The webhook URL (its path is the credential) and a conninfo's password: not in Settings' repr, nor in any
+    log record, Dagster event or lineage event of a run that sends an alert to a webhook that is down."""
+    import logging
+
+    from pipelines.settings import Settings
+
+    monkeypatch.setenv("PROVLINE_ALERT_WEBHOOK_URL", f"{closed_port_url()}/services/{SECRET}")
+    monkeypatch.setenv("PROVLINE_ALERT_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(corrupt_day(tmp_path / "sources")))
+    lake = Settings(**{**vars(get_settings()), "warehouse_url": f"ducklake:postgres:host=h password={SECRET}"})
+    assert SECRET not in repr(get_settings()) and SECRET not in str(lake) and "services" not in repr(get_settings())
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("provline.test").info("settings: %s; %r", get_settings(), lake)
+        result = run_raw_flights(DAY, DAY)
+        rows = eventually(lambda: [r for r in stored(home) if r[2] == "undelivered"], what="undelivered")
+    assert not result.success and rows  # the alert was attempted (and failed): its error is stored
+    assert "settings: Settings(" in caplog.text
+    events = "\n".join(repr(event) for event in result.all_events)
+    lineage = "\n".join(path.read_text() for path in (home / "lineage").glob("*.jsonl"))
+    for where, text in [("logs", caplog.text), ("Dagster events", events), ("lineage", lineage),
+                        ("the alerts store", repr(stored(home)))]:
+        assert SECRET not in text, where

@@ -14,9 +14,9 @@ import pytest
 
 from pipelines.definitions import catalog, defs
 from pipelines.monitor import alerts
-from pipelines.monitor.anomaly import MonitorConfig, _earlier_versions, expected
+from pipelines.monitor.anomaly import NO_VERDICT, MonitorConfig, _earlier_versions, expected
 from pipelines.warehouse import Warehouse
-from tests.conftest import _isolate, query
+from tests.conftest import DAY, _isolate, query
 from tests.lineage.lineage_support import read_events, validate
 
 from .conftest import Webhook, eventually, flights_source
@@ -96,10 +96,8 @@ def test_a_day_cut_to_a_tenth_raises_a_volume_anomaly_naming_the_expected_range(
 
 def test_the_range_is_judged_in_partition_order_each_day_against_the_earlier_days(cut: Cut):
     evaluations = volume_evaluations(cut.result)
-    assert set(evaluations) == set(DAYS)
+    assert set(evaluations) == set(DAYS[7:])  # fewer than 7 previous partitions: no verdict yet, no evaluation
     assert [d for d, e in evaluations.items() if volume_anomalous(e)] == [CUT]
-    early = {d for d, e in evaluations.items() if "note" in e.metadata}
-    assert early == set(DAYS[:7])  # fewer than 7 previous partitions: no verdict yet
     monday = evaluations["2013-01-14"].metadata["expected_range"].value
     assert "over the 13 previous partitions" in monday  # the 13 earlier days of this same range
     counts = dict(query(cut.home, "SELECT partition, row_count FROM provline.version_log"))
@@ -111,7 +109,8 @@ def test_the_range_is_judged_in_partition_order_each_day_against_the_earlier_day
 def test_the_verdicts_are_stored_with_the_validation_and_the_statistics_kept(cut: Cut):
     stored = query(cut.home, "SELECT partition, passed, message FROM quality.check_results "
                              "WHERE check_name = 'anomaly_volume' ORDER BY partition")
-    assert [p for p, passed, _ in stored if not passed] == [CUT]
+    assert [p for p, passed, _ in stored if passed is False] == [CUT]
+    assert [(p, message) for p, passed, message in stored if passed is None] == [(d, NO_VERDICT) for d in DAYS[:7]]
     assert len(stored) == len(DAYS)
     # the anomaly belongs to the same validation as the contract's checks (same run, same time)
     assert query(cut.home, """SELECT count(DISTINCT recorded_at) FROM quality.check_results
@@ -161,6 +160,33 @@ def test_an_anomaly_alerts_once_then_resolves_once(cut: Cut, monkeypatch: pytest
     resolved = eventually(lambda: [t for t in cut.webhook.texts() if t.startswith("[provline] Resolved")
                                    and "anomaly_volume" in t], what="the resolution")
     assert resolved == [f"[provline] Resolved: Anomaly: raw.flights [{CUT}] anomaly_volume: passes again"]
+
+
+def test_no_verdict_yet_is_stored_as_such_and_never_shown_as_passed(home: Path):
+    """A table's first partition has nothing to be compared with: `passed` NULL and the reason in the store, no
+    `anomalies` evaluation in Dagster (which resolves the planned check as skipped, not succeeded), no OpenLineage
+    assertion and no alert."""
+    import asyncio
+
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus as Resolved
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_raw_flights(DAY, DAY, instance=instance)
+        assert result.success and volume_evaluations(result) == {}
+        status = {}
+        for check in ("anomalies", "contract"):
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(RAW_FLIGHTS.key, check), limit=1)
+            status[check] = asyncio.run(record.resolve_status(LoadingContextForTest(instance)))
+    assert status == {"anomalies": Resolved.SKIPPED, "contract": Resolved.SUCCEEDED}
+    stored = query(home, "SELECT check_name, passed, message FROM quality.check_results "
+                         "WHERE check_name LIKE 'anomaly%' ORDER BY check_name")
+    assert stored == [(check, None, NO_VERDICT) for check in ("anomaly_mean", "anomaly_null_rate", "anomaly_volume")]
+    (complete,) = [e for e in read_events(home / "lineage") if e["eventType"] == "COMPLETE"
+                   and e["job"]["name"] == "raw.flights"]
+    names = {a["assertion"] for a in complete["outputs"][0]["facets"]["dataQualityAssertions"]["assertions"]}
+    assert names and not any(name.startswith("anomaly") for name in names)
 
 
 def test_each_written_partition_gets_the_window_before_it_however_far_apart():
