@@ -16,9 +16,10 @@ at once; **Old** is the recorded version (`Warehouse.read_version`). Per partiti
 Steps 2-5 run in DuckDB over the scratch warehouse (the old version is scanned from Arrow beside the new rows),
 set-based: one grouped pass per question, never a Python loop over rows.
 
-A verdict per asset from what was measured: identical | additive (only new columns) | changed (values
-changed, rows added or removed, a rule's verdict changed) | breaking (a column removed or retyped, the key
-changed or no longer identifies a row, a blocking rule now fails).
+A verdict per asset from the measured data: identical | additive (only new columns) | changed (values
+changed, rows added or removed) | breaking (a column removed or retyped, the key changed or no longer
+identifies a row, a blocking rule now fails). A warn rule whose verdict changed is listed, and fails
+`--fail-on any`, but changes no data.
 
 Downstream: the changed columns are followed through the recorded column lineage (the lineage store,
 pipelines/audit) to the tables and columns that derive from them; with `downstream=True` those assets are
@@ -73,7 +74,7 @@ class ColumnChange:
     status: str  # kept | added | removed | retyped
     changed: int | None = None  # matched rows whose value differs (None: not comparable row by row)
     match_pct: float | None = None  # share of matched rows with the same value, in %
-    mean_diff: float | None = None  # numeric: mean of new - old over matched rows holding both
+    mean_diff: float | None = None  # numeric: mean of new - old over the matched rows whose value changed
     max_diff: float | None = None  # numeric: largest |new - old|
     null_rate_old: float | None = None
     null_rate_new: float | None = None
@@ -116,13 +117,13 @@ class PartitionDiff:
         why = [f"column {c} removed" for c, _ in schema["removed"]]
         why += [f"column {c} retyped {old} -> {new}" for c, old, new in schema["retyped"]]
         why += [note for note in [rows.get("key_changed")] if note]
-        why += [f"blocking rule {r.rule} now fails ({r.finding})" for r in self.rules
+        why += [f"blocking rule {r.rule} now fails" for r in self.rules
                 if r.new == "fail" and r.behaviour == BLOCKING]
         if why:
             self.verdict, self.why = BREAKING, why
             return
-        changed = [f"{rows[k]} row(s) {k}" for k in ("added", "removed", "changed") if rows.get(k)]
-        changed += [f"rule {r.rule}: {r.old} -> {r.new}" for r in self.rules]
+        changed = [f"rows {k}" if k != "changed" else "values changed" for k in ("added", "removed", "changed")
+                   if rows.get(k)]
         changed += ["column order changed"] if schema["reordered"] else []
         if changed:
             self.verdict, self.why = CHANGED, changed
@@ -151,8 +152,67 @@ class AssetDiff:
     def complete(self) -> bool:
         return all(p.verdict for p in self.partitions)
 
+    def summary(self) -> dict:
+        """The partitions' measurements added up (a few numbers per partition, not rows): what the terminal,
+        Markdown and HTML outputs show for the asset."""
+        parts = self.partitions
+        compared = [p.rows for p in parts if p.rows]
+        rows = {k: sum(r[k] for r in compared) for k in ("old", "new", "added", "removed")}
+        rows["changed"] = sum(r["changed"] for r in compared) if all(r["changed"] is not None for r in compared) \
+            else None
+        columns: dict[str, dict] = {}
+        for part in parts:
+            matched = (part.rows or {}).get("matched") or 0
+            for c in part.columns:
+                total = columns.setdefault(c.column, {"column": c.column, "status": c.status, "changed": None,
+                                                      "matched": 0, "mean_diff": None, "max_diff": None,
+                                                      "null_rate_old": None, "null_rate_new": None, "_w": []})
+                if c.changed is not None:
+                    total["changed"] = (total["changed"] or 0) + c.changed
+                    total["matched"] += matched
+                if c.max_diff is not None:
+                    total["max_diff"] = max(total["max_diff"] or 0.0, c.max_diff)
+                if c.mean_diff is not None:  # weighted by the values that changed
+                    total["_w"].append((c.changed or 0, c.mean_diff))
+                for side, n in (("old", (part.rows or {}).get("old", 0)), ("new", (part.rows or {}).get("new", 0))):
+                    rate = getattr(c, f"null_rate_{side}")
+                    if rate is not None:  # weighted by the partition's rows
+                        total.setdefault(f"_{side}", []).append((n, rate))
+        for total in columns.values():
+            weights = total.pop("_w")
+            if weights and sum(w for w, _ in weights):
+                total["mean_diff"] = round(sum(w * m for w, m in weights) / sum(w for w, _ in weights), 6)
+            for side in ("old", "new"):
+                rates = total.pop(f"_{side}", [])
+                if rates and sum(n for n, _ in rates):
+                    total[f"null_rate_{side}"] = round(sum(n * r for n, r in rates) / sum(n for n, _ in rates), 6)
+            if total["changed"] is not None and total["matched"]:
+                total["match_pct"] = round(100 * (total["matched"] - total["changed"]) / total["matched"], 3)
+        rules: dict[str, dict] = {}
+        for part in parts:
+            for r in part.rules:
+                entry = rules.setdefault(r.rule, {**dataclasses.asdict(r), "partitions": [], "failing_rows_old": 0,
+                                                  "failing_rows_new": 0, "examples": []})
+                entry["partitions"].append(part.partition)
+                entry["failing_rows_old"] += r.failing_rows_old or 0
+                entry["failing_rows_new"] += r.failing_rows_new
+                entry["examples"] = (entry["examples"] + r.examples)[:EXAMPLES]
+        schema = {k: sorted({tuple(x) for p in parts if p.rows for x in p.schema[k]}) for k in
+                  ("added", "removed", "retyped")}
+        return {
+            "partitions": {s: [p.partition for p in parts if p.status == s] for s in (UNCHANGED, DIFFERENT, CANNOT)},
+            "rows": rows if compared else None, "schema": schema, "columns": list(columns.values()),
+            "rules": list(rules.values()),
+            "quarantined": {side: sum(p.quarantined.get(side) or 0 for p in parts) for side in ("old", "new")},
+            "examples": [{"partition": p.partition, **e} for p in parts for e in p.examples][:2 * EXAMPLES],
+            "notes": sorted({p.rows["note"] for p in parts if p.rows and p.rows["note"]}),
+            "why": sorted({w for p in parts for w in p.why}),
+            "recorded_code_versions": sorted({p.recorded_code_version for p in parts if p.recorded_code_version}),
+        }
+
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "verdict": self.verdict, "complete": self.complete}
+        return {**dataclasses.asdict(self), "verdict": self.verdict, "complete": self.complete,
+                "summary": self.summary()}
 
 
 @dataclass
@@ -168,12 +228,14 @@ class DiffReport:
         return max(found, key=VERDICTS.index) if found else IDENTICAL
 
     def exit_code(self, fail_on: str | None) -> int:
-        """0, or 1 when `fail_on` is met: `breaking` by a breaking asset; `any` by any verdict but identical or a
-        partition that could not be diffed (a diff that cannot say "nothing changed" does not pass)."""
+        """0, or 1 when `fail_on` is met: `breaking` by a breaking asset; `any` by any verdict but identical, a
+        rule whose verdict changed, or a partition that could not be diffed (a diff that cannot say "nothing
+        changed" does not pass)."""
         if fail_on == "breaking":
             return int(self.verdict == BREAKING)
         if fail_on == "any":
-            return int(any(a.verdict != IDENTICAL or not a.complete for a in self.assets))
+            return int(any(a.verdict != IDENTICAL or not a.complete or any(p.rules for p in a.partitions)
+                           for a in self.assets))
         return 0
 
     def as_dict(self) -> dict:
@@ -499,7 +561,7 @@ def _side_stats(con, relation: str, columns: dict[str, str], key: list[str]) -> 
             for p, rows, distinct, *counts in found}
 
 
-def _value(column: str, types: dict[str, str], retyped: list[str], side: str) -> str:
+def _value(column: str, retyped: list[str], side: str) -> str:
     """A column of one side as compared: as text when it was retyped (the two types need not compare)."""
     ref = f"{side}.{quote(column)}"
     return f"CAST({ref} AS VARCHAR)" if column in retyped else ref
@@ -510,7 +572,7 @@ def _keyed(con, key: list[str], common: list[str], retyped: list[str], old_colum
     """Rows matched on the key (a full outer join per partition): counts, per-column changes, examples."""
     on = " AND ".join([f"n.{quote(PARTITION)} = o.{quote(PARTITION)}"]
                       + [f"n.{quote(k)} IS NOT DISTINCT FROM o.{quote(k)}" for k in key])
-    pairs = ", ".join(f"{_value(c, new_columns, retyped, 'n')} AS n{i}, {_value(c, old_columns, retyped, 'o')} AS o{i}"
+    pairs = ", ".join(f"{_value(c, retyped, 'n')} AS n{i}, {_value(c, retyped, 'o')} AS o{i}"
                       for i, c in enumerate(common))
     keys = ", ".join(f"coalesce(n.{quote(k)}, o.{quote(k)}) AS k{i}" for i, k in enumerate(key))
     con.execute(f"""CREATE TEMP TABLE diff_pairs AS
@@ -523,8 +585,8 @@ def _keyed(con, key: list[str], common: list[str], retyped: list[str], old_colum
                and _is_numeric(old_columns[c])]
     both = "in_new AND in_old"
     measures = [f"count(*) FILTER (WHERE {both} AND {d})" for d in differs]
-    measures += [f"avg(n{i} - o{i}) FILTER (WHERE {both}), max(abs(n{i} - o{i})) FILTER (WHERE {both})"
-                 for i in numeric]
+    measures += [f"avg(n{i} - o{i}) FILTER (WHERE {both} AND {differs[i]}), "
+                 f"max(abs(n{i} - o{i})) FILTER (WHERE {both})" for i in numeric]
     any_differs = " OR ".join(differs) or "FALSE"
     found = con.execute(
         f"""SELECT p, count(*) FILTER (WHERE in_new AND NOT in_old), count(*) FILTER (WHERE in_old AND NOT in_new),
