@@ -36,6 +36,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,16 +322,17 @@ class _Scratch:
     source: Warehouse  # the real one: read only
     loaded: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # -> (recorded, loaded hash)
     rederived: set[tuple[str, str]] = field(default_factory=set)
-    lineage: LineageStore | None = None
-    lineage_note: str | None = None
+    pool: ThreadPoolExecutor | None = None
+    lineage: Future | None = None  # -> (the scratch lineage store, or None and why)
 
 
 @contextmanager
 def _scratch(warehouse: Warehouse, tables: Mapping[str, TableSpec]) -> Iterator[_Scratch]:
     home = Path(tempfile.mkdtemp(prefix="provline-diff-"))
     try:
-        yield _Scratch(home, Warehouse(home=str(home), name=warehouse.name, memory_limit=warehouse.memory_limit),
-                       tables, warehouse)
+        scratch = Warehouse(home=str(home), name=warehouse.name, memory_limit=warehouse.memory_limit)
+        with ThreadPoolExecutor(max_workers=1) as pool, scratch.session():  # one connection for every step
+            yield _Scratch(home, scratch, tables, warehouse, pool=pool)  # (an open and a close cost ~30 ms each)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -342,6 +344,8 @@ def _diff_asset(scratch: _Scratch, spec: TableSpec, partitions: list[str], why: 
     result = AssetDiff(spec.table, spec.code_version, why)
     recorded = _read_recorded(scratch, spec, partitions)
     parts = {p: recorded[p]["diff"] for p in partitions}
+    if any(part.recorded_code_version not in (None, spec.code_version) for part in parts.values()):
+        _prepare_lineage(scratch)  # the code changed: the data likely did, and its lineage will be asked for
     result.partitions = [parts[p] for p in partitions]
     ready = [p for p in partitions if not parts[p].reasons]
     groups: dict[tuple, list[str]] = {}  # partitions that need the same unpartitioned input versions
@@ -424,13 +428,16 @@ def _rederive(scratch: _Scratch, spec: TableSpec, partitions: list[str], recorde
                     if status == "changed":
                         part.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, its "
                                             f"snapshot now holds {loaded}")
-        con.executemany(
-            """INSERT INTO provline.version_log (asset, partition, content_hash, code_version, input_versions, run_id,
-                   row_count, input_row_count, quarantined_count, columns, written_at)
-               VALUES (?, ?, ?, ?, '{}', 'diff:recorded', ?, ?, ?, ?, now() - INTERVAL 1 SECOND)""",
-            [[spec.table, p, v["content_hash"], v["code_version"], v["row_count"],
-              v["row_count"] + v["quarantined_count"], v["quarantined_count"], v["columns"]]
-             for p in partitions for v in [recorded[p]["version"]]])
+        versions = [recorded[p]["version"] for p in partitions]
+        con.register("diff_previous", pyarrow.table({
+            "partition": partitions, **{k: [v[k] for v in versions] for k in (
+                "content_hash", "code_version", "row_count", "quarantined_count", "columns")}}))
+        con.execute(
+            """INSERT INTO provline.version_log BY NAME
+               SELECT *, $asset AS asset, '{}' AS input_versions, 'diff:recorded' AS run_id,
+                      row_count + quarantined_count AS input_row_count, now() - INTERVAL 1 SECOND AS written_at
+               FROM diff_previous""", {"asset": spec.table})
+        con.unregister("diff_previous")
     ready = [p for p in partitions if not recorded[p]["diff"].reasons]
     if not ready:
         return
@@ -472,6 +479,7 @@ def _rule_changes(new: list[RuleResult], old: dict[str, tuple]) -> list[RuleChan
 def _compare(scratch: _Scratch, spec: TableSpec, partitions: list[str], parts: dict[str, PartitionDiff],
              recorded: dict[str, dict]) -> None:
     """Steps 2-5 for the partitions whose hashes differ, grouped by the old version's columns."""
+    _prepare_lineage(scratch)
     old_rows: dict[str, pyarrow.Table] = {}
     with scratch.source.connect() as con:
         for p in partitions:
@@ -527,6 +535,7 @@ def _compare_group(scratch: _Scratch, spec: TableSpec, partitions: list[str], pa
         else:
             rows, changes, examples = _multiset(con, common, retyped)
         con.unregister("diff_old_rows")
+        con.execute("DROP TABLE diff_new_rows")
     for p in partitions:
         part = parts[p]
         part.schema = schema
@@ -700,22 +709,31 @@ def _changed_columns(result: AssetDiff) -> tuple[set[str], bool]:
     return columns, rows_moved
 
 
-def _store(scratch: _Scratch) -> LineageStore | None:
-    """A scratch copy of the lineage store that has also ingested the event log: the recorded column lineage,
-    complete, without writing to the real store (made once per diff)."""
-    if scratch.lineage is None and scratch.lineage_note is None:
-        real = LineageStore()
-        copy = LineageStore(path=scratch.home / "lineage.duckdb")
-        try:
-            for suffix in ("", ".wal"):
-                found = Path(str(real.path) + suffix)
-                if found.exists():
-                    shutil.copyfile(found, Path(str(copy.path) + suffix))
-            copy.ingest_file()
-            scratch.lineage = copy
-        except (IngestError, OSError, duckdb.Error) as error:
-            scratch.lineage_note = f"the recorded column lineage could not be read: {error}"
-    return scratch.lineage
+def _prepare_lineage(scratch: _Scratch) -> None:
+    """Start making the scratch lineage store, in the background (once per diff, when something changed: its
+    ingest then overlaps the comparison of the rows)."""
+    if scratch.lineage is None:
+        scratch.lineage = scratch.pool.submit(_lineage_copy, scratch.home / "lineage.duckdb")
+
+
+def _lineage_copy(path: Path) -> tuple[LineageStore | None, str | None]:
+    """A copy of the lineage store that has also ingested the rest of the event log: the recorded column
+    lineage, complete, without a write to the real store."""
+    real, copy = LineageStore(), LineageStore(path=path)
+    try:
+        for suffix in ("", ".wal"):
+            found = Path(str(real.path) + suffix)
+            if found.exists():
+                shutil.copyfile(found, Path(str(copy.path) + suffix))
+        copy.ingest_file()
+    except (IngestError, OSError, duckdb.Error) as error:
+        return None, f"the recorded column lineage could not be read: {error}"
+    return copy, None
+
+
+def _store(scratch: _Scratch) -> tuple[LineageStore | None, str | None]:
+    _prepare_lineage(scratch)
+    return scratch.lineage.result()
 
 
 def _follow_lineage(scratch: _Scratch, result: AssetDiff, tables: Mapping[str, TableSpec]) -> None:
@@ -723,7 +741,7 @@ def _follow_lineage(scratch: _Scratch, result: AssetDiff, tables: Mapping[str, T
     columns, rows_moved = _changed_columns(result)
     if not columns and not rows_moved:
         return
-    store = _store(scratch)
+    store, problem = _store(scratch)
     targets = [result.asset] if rows_moved else [f"{result.asset}.{c}" for c in sorted(columns)]
     edges: dict[tuple, dict] = {}
     unknown = []
@@ -740,7 +758,7 @@ def _follow_lineage(scratch: _Scratch, result: AssetDiff, tables: Mapping[str, T
     result.downstream = sorted(edges.values(), key=lambda e: (e["depth"], e["from"], e["to"]))
     readers = sorted(s.table for s in tables.values() if any(i.table == result.asset for i in s.inputs))
     if store is None or (unknown and not edges):
-        result.lineage_note = (scratch.lineage_note or "no recorded column lineage of "
+        result.lineage_note = (problem or "no recorded column lineage of "
                                + ", ".join(unknown)) + (f"; its readers in the code: {', '.join(readers)}"
                                                         if readers else "")
         result.downstream += [{"depth": 1, "from": result.asset, "to": r, "indirect": True,
