@@ -50,7 +50,7 @@ from pipelines.derive import derive, write_for
 from pipelines.quality import BLOCKING, RuleResult, describe_case
 from pipelines.spec import TableSpec
 from pipelines.sql import PARTITION, UNPARTITIONED, partition_filter, partition_label, quote
-from pipelines.verify import load_snapshot, plan_loads
+from pipelines.verify import load_snapshot, note_loaded, plan_loads
 from pipelines.warehouse import VersionUnavailable, Warehouse
 from pipelines.warehouse.base import LATEST_FIRST
 
@@ -420,14 +420,7 @@ def _rederive(scratch: _Scratch, spec: TableSpec, partitions: list[str], recorde
                     continue
                 if scratch.loaded.get(key, (None,))[0] != load["recorded"]:
                     scratch.loaded[key] = (load["recorded"], load_snapshot(con, scratch.tables, load))
-                loaded = scratch.loaded[key][1]
-                if load["input"]:
-                    status = "unchanged" if loaded == load["recorded"] else "changed"
-                    part.inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded,
-                                        "status": status})
-                    if status == "changed":
-                        part.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, its "
-                                            f"snapshot now holds {loaded}")
+                note_loaded(load, scratch.loaded[key][1], part.inputs, part.reasons)
         versions = [recorded[p]["version"] for p in partitions]
         con.register("diff_previous", pyarrow.table({
             "partition": partitions, **{k: [v[k] for v in versions] for k in (

@@ -161,14 +161,7 @@ def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> V
         scratch_wh = Warehouse(home=str(scratch), name=warehouse.name)
         with scratch_wh.connect() as con:
             for load in loads:
-                loaded = load_snapshot(con, tables, load)
-                if load["input"]:
-                    status = "unchanged" if loaded == load["recorded"] else "changed"
-                    verdict.inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded,
-                                           "status": status})
-                    if status == "changed":
-                        verdict.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, "
-                                               f"its snapshot now holds {loaded}")
+                note_loaded(load, load_snapshot(con, tables, load), verdict.inputs, verdict.reasons)
         try:
             derived = derive(spec, scratch_wh, [partition], allow_failed_upstream=True)
             receipt = scratch_wh.commit(write_for(spec, derived, f"verify:{recorded}", [partition]))[partition]
@@ -191,6 +184,16 @@ def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> V
     if not verdict.reasons:
         verdict.reasons.append("same inputs and code version, different result: the transform is not deterministic")
     return verdict
+
+
+def note_loaded(load: dict, loaded: str, inputs: list[dict], reasons: list[str]) -> None:
+    """Record the state of a recorded input as loaded (its snapshot holds the recorded hash, or another one)."""
+    if not load["input"]:
+        return
+    status = "unchanged" if loaded == load["recorded"] else "changed"
+    inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded, "status": status})
+    if status == "changed":
+        reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, its snapshot now holds {loaded}")
 
 
 def load_snapshot(con, tables: Mapping[str, TableSpec], load: dict) -> str:
