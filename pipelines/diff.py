@@ -290,8 +290,7 @@ def _code_changed(warehouse: Warehouse, tables: Mapping[str, TableSpec], days: l
                     QUALIFY row_number() OVER (PARTITION BY asset, partition ORDER BY {LATEST_FIRST}) = 1)
                 GROUP BY asset""", {"days": days}).fetchall()
     recorded = dict(rows)
-    return {name: f"code version {', '.join(sorted(recorded[name]))} recorded, {spec.code_version} now"
-            for name, spec in tables.items()
+    return {name: "its code changed" for name, spec in tables.items()
             if name in recorded and set(recorded[name]) != {spec.code_version}}
 
 
@@ -614,7 +613,8 @@ def _keyed(con, key: list[str], common: list[str], retyped: list[str], old_colum
                 QUALIFY row_number() OVER (PARTITION BY p, kind ORDER BY {', '.join(f'k{i}' for i in range(len(key)))})
                         <= {EXAMPLES}
                 ORDER BY p, kind, {', '.join(f'k{i}' for i in range(len(key)))}""").fetchall():
-        shown = [i for i in range(len(common)) if kind != "changed" or new_values[i] != old_values[i]]
+        shown = [i for i in range(len(common)) if common[i] not in key  # (the key is shown once, as the key)
+                 and (kind != "changed" or new_values[i] != old_values[i])]
         examples.setdefault(p, []).append({
             "kind": kind, "key": dict(zip(key, key_values, strict=True)),
             "before": None if kind == "added" else {common[i]: old_values[i] for i in shown},

@@ -114,7 +114,8 @@ def test_a_tightened_filter_in_a_sql_mart_removes_exactly_the_rows_bare_sql_coun
         assert columns.get("carriers", 0) == carriers
         assert columns.get("mean_arr_delay", 0) == 0 and "distance" not in columns  # (a cancelled flight: no delay)
         removed = [e for e in part.examples if e["kind"] == "removed"]
-        assert len(removed) == 3 and all(e["after"] is None and e["before"]["origin"] for e in removed)
+        assert len(removed) == 3 and all(e["after"] is None and set(e["key"]) == {"flight_date", "origin", "dest"}
+                                         and int(e["before"]["flights"]) > 0 for e in removed)
     assert asset.summary()["rows"]["removed"] == sum(p.rows["removed"] for p in asset.partitions)
 
 

@@ -42,7 +42,7 @@ def _part(partition: str) -> str:
 
 
 def _values(values: dict | None) -> str:
-    return "" if values is None else ", ".join(f"{k}={v}" for k, v in values.items())
+    return "" if values is None else ", ".join(f"{k}={'NULL' if v is None else v}" for k, v in values.items())
 
 
 def _rows_line(rows: dict | None) -> str:
