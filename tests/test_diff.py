@@ -269,18 +269,22 @@ def cli(capsys, monkeypatch, tables: dict | None, *argv: str) -> tuple[int, str]
     return code, capsys.readouterr().out
 
 
-def test_fail_on_gives_the_exit_codes(home: Path, capsys, monkeypatch):
+def test_fail_on_gives_the_exit_codes(home: Path, tmp_path: Path, capsys, monkeypatch):
     args = [ROUTES, "--partition", DAY]
-    assert cli(capsys, monkeypatch, None, *args, "--fail-on", "any")[0] == 0
     filtered = changed(ROUTES, sql=route_sql(KEPT))
+    sql = catalog[ROUTES].sql.replace("    count(DISTINCT carrier) AS carriers,\n", "")
+    removed = changed(ROUTES, sql=sql, contract=RouteDailyWithoutCarriers)
+    assert cli(capsys, monkeypatch, None, *args, "--fail-on", "any")[0] == 0
     code, out = cli(capsys, monkeypatch, filtered, *args, "--fail-on", "breaking")
     assert code == 0 and f"{ROUTES}: CHANGED" in out and out.endswith("verdict: changed\n")
     assert cli(capsys, monkeypatch, filtered, *args, "--fail-on", "any")[0] == 1
     assert cli(capsys, monkeypatch, filtered, *args)[0] == 0  # no --fail-on: the diff is information
-    sql = catalog[ROUTES].sql.replace("    count(DISTINCT carrier) AS carriers,\n", "")
-    removed = changed(ROUTES, sql=sql, contract=RouteDailyWithoutCarriers)
     code, out = cli(capsys, monkeypatch, removed, *args, "--fail-on", "breaking", "--markdown")
     assert code == 1 and "| `marts.route_daily` | **breaking** |" in out and "| removed | carriers | BIGINT |" in out
+    page = tmp_path / "diff.html"
+    code, out = cli(capsys, monkeypatch, removed, *args, "--fail-on", "any", "--html", str(page))
+    assert code == 1 and out.endswith(f"verdict: breaking\nwrote {page}\n")
+    assert '<td class="fail">breaking</td>' in page.read_text() and "<td>carriers</td>" in page.read_text()
     assert main(["diff", "no.such_table", "--partition", DAY]) == 2
     assert main(["diff", ROUTES]) == 2  # partitioned: a day is needed
 
