@@ -119,6 +119,24 @@ def test_a_tightened_filter_in_a_sql_mart_removes_exactly_the_rows_bare_sql_coun
     assert asset.summary()["rows"]["removed"] == sum(p.rows["removed"] for p in asset.partitions)
 
 
+def test_without_a_key_rows_compare_as_a_multiset_and_it_says_so(home: Path):
+    report = run_diff(changed(ROUTES, sql=route_sql(KEPT), key_columns=()), ROUTES, days=[DAY])
+    (part,) = report.assets[0].partitions
+    routes = scalar(home, "SELECT count(*) FROM marts.route_daily WHERE flight_date = ?", [DAY])
+    gone, some = query(home, f"""SELECT count(*) FILTER (WHERE kept = 0), count(*) FILTER (WHERE kept BETWEEN 1
+                                                                                   AND total - 1)
+                                 FROM (SELECT count(*) FILTER (WHERE {KEPT}) AS kept, count(*) AS total
+                                       FROM marts.flight_facts WHERE flight_date = ? GROUP BY origin, dest)""",
+                       [DAY])[0]
+    # a changed row is one removed and one added: nothing tells them apart without a key
+    assert {k: part.rows[k] for k in ("old", "new", "added", "removed", "changed", "unchanged", "matched_on")} == \
+        {"old": routes, "new": routes - gone, "added": some, "removed": gone + some, "changed": None,
+         "unchanged": routes - gone - some, "matched_on": None}
+    assert part.rows["note"].startswith("the table declares no key: compared as a multiset of rows")
+    assert part.verdict == CHANGED and part.why == ["rows added", "rows removed"]
+    assert {e["kind"] for e in part.examples} == {"added", "removed"}
+
+
 class RouteDailyWithLongest(RouteDaily):
     """Origin x destination x day, with the longest flight's distance."""
 
