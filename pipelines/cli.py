@@ -10,6 +10,8 @@
     provline lineage replay                   resend OpenLineage events waiting in the outbox
     provline lineage upstream|downstream|runs|versions|ingest|serve   lineage audits (pipelines/audit)
     provline verify DATASET --partition P     re-derive a version and compare content hashes
+    provline diff [ASSET ...] --partition D | --start D1 --end D2 [--downstream] [--json | --markdown | --html F]
+                                              what today's code does to the recorded data (pipelines/diff.py)
     provline audit report DATASET --out F     one self-contained HTML audit page
     provline contract export|import|check     the contracts as ODCS documents (pipelines/contracts)
 
@@ -205,6 +207,51 @@ def _verify(dataset: str, partition: str | None, version: str | None):
     return verify(dataset, partition, version, tables=catalog.specs, warehouse=Warehouse.from_settings())
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Today's code against the recorded versions: a summary, JSON, Markdown or an HTML page; the exit code
+    follows --fail-on (1 when met, 2 when the diff cannot start)."""
+    from pipelines.audit import diff_report
+    from pipelines.definitions import catalog
+    from pipelines.diff import DiffError, diff
+    from pipelines.warehouse import Warehouse
+
+    try:
+        days = _dated(args)
+        report = diff(args.assets or None, days, tables=catalog.specs, warehouse=Warehouse.from_settings(),
+                      downstream=args.downstream)
+    except DiffError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    found = report.as_dict()
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+    elif args.markdown:
+        print(diff_report.markdown(found), end="")
+    else:
+        if args.html:
+            Path(args.html).write_text(diff_report.html(found), encoding="utf-8")
+        print(diff_report.text(found) + (f"\nwrote {args.html}" if args.html else ""))
+    return report.exit_code(args.fail_on)
+
+
+def _dated(args: argparse.Namespace) -> list[str]:
+    """The days of --partition, or of --start..--end (inclusive); none when neither is given."""
+    from pipelines.diff import DiffError
+
+    if args.end and not args.start:
+        raise DiffError("--end goes with --start")
+    try:
+        first = date.fromisoformat(args.partition or args.start) if args.partition or args.start else None
+        last = date.fromisoformat(args.end) if args.end else first
+    except ValueError as error:
+        raise DiffError(f"not a date (YYYY-MM-DD): {error}") from None
+    if first is None:
+        return []
+    if last < first:
+        raise DiffError(f"--end {last} is before --start {first}")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
 def cmd_quarantine_show(args: argparse.Namespace) -> int:
     """A partition's quarantined rows with their reasons, and the source rows kept out of every partition."""
     from pipelines.definitions import catalog
@@ -343,6 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lineage_commands(lineage)
     add_top_level_commands(commands, verify=_verify)
+    changes = commands.add_parser("diff", help="what today's code does to the recorded data, per partition and "
+                                  "downstream, before it ships")
+    changes.add_argument("assets", nargs="*", metavar="ASSET",
+                         help="default: the assets whose code version differs from the latest recorded one")
+    days = changes.add_mutually_exclusive_group()
+    days.add_argument("--partition", help="one day, YYYY-MM-DD")
+    days.add_argument("--start", help="first day of a range")
+    changes.add_argument("--end", help="last day of the range (inclusive)")
+    changes.add_argument("--downstream", action="store_true",
+                         help="re-derive and diff the assets that read the changed columns, in dependency order")
+    shown = changes.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true")
+    shown.add_argument("--markdown", action="store_true", help="Markdown, ready to paste into a pull request")
+    shown.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
+    changes.add_argument("--fail-on", choices=["breaking", "any"],
+                         help="exit 1 on a breaking change, or on any change (or a partition not diffed)")
+    changes.set_defaults(func=cmd_diff)
+
     from pipelines.contracts.cli import add_contract_commands
 
     add_contract_commands(commands)

@@ -28,7 +28,7 @@ from pipelines.derive import derive, write_for
 from pipelines.quality import contract_metadata
 from pipelines.sources import SourceError, source_path
 from pipelines.spec import TableSpec
-from pipelines.sql import UNPARTITIONED, column_ddl, quote
+from pipelines.sql import UNPARTITIONED, column_ddl, partition_filter, quote
 from pipelines.warehouse import VersionUnavailable, Warehouse
 from pipelines.warehouse.base import LATEST_FIRST
 
@@ -95,14 +95,18 @@ def verify(dataset: str, partition: str | None, version: str | None, *, tables: 
             verdict.reasons.append(f"code version {code_version} no longer available: no asset defines {dataset}")
             return verdict
         verdict.current_code_version = spec.code_version
-        loads = _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict)
+        loads = plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict.inputs,
+                           verdict.reasons)
     if verdict.reasons:  # something needed is not available
         return verdict
     return _rederive(warehouse, tables, spec, partition, recorded, loads, verdict)
 
 
-def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written_at, verdict) -> list[dict]:
-    """The snapshots to load: recorded inputs + tables the contract's rules read (as of the write)."""
+def plan_loads(warehouse: Warehouse, con, tables: Mapping[str, TableSpec], spec: TableSpec, partition: str,
+               input_versions: dict[str, str], written_at, inputs: list[dict], reasons: list[str]) -> list[dict]:
+    """The snapshots to load to re-derive spec [partition]: its recorded inputs + the tables its contract's rules
+    read (as of the write), read on `con` (the warehouse's). What is not available is added to `reasons`, and
+    the state of each recorded input to `inputs` (for `provline verify` and `provline diff`)."""
     loads = []
     for name, recorded in sorted(input_versions.items()):
         if name.startswith("source:"):
@@ -110,24 +114,24 @@ def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written
             try:
                 path = source_path(spec.source)
             except SourceError as error:
-                verdict.reasons.append(f"source file {file} is not available: {error}")
+                reasons.append(f"source file {file} is not available: {error}")
                 continue
             now = hashlib.md5(path.read_bytes()).hexdigest()
             ok = path.name == file and now == recorded
-            verdict.inputs.append({"name": name, "recorded": recorded, "loaded": now,
+            inputs.append({"name": name, "recorded": recorded, "loaded": now,
                                    "status": "unchanged" if ok else "changed"})
             if path.name != file:
-                verdict.reasons.append(f"source file changed: recorded {file}, now {path}")
+                reasons.append(f"source file changed: recorded {file}, now {path}")
             elif now != recorded:
-                verdict.reasons.append(f"source file {path} changed: md5 recorded {recorded}, now {now}")
+                reasons.append(f"source file {path} changed: md5 recorded {recorded}, now {now}")
             continue
         upstream = tables.get(name)
         part = partition if upstream is not None and upstream.partitioned else UNPARTITIONED
         try:
             rows = warehouse.read_version(con, name, part, recorded, upstream.daily_on if upstream else None)
         except VersionUnavailable as gone:
-            verdict.inputs.append({"name": name, "recorded": recorded, "loaded": None, "status": "missing"})
-            verdict.reasons.append(f"input snapshot of {name} version {recorded} expired or missing ({gone})")
+            inputs.append({"name": name, "recorded": recorded, "loaded": None, "status": "missing"})
+            reasons.append(f"input snapshot of {name} version {recorded} expired or missing ({gone})")
             continue
         loads.append({"name": name, "partition": part, "recorded": recorded, "rows": rows, "input": True})
     meta = contract_metadata(spec.contract)
@@ -145,7 +149,7 @@ def _plan_loads(warehouse, con, tables, spec, partition, input_versions, written
                 raise VersionUnavailable("never written")
             rows = warehouse.read_version(con, name, part, row[0], upstream.daily_on if upstream else None)
         except VersionUnavailable:
-            verdict.reasons.append(f"{spec.table}'s rules read {name}, whose version at {written_at} has no snapshot")
+            reasons.append(f"{spec.table}'s rules read {name}, whose version at {written_at} has no snapshot")
             continue
         loads.append({"name": name, "partition": part, "recorded": row[0], "rows": rows, "input": False})
     return loads
@@ -157,14 +161,7 @@ def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> V
         scratch_wh = Warehouse(home=str(scratch), name=warehouse.name)
         with scratch_wh.connect() as con:
             for load in loads:
-                loaded = _load_snapshot(con, tables, load)
-                if load["input"]:
-                    status = "unchanged" if loaded == load["recorded"] else "changed"
-                    verdict.inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded,
-                                           "status": status})
-                    if status == "changed":
-                        verdict.reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, "
-                                               f"its snapshot now holds {loaded}")
+                note_loaded(load, load_snapshot(con, tables, load), verdict.inputs, verdict.reasons)
         try:
             derived = derive(spec, scratch_wh, [partition], allow_failed_upstream=True)
             receipt = scratch_wh.commit(write_for(spec, derived, f"verify:{recorded}", [partition]))[partition]
@@ -189,17 +186,30 @@ def _rederive(warehouse, tables, spec, partition, recorded, loads, verdict) -> V
     return verdict
 
 
-def _load_snapshot(con, tables, load: dict) -> str:
-    """Create the table as the factory would, fill it with the version's rows, record its version; return its hash."""
+def note_loaded(load: dict, loaded: str, inputs: list[dict], reasons: list[str]) -> None:
+    """Record the state of a recorded input as loaded (its snapshot holds the recorded hash, or another one)."""
+    if not load["input"]:
+        return
+    status = "unchanged" if loaded == load["recorded"] else "changed"
+    inputs.append({"name": load["name"], "recorded": load["recorded"], "loaded": loaded, "status": status})
+    if status == "changed":
+        reasons.append(f"input {load['name']} changed: recorded {load['recorded']}, its snapshot now holds {loaded}")
+
+
+def load_snapshot(con, tables: Mapping[str, TableSpec], load: dict) -> str:
+    """Create the table as the factory would, fill (or refill) its partition with the version's rows, record its
+    version; return its hash. `load`: one of `plan_loads`'s."""
     name, part = load["name"], load["partition"]
     upstream = tables.get(name)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(name.split('.')[0])}")
     con.register("version_rows", load["rows"])
     if upstream is not None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({column_ddl(upstream.columns)})")
+        where, params = partition_filter([part], upstream.daily_on)
+        con.execute(f"DELETE FROM {quote(name)} WHERE {where}", params)  # a version loaded before it
         con.execute(f"INSERT INTO {quote(name)} BY NAME SELECT * FROM version_rows")
     else:
-        con.execute(f"CREATE TABLE {quote(name)} AS SELECT * FROM version_rows")
+        con.execute(f"CREATE OR REPLACE TABLE {quote(name)} AS SELECT * FROM version_rows")
     con.unregister("version_rows")
     expr = upstream.daily_on if upstream is not None else None
     loaded = Warehouse.content_hashes(con, name, [part], expr)[part]
