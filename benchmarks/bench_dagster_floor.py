@@ -20,6 +20,7 @@ for each Dagster instance storage:
 
     python benchmarks/bench_dagster_floor.py --checks 0 3
     python benchmarks/bench_dagster_floor.py --days 1 --checks 0 3 --storage sqlite --repeat 3
+    python benchmarks/bench_dagster_floor.py --checks 3 --storage sqlite memory --checks-per-run
 
 The wall time includes the process start and imports (~3 s). Prints a markdown table.
 """
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=["sqlite", "consolidated", "postgres", "postgres-pgbouncer", "memory"])
     parser.add_argument("--days", type=int, choices=[1, 365], default=365, help="the year's range, or one day")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--checks-per-run", action="store_true",
+                        help="each check reported once for the run, none planned per partition (provline's opt-in "
+                             "for big backfills); runs in process, as `provline run --checks-per-run`")
     parser.add_argument("--planned-subset", action="store_true",
                         help="DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS: one planned event per asset for a "
                              "range instead of one per partition (Dagster then does not mark a failed run's "
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 walls = []
                 for _ in range(args.repeat):
                     wall, events = run_once(storage, args.assets, checks, pg.port, args.days, bouncer_ports,
-                                            args.planned_subset)
+                                            args.planned_subset, args.checks_per_run)
                     walls.append(wall)
                     print(f"{storage} checks={checks}: {wall:.1f} s", file=sys.stderr)
                 rows.append((checks, storage, statistics.median(walls), events))

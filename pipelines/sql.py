@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +53,11 @@ def path_literal(path: Path | str) -> str:
 
 
 def engine_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
-    """How every DuckDB database provline opens is set up: its memory bounded, spilling to `spill_dir` past it."""
+    """How every DuckDB database provline opens is set up: its memory bounded, spilling to `spill_dir` past it
+    (DuckDB creates that folder when it first spills, not its parents: where PROVLINE_HOME does not exist yet, a
+    read-only command's spill goes to the system's temporary folder rather than create a home)."""
+    if not spill_dir.parent.is_dir():
+        spill_dir = Path(tempfile.gettempdir()) / f"provline-spill-{os.getuid()}"
     return {"memory_limit": memory_limit, "temp_directory": str(spill_dir)}
 
 
