@@ -18,7 +18,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from pipelines.quality import QUARANTINE, WARN, reference
+from pipelines.domain import QUARANTINE, WARN, reference
 
 NYC_ORIGINS = ["EWR", "JFK", "LGA"]
 HHMM = "{0} IS NULL OR ({0} % 100 < 60 AND {0} % 1 = 0)"  # a clock time as HHMM (or HMM): whole, last 2 digits minutes

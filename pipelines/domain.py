@@ -1,6 +1,10 @@
-"""A domain: one team's pipeline, declared in assets/<domain>/ — its tables (specs made by the factory),
-partitions, jobs, schedules and sensors. pipelines/definitions.py collects every domain it finds; the
-runtime in pipelines/ knows none of them.
+"""What a domain declares with: the one module `assets/<domain>/` and `checks/<domain>.py` import. A domain is
+one team's pipeline — its tables (`production_asset`, a pandas function; `sql_asset`, a SQL file), their
+sources, contracts' rule helpers, partitions, jobs, schedules and sensors. pipelines/definitions.py collects
+every domain it finds and turns its tables into assets (pipelines/factory.py); the runtime knows no domain, and
+a domain never imports the runtime.
+
+    from pipelines.domain import Domain, Source, daily_partitions, daily_schedule, production_asset, sql_asset
 
     # assets/<domain>/__init__.py
     DAILY = daily_partitions("2024-01-01", last_day="2024-12-31")   # or last_day=None: still delivering
@@ -21,7 +25,15 @@ from types import ModuleType
 
 import dagster as dg
 
-from pipelines.spec import TableSpec
+from pipelines.monitor.landing import landing_zone_sensor
+from pipelines.quality import QUARANTINE, WARN, reference, sql_check
+from pipelines.sources import Source, package_data
+from pipelines.spec import TableSpec, production_asset, sql_asset
+
+__all__ = [
+    "QUARANTINE", "WARN", "Domain", "Source", "TableSpec", "daily_partitions", "daily_schedule", "domains_in",
+    "landing_zone_sensor", "package_data", "production_asset", "reference", "sql_asset", "sql_check",
+]
 
 
 @dataclass(frozen=True)

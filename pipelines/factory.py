@@ -43,11 +43,11 @@ from pipelines.quality import (
 )
 from pipelines.settings import get_settings
 from pipelines.sources import SourceError
-from pipelines.spec import TableSpec, production_asset, sql_asset
+from pipelines.spec import TableSpec
 from pipelines.sql import UNPARTITIONED, interrupted
 from pipelines.warehouse import TRANSIENT_ERRORS, Receipt, Warehouse, quarantine_table
 
-__all__ = ["TableSpec", "build_asset", "production_asset", "sql_asset"]
+__all__ = ["CHECKS_PER_RUN_TAG", "build_asset", "materialize"]
 
 CHECKS_PER_RUN_TAG = "provline/checks_per_run"
 """Run tag (or PROVLINE_CHECKS_PER_RUN=true): a range reports each Dagster check once for the run, not once per
@@ -214,7 +214,8 @@ def _build(
                 warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
             written = derived.written
             receipts = warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
-            return derived, receipts, monitor.evaluate(spec, warehouse, derived, receipts, context.run_id)
+            return derived, receipts, monitor.evaluate(spec, warehouse, derived.validation.results, receipts,
+                                                       context.run_id)
     except Exception as error:
         if interrupted(error):
             raise  # (materialize ends the step's lineage: ABORT)

@@ -14,9 +14,7 @@ from pandera.typing import Series
 
 import assets.flights as flights
 from pipelines.definitions import build_definitions, discover_domains
-from pipelines.domain import Domain, daily_partitions, daily_schedule
-from pipelines.factory import production_asset
-from pipelines.sources import Source
+from pipelines.domain import Domain, Source, daily_partitions, daily_schedule, production_asset
 from pipelines.warehouse import Warehouse
 
 from .conftest import DAY, DAY_FLIGHTS, query, scalar

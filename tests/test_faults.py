@@ -196,7 +196,8 @@ def test_a_warehouse_session_is_one_connection_under_the_lock_and_a_failed_write
 def test_a_transform_error_fails_the_step_once_naming_it(home: Path, tmp_path: Path):
     """Only what may pass on a second try is retried (a lock, I/O, a commit conflict): a transform's TypeError
     fails the step at once, saying what it was, and writes nothing."""
-    from pipelines.factory import build_asset, production_asset
+    from pipelines.domain import production_asset
+    from pipelines.factory import build_asset
     from pipelines.sources import Source
     from tests.test_domains import Readings
 

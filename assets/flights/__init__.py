@@ -10,8 +10,7 @@ import dagster as dg
 
 from assets.flights import marts, sources, staging
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
-from pipelines.domain import Domain, daily_schedule
-from pipelines.monitor.landing import landing_zone_sensor
+from pipelines.domain import Domain, daily_schedule, landing_zone_sensor
 
 reference_job = dg.define_asset_job(
     "reference_tables", selection=dg.AssetSelection.groups(REFERENCE),

@@ -15,7 +15,7 @@ from assets.flights.staging import (
     staging_weather,
 )
 from checks.flights import CarrierDailyPerformance, FlightFacts, RouteDaily
-from pipelines.factory import sql_asset
+from pipelines.domain import sql_asset
 
 # What analysts read is rebuilt once a day (the 06:00 schedule, or the landing sensor as each day's files
 # arrive): a mart not materialized for 25 hours warns, for 27 hours fails. Dagster measures it from the last

