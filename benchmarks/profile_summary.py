@@ -16,7 +16,7 @@ from pathlib import Path
 
 # (category, frame pattern), most specific first: a frame is "function (file:line)"
 CATEGORIES = [
-    ("read a source file (parse, type, cut to the days)", r"\(pipelines/sources\.py|read_landed"),
+    ("read a source file (parse, type, cut to the days)", r"\(pipelines/sources\.py"),
     ("pandas transform (the domain's function)", r"^_call \(pipelines/derive\.py|\(assets/"),
     ("validation: contract as SQL (one scan)", r"failure_cases_sql|_pandera_fallback"),
     ("validation: coercion, counting, quarantine split", r"^validate \(pipelines/quality/validate\.py"),

@@ -18,7 +18,6 @@ import pyarrow
 import pyarrow.compute as pc
 from pandera.errors import SchemaError, SchemaErrors
 
-from pipelines.monitor.landing import read_landed
 from pipelines.quality import (
     BLOCKING,
     SOURCE_COVERAGE_RULE,
@@ -31,7 +30,7 @@ from pipelines.quality import (
 )
 from pipelines.rows import BATCH_ROWS, Rows
 from pipelines.settings import get_settings
-from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_source
+from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_landed, read_source
 from pipelines.spec import TableSpec
 from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, columns_named, partition_label, quote
 from pipelines.warehouse import Warehouse, Write
@@ -114,7 +113,8 @@ def derive(
     problems: dict[str, dict[str, str]] = {}
     outside, source = None, None
     if spec.source and built:
-        source = read_landed(spec, built) or read_source(spec.source, spec.contract)
+        landed = read_landed(spec.source, spec.contract, spec.daily_on, built) if spec.partitioned else None
+        source = landed or read_source(spec.source, spec.contract)
         if spec.partitioned:
             strays = source.outside(spec.daily_on, spec.partitions)
             if len(strays):  # kept out at the source, blocking nothing

@@ -295,6 +295,54 @@ def _first_line(path: Path) -> int:
     return 1 if path.suffix == ".parquet" else 2
 
 
+# --- the landing zone: a partitioned source's days, a file each (pipelines/monitor/landing.py watches it) ----
+
+
+DAY_FILE_SUFFIXES = (".csv", ".parquet")
+
+
+def day_file(folder: Path, day: str) -> Path:
+    """The landing file of `day` in a source's folder."""
+    found = [folder / f"{day}{suffix}" for suffix in DAY_FILE_SUFFIXES if (folder / f"{day}{suffix}").is_file()]
+    if not found:
+        raise SourceError(f"no landing file for {day}: expected {folder / day}.csv or .parquet "
+                          "(PROVLINE_LANDING_DIR is set: daily source tables are read from the landing zone)")
+    if len(found) > 1:
+        raise SourceError(f"two landing files for {day}: {found[0]} and {found[1]}; keep one")
+    return found[0]
+
+
+def read_day(path: Path, contract: type[pa.DataFrameModel], daily_on: str, day: str) -> SourceTable:
+    """One landing file, typed by the contract; its columns and every row's day checked (SourceError)."""
+    table = read_file(path, contract)
+    if table.extra_columns:
+        raise SourceError(f"{path}: unexpected column(s) {', '.join(table.extra_columns)}, not in the contract "
+                          f"{contract.__name__} ({', '.join(table.dtypes)})")
+    days = partition_keys(table.frame, daily_on)
+    other = np.flatnonzero(days != day)
+    if len(other):
+        label = "row" if table.first_line == 1 else "line"  # as SourceTable.locations says it
+        raise SourceError(f"{path}: {len(other)} of {len(days)} row(s) are not dated {day} "
+                          f"(first: {label} {other[0] + table.first_line}, dated {days[other[0]] or 'invalid'})")
+    return table
+
+
+def read_landed(source: Source, contract: type[pa.DataFrameModel], daily_on: str,
+                partitions: list[str]) -> SourceTable | None:
+    """The rows of `partitions` from their landing files; None when there is no landing zone: the whole source
+    file is read instead. A range's version is the hash of its days'."""
+    landing = get_settings().landing_dir
+    if landing is None:
+        return None
+    folder = landing / source.name
+    days = [read_day(day_file(folder, day), contract, daily_on, day) for day in partitions]
+    if len(days) == 1:
+        return days[0]
+    content_hash = hashlib.md5("".join(f"{p}:{t.content_hash}\n" for p, t in zip(partitions, days,
+                                                                                  strict=True)).encode()).hexdigest()
+    return SourceTable(folder, pd.concat([t.frame for t in days], ignore_index=True), content_hash, days[0].dtypes)
+
+
 def partition_keys(frame: pd.DataFrame, partition_expr: str) -> np.ndarray:
     """Each row's daily partition key, YYYY-MM-DD (None when its date is invalid), computed by DuckDB (on
     the columns that date a row only: handing DuckDB a whole frame of strings costs 8x more)."""

@@ -1,7 +1,7 @@
 """The landing zone: daily files that arrive under PROVLINE_LANDING_DIR as `<source>/<YYYY-MM-DD>.csv` (or
 `.parquet`), one per partitioned source table and day, with the columns of the whole source file.
 
-Where a partitioned source table reads a day from (`read_landed`, called by the factory):
+Where a partitioned source table reads a day from (`pipelines.sources.read_landed`, called by the factory):
 - PROVLINE_LANDING_DIR unset: the whole source file — `<source>.csv|parquet` in PROVLINE_SOURCE_DIR, or the
   domain's packaged data — cut to the days being built.
 - PROVLINE_LANDING_DIR set: that day's landing file (each day's, for a range), whoever starts the run: the
@@ -42,18 +42,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from pipelines.monitor import alerts
 from pipelines.settings import Settings, get_settings
-from pipelines.sources import SourceError, SourceTable, partition_keys, read_file, read_source, source_path
+from pipelines.sources import (
+    DAY_FILE_SUFFIXES,
+    SourceError,
+    partition_keys,
+    read_day,
+    read_file,
+    read_source,
+    source_path,
+)
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec
 
 DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(csv|parquet)$")
-SUFFIXES = (".csv", ".parquet")
 REJECTED = "rejected"
 RUN_TAG = "provline/landing"
 
@@ -66,50 +72,6 @@ def landing_sources(specs: Sequence[TableSpec]) -> list[TableSpec]:
 def _ignored(name: str) -> bool:
     """A file still being written under a temporary name."""
     return name.startswith(".") or name.endswith((".tmp", ".part"))
-
-
-# --- reading a day -------------------------------------------------------------------------------
-
-
-def day_file(folder: Path, day: str) -> Path:
-    """The landing file of `day` in a source's folder."""
-    found = [folder / f"{day}{suffix}" for suffix in SUFFIXES if (folder / f"{day}{suffix}").is_file()]
-    if not found:
-        raise SourceError(f"no landing file for {day}: expected {folder / day}.csv or .parquet "
-                          "(PROVLINE_LANDING_DIR is set: daily source tables are read from the landing zone)")
-    if len(found) > 1:
-        raise SourceError(f"two landing files for {day}: {found[0]} and {found[1]}; keep one")
-    return found[0]
-
-
-def read_day(spec: TableSpec, path: Path, day: str) -> SourceTable:
-    """One landing file, typed by the contract; its columns and every row's day checked (SourceError)."""
-    table = read_file(path, spec.contract)
-    if table.extra_columns:
-        raise SourceError(f"{path}: unexpected column(s) {', '.join(table.extra_columns)}, not in the contract "
-                          f"{spec.contract.__name__} ({', '.join(spec.columns)})")
-    days = partition_keys(table.frame, spec.daily_on)
-    other = np.flatnonzero(days != day)
-    if len(other):
-        label = "row" if table.first_line == 1 else "line"  # as SourceTable.locations says it
-        raise SourceError(f"{path}: {len(other)} of {len(days)} row(s) are not dated {day} "
-                          f"(first: {label} {other[0] + table.first_line}, dated {days[other[0]] or 'invalid'})")
-    return table
-
-
-def read_landed(spec: TableSpec, partitions: list[str]) -> SourceTable | None:
-    """The rows of `partitions` from their landing files; None when there is no landing zone (or the table
-    is not fed by one): the whole source file is read instead. A range's version is the hash of its days'."""
-    landing = get_settings().landing_dir
-    if landing is None or not landing_sources([spec]):
-        return None
-    folder = landing / spec.source.name
-    days = [read_day(spec, day_file(folder, day), day) for day in partitions]
-    if len(days) == 1:
-        return days[0]
-    content_hash = hashlib.md5("".join(f"{p}:{t.content_hash}\n" for p, t in zip(partitions, days,
-                                                                                  strict=True)).encode()).hexdigest()
-    return SourceTable(folder, pd.concat([t.frame for t in days], ignore_index=True), content_hash)
 
 
 # --- the sensor ----------------------------------------------------------------------------------
@@ -224,11 +186,11 @@ def _problem(spec: TableSpec, path: Path, partitions: dg.DailyPartitionsDefiniti
     if day < first or (partitions.end is not None and day > last):
         span = f"{first}..{last}" if partitions.end is not None else f"from {first}"
         return f"{day} is outside the daily partitions of {spec.table} ({span})"
-    others = [p for p in path.parent.glob(f"{day}.*") if p != path and p.suffix in SUFFIXES]
+    others = [p for p in path.parent.glob(f"{day}.*") if p != path and p.suffix in DAY_FILE_SUFFIXES]
     if others and others[0].stat().st_mtime_ns <= path.stat().st_mtime_ns:
         return f"{others[0].name} already holds {day}: a second file for the same day is not loaded"
     try:
-        read_day(spec, path, day)
+        read_day(path, spec.contract, spec.daily_on, day)
     except SourceError as error:
         return str(error)
     return None
