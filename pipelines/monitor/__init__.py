@@ -15,11 +15,10 @@ import dagster as dg
 
 from pipelines.monitor import alerts
 from pipelines.monitor.anomaly import Finding, by_check, check_result, check_specs, findings
-from pipelines.quality import BLOCKING, group_by_check
+from pipelines.quality import BLOCKING, RuleResult, group_by_check
 from pipelines.sql import interrupted
 
 if TYPE_CHECKING:
-    from pipelines.derive import Derived
     from pipelines.spec import TableSpec
     from pipelines.warehouse import Receipt, Warehouse
 
@@ -41,11 +40,11 @@ class Monitors:
         return [result] if result is not None else []
 
 
-def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: dict[str, Receipt],
-             run_id: str) -> Monitors:
+def evaluate(spec: TableSpec, warehouse: Warehouse, results: dict[str, list[RuleResult]],
+             receipts: dict[str, Receipt], run_id: str) -> Monitors:
     """After the commit: the anomaly verdicts of the written partitions, and the alerts this materialization
-    raises or resolves (blocking failures, anomalies). Never fails the materialization: a monitor that cannot
-    run logs why and reports nothing."""
+    raises or resolves (blocking failures, anomalies); `results` are the rule results of each partition validated.
+    Never fails the materialization: a monitor that cannot run logs why and reports nothing."""
     monitors = Monitors(spec.key)
     try:
         if spec.partitioned and receipts:
@@ -54,17 +53,17 @@ def evaluate(spec: TableSpec, warehouse: Warehouse, derived: Derived, receipts: 
         if interrupted(error):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
             raise
         log.exception("anomaly monitors of %s could not run", spec.table)
-    alerts.notify(_blocking_events(spec, derived) + _anomaly_events(spec, monitors))
+    alerts.notify(_blocking_events(spec, results) + _anomaly_events(spec, monitors))
     return monitors
 
 
-def _blocking_events(spec: TableSpec, derived: Derived) -> list[alerts.Event]:
+def _blocking_events(spec: TableSpec, results: dict[str, list[RuleResult]]) -> list[alerts.Event]:
     """Per validated partition, each blocking check: failing (an alert) or passing (resolves an open one)."""
     events = []
-    for partition in derived.built:
-        for check, results in group_by_check(derived.validation.results[partition]).items():
-            failed = [r for r in results if r.blocking]
-            if not failed and not any(r.rule.behaviour == BLOCKING for r in results):
+    for partition, validated in results.items():
+        for check, group in group_by_check(validated).items():
+            failed = [r for r in group if r.blocking]
+            if not failed and not any(r.rule.behaviour == BLOCKING for r in group):
                 continue  # a WARN or quarantining check: not alerted on
             summary = "; ".join(f"{r.rule.name}: {r.message or f'{r.failing_rows} of {r.rows_checked} rows'}"
                                 for r in failed)
