@@ -7,7 +7,7 @@ What becomes what:
   same name provline exports them from (in_range, ge, gt, le, lt, str_length); `invalidValues` with
   `validValues`: isin, with `pattern`: str_contains (ODCS patterns search, like re.search);
 - a rule with a `rowCheck` (the SQL predicate provline exports with each row-level rule), and a schema-level
-  `duplicateValues` over some properties: a dataframe check whose SQL form is that predicate (the runner
+  `duplicateValues` over some properties: a dataframe check stated once, in SQL (`sql_check`: the runner
   runs it in DuckDB, pandera on pandas runs the same SQL through `rows_passing`);
 - a `references` rule: `reference(column, table, column)`; a `rowCountMatches` rule: `row_count_matches`;
 - behaviour: the rule's `behaviour` custom property, else its severity (error blocks, anything else warns);
@@ -223,7 +223,7 @@ def _render(table: str, document: dict, obj: dict, columns: list[_Column], check
         f"(ODCS {document.get('apiVersion', '?')}, contract {document.get('id', '?')} version {meta['version']}).",
         '"""', "", "import pandas as pd", "import pandera.pandas as pa",
         "from pandera.typing import Series", "",
-        "from pipelines.quality import QUARANTINE, WARN, reference, rows_passing  # noqa: F401", "",
+        "from pipelines.domain import QUARANTINE, WARN, reference, sql_check  # noqa: F401", "",
         "Int, Float, Str, Bool, Timestamp = pd.Int64Dtype, pd.Float64Dtype, pd.StringDtype, bool, pd.Timestamp", "",
     ]
     if untranslated:
@@ -241,12 +241,8 @@ def _render(table: str, document: dict, obj: dict, columns: list[_Column], check
             raise ValueError(f"{table}: column {column.name!r} is not a Python identifier (pandera fields need one)")
         lines.append(f"    {attribute}: Series[{column.annotation}] = pa.Field({', '.join(kwargs)})")
     for name, description, sql in checks:
-        function = re.sub(r"\W", "_", name)
-        lines += ["", f"    @pa.dataframe_check(name={name!r}, statistics={{'sql': {sql!r}}})",
-                  f"    def {function}(cls, df: pd.DataFrame) -> Series[bool]:"]
-        if description:
-            lines.append(f'        """{_escape(description)}"""')
-        lines.append(f"        return rows_passing(df, {sql!r})")
+        attribute = re.sub(r"\W", "_", name)
+        lines += ["", f"    {attribute} = sql_check({name!r}, {sql!r}, {(description or name)!r})"]
     lines += ["", "    class Config:", "        coerce = True", "        strict = True", "        metadata = {"]
     for key, value in meta.items():
         rendered = "[" + ", ".join(value) + "]" if key == "references" else repr(value)

@@ -16,7 +16,7 @@ from pipelines.quality.rules import (
     reference,
     rules_of,
 )
-from pipelines.quality.sql_rules import rows_passing
+from pipelines.quality.sql_rules import rows_passing, sql_check
 from pipelines.quality.validate import (
     QUARANTINE_REASONS,
     ContractViolation,
@@ -32,5 +32,5 @@ __all__ = [
     "BLOCKING", "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
     "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "contract_version",
     "describe_case", "describe_failures", "expected_rows", "group_by_check", "reference", "reference_values",
-    "rows_passing", "rules_of", "validate",
+    "rows_passing", "rules_of", "sql_check", "validate",
 ]

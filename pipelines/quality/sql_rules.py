@@ -1,11 +1,13 @@
-"""A dataframe check written once, in SQL: what `provline contract import` gives a rule it reads from an ODCS
-document. The runner (runner.py) runs `statistics={"sql": ...}` inside DuckDB; pandera on pandas (and
-anything else that calls the check) gets `rows_passing`, the same expression over the frame in DuckDB."""
+"""A dataframe check stated once, in SQL (`sql_check`): how a contract writes a rule over several columns, and
+what `provline contract import` gives a rule it reads from an ODCS document. The runner (runner.py) runs
+`statistics={"sql": ...}` inside DuckDB; pandera on pandas (and anything else that calls the check) gets
+`rows_passing`, the same expression over the frame in DuckDB: one statement of the rule, one semantics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pandera.pandas as pa
 
 from pipelines.sql import scratch
 
@@ -22,3 +24,18 @@ def rows_passing(frame: pd.DataFrame, sql: str) -> pd.Series:
         finally:
             con.unregister(_VIEW)
     return pd.Series(next(iter(passed.values())), index=frame.index, dtype=bool)
+
+
+def sql_check(name: str, sql: str, description: str) -> classmethod:
+    """A contract's dataframe check, stated as a DuckDB boolean expression over the table's columns (TRUE for a
+    row that passes; NULL fails; window functions allowed). In a DataFrameModel's body:
+
+        times_are_hhmm = sql_check("times_are_hhmm", "dep_time % 100 < 60", "Times are HHMM.")
+
+    `description` is the rule's description (its docstring, shown in Dagster and the exported contract)."""
+
+    def check(cls, df: pd.DataFrame) -> pd.Series:
+        return rows_passing(df, sql)
+
+    check.__name__, check.__doc__ = name, description
+    return pa.dataframe_check(name=name, statistics={"sql": sql})(check)
