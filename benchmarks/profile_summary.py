@@ -3,8 +3,9 @@
     py-spy record --rate 10 --format raw -o run.raw -- provline run --start 2013-01-01 --end 2013-12-31
     python benchmarks/profile_summary.py run.raw
 
-Each sample is put in the first category, in the order below, that a frame of its stack matches (a function of
-provline's, or Dagster's event handling), so the shares add up to 100%. Prints a markdown table.
+Each sample is put in the category of the deepest frame of its stack that one matches (a function of provline's,
+an import, Dagster's own code), the first category in the order below where one frame matches several, so the
+shares add up to 100%. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CATEGORIES = [
     ("OpenLineage: statistics", r"partition_stats"),
     ("OpenLineage: events (build, serialize, write)", r"\(pipelines/lineage/|\(openlineage/"),
     ("Dagster metadata and previews", r"^_metadata \(pipelines/factory\.py|previews"),
+    ("imports and start-up", r"^<module> |importlib"),
     ("Dagster: events, checks, materializations (its own cost)", r"\(dagster/"),
 ]
 
@@ -37,8 +39,8 @@ def summarize(raw: Path) -> list[tuple[str, int]]:
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
         frames = stack.split(";")
-        category = next((name for name, pattern in CATEGORIES
-                         if any(re.search(pattern, frame) for frame in frames)), "other (imports, start-up)")
+        category = next((name for frame in reversed(frames) for name, pattern in CATEGORIES
+                         if re.search(pattern, frame)), "other")
         counts[category] += int(samples)
     return counts.most_common()
 
