@@ -26,6 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
 
 from pipelines import monitor
 from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, planned_rows, write_for
@@ -234,9 +243,11 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
             per_run: dict[str, list] | None = None):
     """The Dagster events: per partition, its materialization (when written), then its check results (the
     contract's, then the anomaly monitors'), each pointing at the materialization it checked. A run of one
-    partition materializes Dagster's own way (its event carries the input provenance staleness reads); a
-    range reports each partition itself. Check results are events, not check outputs: half the writes.
+    partition materializes Dagster's own way; a range reports each partition itself, with the same input
+    provenance Dagster records for one (`input_provenance`), so staleness is right per partition. Check
+    results are events, not check outputs: half the writes.
     With checks reported per run (`per_run`, see CHECKS_PER_RUN_TAG), the check results are collected there."""
+    provenance = {} if single else input_provenance(context.instance, spec, derived.written)
     for partition in derived.written:
         receipt = receipts[partition]
         metadata = _metadata(spec, derived, partition, receipt, column_lineage)
@@ -245,7 +256,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         else:
             yield dg.AssetMaterialization(
                 asset_key=spec.key, partition=partition, metadata=metadata,
-                tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
+                tags={DATA_VERSION_TAG: receipt.content_hash, CODE_VERSION_TAG: spec.code_version,
+                      DATA_VERSION_IS_USER_PROVIDED_TAG: "true", **provenance[partition]},
             )
     targets = _materializations(context, spec, derived.written, derived.refused) if per_run is None else {}
     blocking = _blocking_checks(spec)
@@ -264,6 +276,36 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
                 # a range goes on with the other partitions: the factory blocks this one downstream itself
                 blocking=single and result.check_name in blocking,
             )
+
+
+def input_provenance(instance: dg.DagsterInstance, spec: TableSpec, partitions: list[str]) -> dict[str, dict]:
+    """Per partition, the data provenance tags Dagster writes on a one-partition materialization: for each input,
+    the materialization event it read (the same partition's, or an unpartitioned input's latest) and that event's
+    data version. Dagster's staleness compares them with the inputs' later events; without them every input
+    would be "a new dependency" and each partition of a range "Unsynced". Two queries per input."""
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+    from dagster._core.events import DagsterEventType
+    from dagster._core.storage.event_log.base import AssetRecordsFilter
+
+    tags: dict[str, dict] = {partition: {} for partition in partitions}
+    for upstream in spec.inputs:
+        if upstream.partitioned:  # the same daily partitions (a spec's inputs are mapped one to one)
+            ids = instance.get_latest_storage_id_by_partition(
+                upstream.key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+            found = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=upstream.key, storage_ids=list(ids.values())), limit=len(ids)
+            ).records if ids else []
+        else:
+            found = instance.fetch_materializations(upstream.key, limit=1).records
+        events = {record.partition_key or UNPARTITIONED: record for record in found}
+        for partition in partitions:
+            record = events.get(partition if upstream.partitioned else UNPARTITIONED)
+            version = extract_data_version_from_entry(record.event_log_entry) if record else None
+            tags[partition] |= {  # (Dagster's own values for an input never materialized)
+                get_input_data_version_tag(upstream.key): (version or DEFAULT_DATA_VERSION).value,
+                get_input_event_pointer_tag(upstream.key): str(record.storage_id) if record else NULL_EVENT_POINTER,
+            }
+    return tags
 
 
 def _checks_per_run(context: dg.AssetExecutionContext) -> bool:
