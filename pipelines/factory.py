@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -92,7 +93,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     check_specs = [
         dg.AssetCheckSpec(
             check, asset=spec.key, partitions_def=spec.partitions, blocking=check in blocking,
-            description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
+            description="; ".join(_described(rule) for rule in rules),
         )
         for check, rules in group_by_check(spec.rules).items()
     ] + monitor.check_specs(spec)
@@ -124,6 +125,16 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
         return (yield from materialize(spec, context, context.resources.warehouse))
 
     return _asset
+
+
+def _described(rule) -> str:
+    """A rule in the check's description: what it does, what it checks, what it tolerates."""
+    text = f"[{rule.behaviour}] {rule.description}"
+    if rule.max_failure_rate:
+        text += f" (passes while at most {rule.max_failure_rate:.1%} of the rows fail)"
+    if rule.acknowledgement is not None:
+        text += f" (acknowledged: {rule.acknowledgement.describe()})"
+    return text
 
 
 def _definition_metadata(spec: TableSpec) -> dict:
@@ -424,8 +435,17 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partit
         metadata.update(_quarantine_metadata(spec, partition))
     if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
         metadata["problem"] = "; ".join(problems)
-    if sample := [case for r in failed for case in r.sample][:10]:
+    if sample := [_json_safe(case) for r in failed for case in r.sample][:10]:
         metadata["sample"] = dg.MetadataValue.json(sample)
+    if tolerated := {r.rule.name: f"{r.failing_rows} of {r.rows_checked} rows ({r.failure_rate:.2%}), "
+                     f"at most {r.rule.max_failure_rate:.1%} allowed"
+                     for r in results if r.found and r.within_threshold and not r.acknowledged}:
+        metadata["within_threshold"] = dg.MetadataValue.json(tolerated)
+    if acknowledged := {r.rule.name: {"note": r.rule.acknowledgement.note, "until": str(r.rule.acknowledgement.expires),
+                                      "failing_rows": r.failing_rows} for r in results if r.acknowledged}:
+        metadata["acknowledged"] = dg.MetadataValue.json(acknowledged)
+    if expired := {r.rule.name: str(r.rule.acknowledgement.expires) for r in failed if r.rule.acknowledgement}:
+        metadata["acknowledgement_expired"] = dg.MetadataValue.json(expired)
     return dg.AssetCheckResult(
         asset_key=spec.key, check_name=check, passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if behaviour == BLOCKING else dg.AssetCheckSeverity.WARN,
@@ -433,11 +453,17 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partit
     )
 
 
+def _json_safe(case: dict) -> dict:
+    """A failure case as valid JSON: a NaN or infinite value (a float column's missing value) is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in case.items()}
+
+
 def _quarantine_metadata(spec: TableSpec, partition: str) -> dict:
-    """Where a partition's quarantined rows are, and the command that lists them with their reasons."""
+    """Where a partition's quarantined rows are, and the command that lists them with their reasons (the count
+    is `quarantined_rows`)."""
     flag = f" --partition {partition}" if partition else ""
     return {"quarantine_table": quarantine_table(spec.table),
-            "quarantine_rows": f"provline quarantine show {spec.table}{flag}"}
+            "quarantine_command": f"provline quarantine show {spec.table}{flag}"}
 
 
 def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
@@ -450,7 +476,10 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,
         "quarantined_rows": receipt.quarantined_count,
-        "warn_failures": sum(1 for r in validation.results[partition] if not r.passed and not r.blocking),
+        # one count per behaviour, as the checks `warnings` and `quarantine` count them
+        **{f"{behaviour}_rules_failed": sum(1 for r in validation.results[partition]
+                                             if not r.passed and r.rule.behaviour == behaviour)
+           for behaviour in dict.fromkeys(r.behaviour for r in spec.rules) if behaviour != BLOCKING},
         "input_versions": dg.MetadataValue.json(derived.inputs.versions.get(partition, {})),
         "preview": dg.MetadataValue.md(derived.previews.get(partition, "")),
         "audit": f"provline verify {spec.table}{partition_flag}; "
