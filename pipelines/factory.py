@@ -146,6 +146,9 @@ def _definition_metadata(spec: TableSpec) -> dict:
         "contract": contract,
         "transform": spec.source_file,
         "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
+        # Dagster's open-source UI draws no column lineage: say where to look at it
+        "column_lineage": f"provline audit report {spec.table} --out report.html (section Column lineage); as JSON: "
+                          "a run's event log, the materialization's dagster/column_lineage",
         "contract_version": spec.contract_version,
         "contract_export": f"provline contract export {spec.table} --out contracts",  # ODCS v3.1.0, pipelines/contracts
     }
