@@ -3,7 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
-    provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
+    provline health [--json] [--trends F]     per asset: freshness, failing checks, anomalies, what waits
     provline landing seed --start D --end D   split the source tables into daily landing files
     provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
     provline quarantine show TABLE --partition P   a partition's quarantined rows and their reasons
@@ -243,8 +243,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     from pipelines.warehouse import Warehouse
 
     settings = get_settings()
-    health = summarize(catalog, Warehouse.from_settings(settings), settings)
+    warehouse = Warehouse.from_settings(settings)
+    health = summarize(catalog, warehouse, settings)
     print(json.dumps(health.as_dict(), indent=2, default=str) if args.json else render(health))
+    if args.trends:  # the per-partition trends, as a page to look at (pipelines/monitor/trends.py)
+        from pipelines.monitor import trends
+
+        Path(args.trends).write_text(trends.render(trends.collect(catalog, warehouse)), encoding="utf-8")
+        print(f"wrote {args.trends}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -290,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", help="per asset: freshness, failing checks, anomalies, what waits")
     health.add_argument("--json", action="store_true")
+    health.add_argument("--trends", metavar="FILE", help="also write the per-partition trends (rows, quarantined and "
+                        "failing rows, null rates, means, anomalies) as one HTML page")
     health.set_defaults(func=cmd_health)
 
     landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")
