@@ -1,4 +1,4 @@
-"""Benchmark of issue 12: false alarms of the anomaly monitors on the real data.
+"""Benchmark of issues 12 and 21: false alarms of the anomaly monitors and of the contract checks on the real data.
 
 The flights pipeline runs 2013-01-01..2013-03-31 into a fresh PROVLINE_HOME (the reference tables, then the
 quarter as one range run: the monitors judge the partitions in order, each against the previous ones), and
@@ -53,6 +53,27 @@ def fired_in_runs(home: Path) -> list[tuple]:
                WHERE check_name LIKE 'anomaly_%' AND NOT passed AND partition >= ? ORDER BY partition, asset""",
             [JUDGED_FROM],
         ).fetchall()
+
+
+def rule_alarms(home: Path) -> tuple[set[tuple], set[tuple], list[tuple]]:
+    """The contract checks (`contract`, `quarantine`, `warnings`: the rules per Dagster check) that failed on
+    2013-01-15..2013-03-31: (asset, partition, check) as run — with the rules' thresholds and acknowledgements — and
+    as each rule's raw verdict (any failing row) would have it; and the failing rules as run."""
+    import duckdb
+
+    from pipelines.definitions import catalog
+
+    check_of = {(spec.table, rule.name): rule.check for spec in catalog for rule in spec.rules}
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            """SELECT asset, partition, check_name, passed, failing_rows, message FROM quality.check_results
+               WHERE check_name NOT LIKE 'anomaly_%' AND partition >= ?
+               QUALIFY recorded_at = max(recorded_at) OVER (PARTITION BY asset, partition)""", [JUDGED_FROM],
+        ).fetchall()
+    as_run = {(a, p, check_of[(a, r)]) for a, p, r, passed, _, _ in rows if passed is False}
+    raw = {(a, p, check_of[(a, r)]) for a, p, r, passed, failing, _ in rows if passed is False or failing}
+    failing = sorted((p, a, r, f, m) for a, p, r, passed, f, m in rows if passed is False)
+    return as_run, raw, failing
 
 
 def per_month(fired: list[tuple]) -> dict[str, int]:
@@ -138,6 +159,12 @@ def main() -> None:
         print(f"\nin the runs (defaults + the flights contracts' settings): {len(fired)} alarm(s), "
               f"per month {per_month(fired)}")
         for row in fired:
+            print("  ", *row)
+        as_run, raw, failing = rule_alarms(home)
+        print(f"\ncontract checks failed (asset x day x check, of {JUDGED_FROM}..{LAST}): {len(as_run)} as run, "
+              f"{len(raw)} by the rules' raw verdicts (no thresholds, no acknowledgements); per month as run "
+              f"{per_month([(a, p) for a, p, _ in as_run])}, raw {per_month([(a, p) for a, p, _ in raw])}")
+        for row in failing:
             print("  ", *row)
         print("\noffline, the same statistics judged under other settings (alarms per month):")
         print("| setting | 2013-01 (15-31) | 2013-02 | 2013-03 | total |")

@@ -3,7 +3,7 @@
     provline run --date 2024-05-01            the unpartitioned tables, then one day of the partitioned ones
     provline run --start 2024-05-01 --end 2024-05-31   a range of days in one Dagster run
     provline status                           what the warehouse holds (version log)
-    provline health [--json]                  per asset: freshness, failing checks, anomalies, what waits
+    provline health [--json] [--trends F]     per asset: freshness, failing checks, anomalies, what waits
     provline landing seed --start D --end D   split the source tables into daily landing files
     provline maintain                         retention: expire versions older than PROVLINE_SNAPSHOT_RETENTION_DAYS
     provline quarantine show TABLE --partition P   a partition's quarantined rows and their reasons
@@ -15,8 +15,9 @@
     provline audit report DATASET --out F     one self-contained HTML audit page
     provline contract export|import|check     the contracts as ODCS documents (pipelines/contracts)
 
-Runs go through Dagster (`materialize`) on the instance of DAGSTER_HOME when it is set, so they
-show in `dagster dev`; the two `dagster asset materialize` forms in the README do the same.
+`provline run` runs each domain's own jobs (`reference_tables`, then `flights_daily` for the day or the range),
+executed in this process on the instance of DAGSTER_HOME when it is set, as runs of the code location: `dagster dev`
+lists them on the job's page and in the timeline, and can re-execute them (pipelines/launch.py).
 """
 
 from __future__ import annotations
@@ -26,22 +27,14 @@ import json
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from pipelines.settings import get_settings
-
-INVOCATION_TAG = "provline/invocation"
-"""Tags each run `provline run` starts, so it can watch for a cancel of that run."""
 
 
 def _instance() -> dg.DagsterInstance:
@@ -71,29 +64,21 @@ def _days(args: argparse.Namespace, partitions: dg.DailyPartitionsDefinition) ->
     return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
-def _materialize(instance: dg.DagsterInstance, resources: dict, selection: list, label: str,
-                 days: list[str] | None = None, checks_per_run: bool = False) -> dg.DagsterRunStatus:
-    """One Dagster run: the unpartitioned assets, or the partitioned ones for one day or a range of days.
-    Prints what failed (rule, column, value, file and line: the step's own message) and returns how it ended.
-    `checks_per_run`: a range's checks are reported once for the run (and not planned per partition)."""
+def _launch(instance: dg.DagsterInstance, run, label: str, checks_per_run: bool = False) -> dg.DagsterRunStatus:
+    """One Dagster run of a domain's job (pipelines/launch.py): its unpartitioned assets, or its partitioned ones for
+    one day or a range of days. Prints what failed (rule, column, value, file and line: the step's own message) and
+    returns how it ended. `checks_per_run`: a range's checks are reported once for the run (and not planned per
+    partition)."""
     from pipelines.factory import CHECKS_PER_RUN_TAG
-    from pipelines.lineage.runs import ended_as, finish_run, interrupt_on_cancel
+    from pipelines.launch import execute
+    from pipelines.lineage.runs import ended_as, finish_run
 
-    partition, tags, chosen = None, {INVOCATION_TAG: uuid.uuid4().hex}, None
-    if days and len(days) == 1:
-        partition = days[0]
-    elif days:  # a range in one run (the assets' backfill policy is single-run)
-        tags |= {ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
-        if checks_per_run:  # Dagster then plans no check per partition: the steps report each check once
-            tags[CHECKS_PER_RUN_TAG] = "true"
-            chosen = dg.AssetSelection.assets(*selection).without_checks()
-    with interrupt_on_cancel(instance, dg.RunsFilter(tags={INVOCATION_TAG: tags[INVOCATION_TAG]})):
-        result = dg.materialize(selection, selection=chosen, partition_key=partition, instance=instance,
-                                resources=resources, tags=tags, raise_on_error=False)
-    run = instance.get_run_by_id(result.run_id) or result.dagster_run
-    finish_run(run)
-    status = ended_as(run)
-    print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id})")
+    per_run = checks_per_run and run.days is not None and len(run.days) > 1
+    result = execute(instance, run, {CHECKS_PER_RUN_TAG: "true"} if per_run else {}, without_checks=per_run)
+    dagster_run = instance.get_run_by_id(result.run_id) or result.dagster_run
+    finish_run(dagster_run)
+    status = ended_as(dagster_run)
+    print(f"{label}: {OUTCOME.get(status, status.value)} (run {result.run_id}, job {dagster_run.job_name})")
     if status == dg.DagsterRunStatus.FAILURE:  # an interrupt is no news
         for event in result.get_step_failure_events():
             print(f"  {event.step_key}: {_failure_text(event)}".replace("\n", "\n    "))
@@ -139,30 +124,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.definitions import defs
+    from pipelines.launch import plan
     from pipelines.lineage.runs import INTERRUPTED
     from pipelines.warehouse import Warehouse
 
-    assets = list(defs.assets)
-    daily = [a for a in assets if a.partitions_def is not None]
-    by_partitions: dict[dg.PartitionsDefinition, list] = {}
-    for asset in daily:
-        by_partitions.setdefault(asset.partitions_def, []).append(asset)
-    work = [(partitions, members, _days(args, partitions)) for partitions, members in by_partitions.items()]
+    warehouse = Warehouse.from_settings()  # as configured now (the environment)
+    runs = plan(warehouse, lambda partitions: _days(args, partitions), with_unpartitioned=not args.skip_reference)
     instance = _instance()
-    resources = {"warehouse": Warehouse.from_settings()}  # as configured now (the environment)
-    print(f"warehouse: {resources['warehouse'].location}")
-    others = [a for a in assets if a.partitions_def is None]
-    runs = [(others, "unpartitioned tables", None)] if not args.skip_reference and others else []
-    runs += [(members, f"partitions {_span(days)}", days) for _, members, days in work]
+    print(f"warehouse: {warehouse.location}")
     failed = 0
     try:
-        for selection, label, days in runs:
-            status = _materialize(instance, resources, selection, label, days,
-                                  args.checks_per_run or get_settings().checks_per_run)
+        for run in runs:
+            label = f"partitions {_span(run.days)}" if run.days else "unpartitioned tables"
+            status = _launch(instance, run, label, args.checks_per_run or get_settings().checks_per_run)
             if status == dg.DagsterRunStatus.CANCELED:
                 return INTERRUPTED
-            if status != dg.DagsterRunStatus.SUCCESS and days is None:  # the daily tables need the others
+            if status != dg.DagsterRunStatus.SUCCESS and run.days is None:  # the daily tables need the others
                 return 1
             failed += status != dg.DagsterRunStatus.SUCCESS
     except KeyboardInterrupt:  # between runs (inside one, Dagster turns it into a canceled run)
@@ -313,8 +290,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     from pipelines.warehouse import Warehouse
 
     settings = get_settings()
-    health = summarize(catalog, Warehouse.from_settings(settings), settings)
+    warehouse = Warehouse.from_settings(settings)
+    health = summarize(catalog, warehouse, settings)
     print(json.dumps(health.as_dict(), indent=2, default=str) if args.json else render(health))
+    if args.trends:  # the per-partition trends, as a page to look at (pipelines/monitor/trends.py)
+        from pipelines.monitor import trends
+
+        Path(args.trends).write_text(trends.render(trends.collect(catalog, warehouse)), encoding="utf-8")
+        print(f"wrote {args.trends}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -360,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", help="per asset: freshness, failing checks, anomalies, what waits")
     health.add_argument("--json", action="store_true")
+    health.add_argument("--trends", metavar="FILE", help="also write the per-partition trends (rows, quarantined and "
+                        "failing rows, null rates, means, anomalies) as one HTML page")
     health.set_defaults(func=cmd_health)
 
     landing = commands.add_parser("landing", help="the landing zone (PROVLINE_LANDING_DIR)")

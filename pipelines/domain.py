@@ -26,13 +26,13 @@ from types import ModuleType
 import dagster as dg
 
 from pipelines.monitor.landing import landing_zone_sensor
-from pipelines.quality import QUARANTINE, WARN, reference, sql_check
+from pipelines.quality import QUARANTINE, WARN, acknowledge, reference, sql_check
 from pipelines.sources import Source, package_data
 from pipelines.spec import TableSpec, production_asset, sql_asset
 
 __all__ = [
-    "QUARANTINE", "WARN", "Domain", "Source", "TableSpec", "daily_partitions", "daily_schedule", "domains_in",
-    "landing_zone_sensor", "package_data", "production_asset", "reference", "sql_asset", "sql_check",
+    "QUARANTINE", "WARN", "Domain", "Source", "TableSpec", "acknowledge", "daily_partitions", "daily_schedule",
+    "domains_in", "landing_zone_sensor", "package_data", "production_asset", "reference", "sql_asset", "sql_check",
 ]
 
 

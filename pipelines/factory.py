@@ -20,12 +20,22 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
 
 from pipelines import monitor
 from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, planned_rows, write_for
@@ -83,7 +93,7 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     check_specs = [
         dg.AssetCheckSpec(
             check, asset=spec.key, partitions_def=spec.partitions, blocking=check in blocking,
-            description="; ".join(f"[{r.behaviour}] {r.description}" for r in rules),
+            description="; ".join(_described(rule) for rule in rules),
         )
         for check, rules in group_by_check(spec.rules).items()
     ] + monitor.check_specs(spec)
@@ -117,6 +127,16 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
     return _asset
 
 
+def _described(rule) -> str:
+    """A rule in the check's description: what it does, what it checks, what it tolerates."""
+    text = f"[{rule.behaviour}] {rule.description}"
+    if rule.max_failure_rate:
+        text += f" (passes while at most {rule.max_failure_rate:.1%} of the rows fail)"
+    if rule.acknowledgement is not None:
+        text += f" (acknowledged: {rule.acknowledgement.describe()})"
+    return text
+
+
 def _definition_metadata(spec: TableSpec) -> dict:
     """What the UI shows of the asset before any run."""
     contract = f"checks/{Path(inspect.getsourcefile(spec.contract)).name}::{spec.contract.__name__}"
@@ -126,6 +146,9 @@ def _definition_metadata(spec: TableSpec) -> dict:
         "contract": contract,
         "transform": spec.source_file,
         "audit": f"provline lineage upstream {spec.table}; provline audit report {spec.table} --out report.html",
+        # Dagster's open-source UI draws no column lineage: say where to look at it
+        "column_lineage": f"provline audit report {spec.table} --out report.html (section Column lineage); as JSON: "
+                          "a run's event log, the materialization's dagster/column_lineage",
         "contract_version": spec.contract_version,
         "contract_export": f"provline contract export {spec.table} --out contracts",  # ODCS v3.1.0, pipelines/contracts
     }
@@ -235,9 +258,11 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
             per_run: dict[str, list] | None = None):
     """The Dagster events: per partition, its materialization (when written), then its check results (the
     contract's, then the anomaly monitors'), each pointing at the materialization it checked. A run of one
-    partition materializes Dagster's own way (its event carries the input provenance staleness reads); a
-    range reports each partition itself. Check results are events, not check outputs: half the writes.
+    partition materializes Dagster's own way; a range reports each partition itself, with the same input
+    provenance Dagster records for one (`input_provenance`), so staleness is right per partition. Check
+    results are events, not check outputs: half the writes.
     With checks reported per run (`per_run`, see CHECKS_PER_RUN_TAG), the check results are collected there."""
+    provenance = {} if single else input_provenance(context.instance, spec, derived.written)
     for partition in derived.written:
         receipt = receipts[partition]
         metadata = _metadata(spec, derived, partition, receipt, column_lineage)
@@ -246,7 +271,8 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
         else:
             yield dg.AssetMaterialization(
                 asset_key=spec.key, partition=partition, metadata=metadata,
-                tags={"dagster/data_version": receipt.content_hash, "dagster/code_version": spec.code_version},
+                tags={DATA_VERSION_TAG: receipt.content_hash, CODE_VERSION_TAG: spec.code_version,
+                      DATA_VERSION_IS_USER_PROVIDED_TAG: "true", **provenance[partition]},
             )
     targets = _materializations(context, spec, derived.written, derived.refused) if per_run is None else {}
     blocking = _blocking_checks(spec)
@@ -265,6 +291,36 @@ def _report(spec: TableSpec, context: dg.AssetExecutionContext, derived: Derived
                 # a range goes on with the other partitions: the factory blocks this one downstream itself
                 blocking=single and result.check_name in blocking,
             )
+
+
+def input_provenance(instance: dg.DagsterInstance, spec: TableSpec, partitions: list[str]) -> dict[str, dict]:
+    """Per partition, the data provenance tags Dagster writes on a one-partition materialization: for each input,
+    the materialization event it read (the same partition's, or an unpartitioned input's latest) and that event's
+    data version. Dagster's staleness compares them with the inputs' later events; without them every input
+    would be "a new dependency" and each partition of a range "Unsynced". Two queries per input."""
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+    from dagster._core.events import DagsterEventType
+    from dagster._core.storage.event_log.base import AssetRecordsFilter
+
+    tags: dict[str, dict] = {partition: {} for partition in partitions}
+    for upstream in spec.inputs:
+        if upstream.partitioned:  # the same daily partitions (a spec's inputs are mapped one to one)
+            ids = instance.get_latest_storage_id_by_partition(
+                upstream.key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+            found = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=upstream.key, storage_ids=list(ids.values())), limit=len(ids)
+            ).records if ids else []
+        else:
+            found = instance.fetch_materializations(upstream.key, limit=1).records
+        events = {record.partition_key or UNPARTITIONED: record for record in found}
+        for partition in partitions:
+            record = events.get(partition if upstream.partitioned else UNPARTITIONED)
+            version = extract_data_version_from_entry(record.event_log_entry) if record else None
+            tags[partition] |= {  # (Dagster's own values for an input never materialized)
+                get_input_data_version_tag(upstream.key): (version or DEFAULT_DATA_VERSION).value,
+                get_input_event_pointer_tag(upstream.key): str(record.storage_id) if record else NULL_EVENT_POINTER,
+            }
+    return tags
 
 
 def _checks_per_run(context: dg.AssetExecutionContext) -> bool:
@@ -383,8 +439,17 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partit
         metadata.update(_quarantine_metadata(spec, partition))
     if problems := [f"{r.rule.name}: {r.message}" if len(results) > 1 else r.message for r in failed if r.message]:
         metadata["problem"] = "; ".join(problems)
-    if sample := [case for r in failed for case in r.sample][:10]:
+    if sample := [_json_safe(case) for r in failed for case in r.sample][:10]:
         metadata["sample"] = dg.MetadataValue.json(sample)
+    if tolerated := {r.rule.name: f"{r.failing_rows} of {r.rows_checked} rows ({r.failure_rate:.2%}), "
+                     f"at most {r.rule.max_failure_rate:.1%} allowed"
+                     for r in results if r.found and r.within_threshold and not r.acknowledged}:
+        metadata["within_threshold"] = dg.MetadataValue.json(tolerated)
+    if acknowledged := {r.rule.name: {"note": r.rule.acknowledgement.note, "until": str(r.rule.acknowledgement.expires),
+                                      "failing_rows": r.failing_rows} for r in results if r.acknowledged}:
+        metadata["acknowledged"] = dg.MetadataValue.json(acknowledged)
+    if expired := {r.rule.name: str(r.rule.acknowledgement.expires) for r in failed if r.rule.acknowledgement}:
+        metadata["acknowledgement_expired"] = dg.MetadataValue.json(expired)
     return dg.AssetCheckResult(
         asset_key=spec.key, check_name=check, passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR if behaviour == BLOCKING else dg.AssetCheckSeverity.WARN,
@@ -392,11 +457,17 @@ def _check_result(spec: TableSpec, check: str, results: list[RuleResult], partit
     )
 
 
+def _json_safe(case: dict) -> dict:
+    """A failure case as valid JSON: a NaN or infinite value (a float column's missing value) is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in case.items()}
+
+
 def _quarantine_metadata(spec: TableSpec, partition: str) -> dict:
-    """Where a partition's quarantined rows are, and the command that lists them with their reasons."""
+    """Where a partition's quarantined rows are, and the command that lists them with their reasons (the count
+    is `quarantined_rows`)."""
     flag = f" --partition {partition}" if partition else ""
     return {"quarantine_table": quarantine_table(spec.table),
-            "quarantine_rows": f"provline quarantine show {spec.table}{flag}"}
+            "quarantine_command": f"provline quarantine show {spec.table}{flag}"}
 
 
 def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receipt,
@@ -409,7 +480,10 @@ def _metadata(spec: TableSpec, derived: Derived, partition: str, receipt: Receip
         "code_version": spec.code_version,
         "input_rows": receipt.row_count + receipt.quarantined_count,
         "quarantined_rows": receipt.quarantined_count,
-        "warn_failures": sum(1 for r in validation.results[partition] if not r.passed and not r.blocking),
+        # one count per behaviour, as the checks `warnings` and `quarantine` count them
+        **{f"{behaviour}_rules_failed": sum(1 for r in validation.results[partition]
+                                             if not r.passed and r.rule.behaviour == behaviour)
+           for behaviour in dict.fromkeys(r.behaviour for r in spec.rules) if behaviour != BLOCKING},
         "input_versions": dg.MetadataValue.json(derived.inputs.versions.get(partition, {})),
         "preview": dg.MetadataValue.md(derived.previews.get(partition, "")),
         "audit": f"provline verify {spec.table}{partition_flag}; "

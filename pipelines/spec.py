@@ -24,7 +24,15 @@ import duckdb
 import pandas as pd
 import pandera.pandas as pa
 
-from pipelines.quality import SOURCE_COVERAGE, Rule, contract_metadata, contract_version, rules_of
+from pipelines.quality import (
+    SOURCE_COVERAGE,
+    Acknowledgement,
+    Rule,
+    contract_metadata,
+    contract_version,
+    rules_of,
+    with_acknowledgements,
+)
 from pipelines.sources import Source
 from pipelines.sql import DUCKDB_TYPES, quote
 
@@ -51,10 +59,14 @@ class TableSpec:
     column_lineage: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     owners: tuple[str, ...] = ()
     freshness: dg.FreshnessPolicy | None = None
+    acknowledged: tuple[Acknowledgement, ...] = ()
+    """Known defects the team accepts for a while (pipelines/quality/rules.py): not part of the code version."""
 
     def __post_init__(self) -> None:
         if (self.partitions is None) != (self.daily_on is None):
             raise ValueError(f"{self.table}: a partitioned table needs both partitions= and daily_on=")
+        if self.acknowledged:
+            _ = self.rules  # an acknowledgement of no rule, or of a blocking one, fails here, when defined
         counted = contract_metadata(self.contract).get("row_count_matches")
         if counted and counted not in {i.table for i in self.inputs}:
             raise ValueError(f"{self.table}: row_count_matches names {counted}, which is not one of its inputs")
@@ -86,7 +98,8 @@ class TableSpec:
 
     @cached_property
     def rules(self) -> list[Rule]:
-        return rules_of(self.contract) + ([SOURCE_COVERAGE] if self.source and self.partitioned else [])
+        rules = rules_of(self.contract) + ([SOURCE_COVERAGE] if self.source and self.partitioned else [])
+        return with_acknowledgements(rules, list(self.acknowledged), self.table)
 
     @property
     def contract_version(self) -> str:
@@ -171,6 +184,7 @@ def production_asset(
     column_lineage: dict[str, list[tuple[str, str]]] | None = None,
     group: str | None = None,
     freshness: dg.FreshnessPolicy | None = None,
+    acknowledged: Sequence[Acknowledgement] = (),
 ) -> Callable[[Callable[..., pd.DataFrame]], TableSpec]:
     """A pandas asset. The function is pure: it gets its inputs as DataFrames, by parameter name
     (`raw_orders` for raw.orders; the source's name for `source=`, already cut to the partitions
@@ -182,6 +196,7 @@ def production_asset(
         return TableSpec(
             table, contract, tuple(inputs), source, transform=transform, partitions=partitions, daily_on=daily_on,
             key_columns=tuple(key_columns), group=group, column_lineage=dict(column_lineage or {}), freshness=freshness,
+            acknowledged=tuple(acknowledged),
         )
 
     return wrap
@@ -199,6 +214,7 @@ def sql_asset(
     group: str | None = None,
     relative_to: str | None = None,
     freshness: dg.FreshnessPolicy | None = None,
+    acknowledged: Sequence[Acknowledgement] = (),
 ) -> TableSpec:
     """A SQL asset: the file is a DuckDB SELECT over the input tables. A partitioned one selects the
     days in [$partition_start, $partition_end) (bound as DATEs, never formatted in): one day, or a range."""
@@ -207,4 +223,5 @@ def sql_asset(
     return TableSpec(
         table, contract, tuple(inputs), sql=sql_path.read_text(), sql_path=sql_path, partitions=partitions,
         daily_on=daily_on, key_columns=tuple(key_columns), group=group, freshness=freshness,
+        acknowledged=tuple(acknowledged),
     )

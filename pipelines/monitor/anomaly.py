@@ -140,7 +140,7 @@ def check_specs(spec: TableSpec) -> list[dg.AssetCheckSpec]:
         return []
     kinds = dict.fromkeys(m.kind for m in metrics_of(spec))
     return [dg.AssetCheckSpec(ANOMALY_CHECK, asset=spec.key, partitions_def=spec.partitions, blocking=False,
-                              description=f"[{WARN.upper()}] " + " ".join(DESCRIPTIONS[kind] for kind in kinds))]
+                              description=f"[{WARN}] " + " ".join(DESCRIPTIONS[kind] for kind in kinds))]
 
 
 # --- the verdict on one statistic -------------------------------------------------------------
@@ -362,6 +362,12 @@ def by_check(found: list[Finding]) -> dict[str, list[Finding]]:
     return groups
 
 
+def _shown(value: float) -> float | None:
+    """A statistic as metadata: six significant digits (1152.06, not 1152.060338550447); none (not NaN, which is
+    no JSON) when there were no values."""
+    return None if math.isnan(value) else float(f"{value:.6g}")
+
+
 def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult | None:
     """The `anomalies` check of one partition: which statistics are out of range, each with its expected
     range and actual value; the row count's always in the open. None while there is no verdict yet."""
@@ -374,12 +380,13 @@ def check_result(key: dg.AssetKey, found: list[Finding]) -> dg.AssetCheckResult 
         if finding.metric.kind == VOLUME:
             metadata.update(actual=finding.actual_text, expected_range=finding.expected_text)
             if finding.expected is not None:
-                metadata.update(expected_low=finding.expected.low, expected_high=finding.expected.high)
+                metadata.update(expected_low=_shown(finding.expected.low), expected_high=_shown(finding.expected.high))
     if failed:
         metadata["problem"] = "; ".join(f"{f.metric.check}: {f.describe()}" for f in failed)
         metadata["out_of_range"] = dg.MetadataValue.json({
-            f.metric.label: {"actual": f.actual, "expected_low": f.expected.low, "expected_high": f.expected.high,
-                             "baseline_partitions": f.expected.points, "weekday": f.expected.weekly}
+            f.metric.label: {"actual": _shown(f.actual), "expected_low": _shown(f.expected.low),
+                             "expected_high": _shown(f.expected.high), "baseline_partitions": f.expected.points,
+                             "weekday": f.expected.weekly}
             for f in failed
         })
     return dg.AssetCheckResult(asset_key=key, check_name=ANOMALY_CHECK, passed=not failed,

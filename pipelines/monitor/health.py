@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 PASS, WARN, FAIL, COMPLETE, UNKNOWN, NO_POLICY = "PASS", "WARN", "FAIL", "COMPLETE", "UNKNOWN", "-"
 DETAIL_ROWS = 5
+LATEST_RESULTS = """WITH latest AS (
+        SELECT asset, partition, max(recorded_at) AS recorded_at FROM quality.check_results GROUP BY ALL),
+    latest_results AS (SELECT * FROM quality.check_results JOIN latest USING (asset, partition, recorded_at))"""
+"""Each partition's results from its latest validation."""
 
 
 @dataclass
@@ -52,6 +56,7 @@ class AssetHealth:
     quarantined_rows: int = 0  # in the latest PROVLINE_HEALTH_PARTITIONS partitions
     pending_lineage_events: int = 0
     undelivered_alerts: int = 0
+    acknowledged: list[dict] = field(default_factory=list)  # known defects the team accepts (quality/rules.py)
 
     @property
     def status(self) -> str:
@@ -75,6 +80,7 @@ class AssetHealth:
             "health/quarantined_rows": self.quarantined_rows,
             "health/pending_lineage_events": self.pending_lineage_events,
             "health/undelivered_alerts": self.undelivered_alerts,
+            "health/acknowledged": dg.MetadataValue.json(self.acknowledged),
         }
 
 
@@ -116,7 +122,7 @@ class Health:
 def summarize(specs: Iterable[TableSpec], warehouse: Warehouse, settings: Settings,
               now: datetime | None = None) -> Health:
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    latest, failing, quarantined = _warehouse_facts(warehouse, settings.health_partitions)
+    latest, failing, quarantined, accepted = _warehouse_facts(warehouse, settings.health_partitions)
     lineage = pending_lineage(settings)
     undelivered = _undelivered_alerts(settings)
     rows = []
@@ -134,24 +140,31 @@ def summarize(specs: Iterable[TableSpec], warehouse: Warehouse, settings: Settin
             open_anomalies=[f for f in found if not f["blocking"]],
             quarantined_rows=quarantined.get(spec.table, 0), pending_lineage_events=lineage[spec.table],
             undelivered_alerts=undelivered[spec.table],
+            acknowledged=[_acknowledged(rule.acknowledgement, accepted.get((spec.table, rule.name), 0), now)
+                          for rule in spec.rules if rule.acknowledgement is not None],
         ))
     return Health(rows, sum(lineage.values()), alert_summary(settings))
 
 
+def _acknowledged(ack, accepted: int, now: datetime) -> dict:
+    return {"rule": ack.rule, "note": ack.note, "until": ack.expires.isoformat(), "active": ack.active(now.date()),
+            "partitions_accepted": accepted}
+
+
 def _warehouse_facts(warehouse: Warehouse, partitions: int):
     """Per asset: (latest partition, when its asset was last written); the failing blocking checks and open
-    anomalies of each partition's latest validation; quarantined rows in its latest `partitions` partitions."""
+    anomalies of each partition's latest validation; quarantined rows in its latest `partitions` partitions; per
+    (asset, rule) the partitions whose latest validation found failing rows and passed them (a threshold or an
+    acknowledgement)."""
     if not warehouse.exists():
-        return {}, {}, {}
+        return {}, {}, {}, {}
     with warehouse.connect() as con:
         latest = {asset: (partition, written_at) for asset, partition, written_at in con.execute(
             "SELECT asset, max(partition), max(written_at) FROM provline.version_log GROUP BY asset").fetchall()}
         failing: dict[str, list[dict]] = {}
         for asset, partition, check, blocking, message in con.execute(
-            """WITH latest AS (
-                   SELECT asset, partition, max(recorded_at) AS recorded_at FROM quality.check_results GROUP BY ALL)
-               SELECT asset, partition, check_name, blocking, message FROM quality.check_results
-               JOIN latest USING (asset, partition, recorded_at)
+            f"""{LATEST_RESULTS}
+               SELECT asset, partition, check_name, blocking, message FROM latest_results
                WHERE NOT passed AND (blocking OR check_name LIKE 'anomaly\\_%' ESCAPE '\\')
                ORDER BY asset, partition DESC, check_name"""
         ).fetchall():
@@ -166,7 +179,16 @@ def _warehouse_facts(warehouse: Warehouse, partitions: int):
                WHERE recent <= $partitions GROUP BY asset""",
             {"partitions": partitions},
         ).fetchall())
-    return latest, failing, quarantined
+        accepted = _accepted(con)
+    return latest, failing, quarantined, accepted
+
+
+def _accepted(con) -> dict[tuple[str, str], int]:
+    """(asset, rule) -> partitions whose latest validation passed the rule although rows failed it."""
+    return {(asset, rule): n for asset, rule, n in con.execute(
+        f"""{LATEST_RESULTS}
+            SELECT asset, check_name, count(*) FROM latest_results WHERE passed AND failing_rows > 0 GROUP BY ALL"""
+    ).fetchall()}
 
 
 def pending_lineage(settings: Settings) -> Counter:
@@ -224,6 +246,10 @@ def render(health: Health) -> str:
             lines.append(f"{row.asset}: freshness {row.freshness}: {row.freshness_reason}")
         for found in (row.failing_blocking_checks + row.open_anomalies)[:DETAIL_ROWS]:
             lines.append(f"{row.asset} [{found['partition'] or 'unpartitioned'}] {found['check']}: {found['message']}")
+        for ack in row.acknowledged:
+            state = f"acknowledged until {ack['until']}" if ack["active"] else f"acknowledgement EXPIRED {ack['until']}"
+            lines.append(f"{row.asset} {ack['rule']}: {state}: {ack['note']} "
+                         f"({ack['partitions_accepted']} partition(s) passed with failing rows)")
     lines.append(f"lineage outbox: {health.lineage_outbox} event(s) waiting")
     lines.append("alerts: " + ", ".join(f"{k} {v}" for k, v in health.alerts.items() if k != "undelivered"))
     for alert in health.alerts.get("undelivered", [])[:DETAIL_ROWS]:

@@ -10,11 +10,14 @@ from pipelines.quality.rules import (
     SOURCE_COVERAGE,
     SOURCE_COVERAGE_RULE,
     WARN,
+    Acknowledgement,
     Rule,
+    acknowledge,
     contract_metadata,
     contract_version,
     reference,
     rules_of,
+    with_acknowledgements,
 )
 from pipelines.quality.sql_rules import rows_passing, sql_check
 from pipelines.quality.validate import (
@@ -30,7 +33,7 @@ from pipelines.quality.validate import (
 
 __all__ = [
     "BLOCKING", "ERROR", "QUARANTINE", "QUARANTINE_REASONS", "SOURCE_COVERAGE", "SOURCE_COVERAGE_RULE", "WARN",
-    "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "contract_metadata", "contract_version",
-    "describe_case", "describe_failures", "expected_rows", "group_by_check", "reference", "reference_values",
-    "rows_passing", "rules_of", "sql_check", "validate",
+    "Acknowledgement", "ContractViolation", "MissingTable", "Rule", "RuleResult", "Validation", "acknowledge",
+    "contract_metadata", "contract_version", "describe_case", "describe_failures", "expected_rows", "group_by_check",
+    "reference", "reference_values", "rows_passing", "rules_of", "sql_check", "validate", "with_acknowledgements",
 ]

@@ -37,13 +37,25 @@ in DuckDB; a check without it runs with pandera on pandas there. Built-in column
   no daily partition (no valid date, or a date outside them) is counted, recorded with its file and
   line and kept out at the source (quarantine): it blocks no partition, and none is silently lost.
 
+Two ways to keep a known, accepted defect from failing its check every day:
+
+- **Thresholds** (Great Expectations' `mostly`, Soda's `warn when > x%`): `Config.metadata["max_failure_rate"]
+  = {rule name: share}` lets a row-level rule pass while at most that share of the partition's rows fail it;
+  above it the rule fails as usual. The failing rows are recorded (and quarantined) either way.
+- **Acknowledgements**: a team that knows about a defect says so, with a note and an expiry, where the table is
+  declared (`production_asset(..., acknowledged=[acknowledge(rule, note, expires)])`, not in the contract: an
+  acknowledgement changes no verdict of the data, so no version). Until it expires the rule passes, and its
+  check's metadata, `provline health` and the stored result say it was acknowledged; a blocking rule cannot be.
+
 `Rule.severity` is what OpenLineage and Dagster call it: "error" for a blocking rule, "warn" for the
-others (a quarantining rule never blocks the pipeline).
+others (a quarantining rule never blocks the pipeline). Everywhere else provline says what a rule does: blocking,
+quarantine or warn (its `behaviour`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from typing import Literal
 
 import pandera.pandas as pa
@@ -98,6 +110,28 @@ def reference(column: str, table: str, table_column: str, severity: Severity = E
 
 
 @dataclass(frozen=True)
+class Acknowledgement:
+    """A known defect a team accepts until `expires` (inclusive): the rule passes meanwhile, saying so."""
+
+    rule: str
+    note: str
+    expires: date
+
+    def active(self, today: date | None = None) -> bool:
+        return (today or date.today()) <= self.expires
+
+    def describe(self) -> str:
+        return f"{self.note} (acknowledged until {self.expires.isoformat()})"
+
+
+def acknowledge(rule: str, note: str, expires: str) -> Acknowledgement:
+    """Acknowledge a known defect of a table's rule `rule` until `expires` (YYYY-MM-DD, inclusive)."""
+    if not note.strip():
+        raise ValueError(f"acknowledging {rule}: say why in a note")
+    return Acknowledgement(rule, note, date.fromisoformat(expires))
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     severity: Severity
@@ -107,6 +141,9 @@ class Rule:
     """Failing rows go to quarantine instead of failing the write."""
     row_level: bool = True
     """False for rules about the table as a whole (schema, drift, row count)."""
+    max_failure_rate: float = 0.0
+    """The share of a partition's rows that may fail the rule while it passes (see the module docstring)."""
+    acknowledgement: Acknowledgement | None = None
 
     @property
     def check(self) -> str:
@@ -179,7 +216,34 @@ def rules_of(model: type[pa.DataFrameModel]) -> list[Rule]:
     drop = f"row count does not drop to 0, or by more than {max_row_drop(model):.0%} of the previous version."
     described = f"The {drop}" if allow_empty(model) else f"The partition has rows; its {drop}"
     rules.append(Rule(VOLUME_RULE, ERROR, described, row_level=False))
-    return rules
+    return _with_thresholds(rules, meta.get("max_failure_rate", {}), model.__name__)
+
+
+def _with_thresholds(rules: list[Rule], thresholds: dict[str, float], contract: str) -> list[Rule]:
+    by_name = {rule.name: rule for rule in rules}
+    for name, share in thresholds.items():
+        rule = by_name.get(name)
+        if rule is None or not rule.row_level:
+            raise ValueError(f"{contract}: max_failure_rate names {name!r}, which is not a row-level rule of it")
+        if not 0 <= share < 1:
+            raise ValueError(f"{contract}: max_failure_rate of {name} is {share}: a share of rows, from 0 to under 1")
+        by_name[name] = replace(rule, max_failure_rate=float(share))
+    return list(by_name.values())
+
+
+def with_acknowledgements(rules: list[Rule], acknowledged: list[Acknowledgement], table: str) -> list[Rule]:
+    """The rules, each with the acknowledgement that names it; an acknowledgement must name a rule that does not
+    block."""
+    by_name = {rule.name: rule for rule in rules}
+    for ack in acknowledged:
+        rule = by_name.get(ack.rule)
+        if rule is None:
+            raise ValueError(f"{table}: the acknowledgement names {ack.rule!r}, which is not one of its rules")
+        if rule.behaviour == BLOCKING:
+            raise ValueError(f"{table}: {ack.rule} blocks, and a blocking rule cannot be acknowledged (give it a "
+                             "max_failure_rate, or make it warn)")
+        by_name[ack.rule] = replace(rule, acknowledgement=ack)
+    return list(by_name.values())
 
 
 def max_row_drop(model: type[pa.DataFrameModel]) -> float:

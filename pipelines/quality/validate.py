@@ -48,7 +48,23 @@ class RuleResult:
 
     @property
     def passed(self) -> bool:
-        return self.failing_rows == 0 and self.message is None
+        """Nothing found, or no more failing rows than the rule's threshold allows, or an acknowledged defect."""
+        return not self.found or self.within_threshold or self.acknowledged
+
+    @property
+    def found(self) -> bool:
+        """Whether any row failed, or the table as a whole did (before thresholds and acknowledgements)."""
+        return self.failing_rows > 0 or self.message is not None
+
+    @property
+    def within_threshold(self) -> bool:
+        return self.message is None and self.failing_rows <= self.rule.max_failure_rate * self.rows_checked
+
+    @property
+    def acknowledged(self) -> bool:
+        """It found something the team acknowledged, and the acknowledgement has not expired."""
+        ack = self.rule.acknowledgement
+        return self.found and ack is not None and ack.active()
 
     @property
     def blocking(self) -> bool:
@@ -97,7 +113,7 @@ class Validation:
         rules = [r.rule for results in self.results.values() for r in results]
         unique = {rule.column for rule in rules if rule.column and rule.name == f"{rule.column}_unique"}
         failed = {r.rule.column for results in self.results.values() for r in results
-                  if r.rule.column in unique and r.rule.name == f"{r.rule.column}_unique" and not r.passed}
+                  if r.rule.column in unique and r.rule.name == f"{r.rule.column}_unique" and r.found}
         return sorted(unique - failed)
 
     @cached_property

@@ -27,13 +27,15 @@ class Audited:
 
 def _changed_sources(target: Path, delivered: dict[str, pd.DataFrame]) -> Path:
     """The sources of DAY as delivered, but for one flight that left 7 minutes later (its dep_time and dep_delay:
-    the raw contract checks that they agree)."""
+    the raw contract checks that they agree) and was delivered without its tail number (a departed flight
+    without one: staging.flights warns, `departed_flight_has_tailnum`)."""
     write_sources(target, delivered, [DAY])
     flights = pd.read_csv(target / "flights.csv", dtype=str, keep_default_na=False)
     departed = flights["dep_delay"] != "NA"
     first = flights.index[departed & (pd.to_numeric(flights["dep_time"], errors="coerce") % 100 < 53)][0]
     flights.loc[first, "dep_delay"] = str(int(float(flights.loc[first, "dep_delay"])) + 7)
     flights.loc[first, "dep_time"] = str(int(float(flights.loc[first, "dep_time"])) + 7)
+    flights.loc[first, "tailnum"] = "NA"
     flights.to_csv(target / "flights.csv", index=False)
     return target
 

@@ -88,6 +88,7 @@ def test_a_day_cut_to_a_tenth_raises_a_volume_anomaly_naming_the_expected_range(
     assert metadata["actual"] == "89"
     assert metadata["expected_low"] == pytest.approx(783.45)
     assert metadata["expected_high"] == pytest.approx(957.55)
+    assert len(str(metadata["expected_low"])) <= 7  # six significant digits at most, never 15
     assert metadata["expected_range"] == \
         "783..958 (the same weekday's mean over the 14 previous partitions is 870)"
     assert metadata["problem"].startswith("anomaly_volume: row_count 89 is outside the expected range 783..958")
