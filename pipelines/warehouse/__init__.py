@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.settings import Settings, get_settings
-from pipelines.sql import table_exists, transaction  # noqa: F401 (the lineage store imports it from here)
+from pipelines.sql import table_exists
 from pipelines.warehouse import base
 from pipelines.warehouse.base import Receipt, VersionUnavailable, Write, quarantine_table
 from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
