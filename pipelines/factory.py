@@ -19,7 +19,6 @@ or a range of partitions at once (set-based), a chunk of days at a time:
 from __future__ import annotations
 
 import inspect
-import logging
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -28,6 +27,11 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines import monitor
+from pipelines.dagster_internals import (
+    EVENTS_REPORTED,
+    AssetCheckEvaluationTargetMaterializationData,
+    quiet_ungated_check_notice,
+)
 from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, planned_rows, write_for
 from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.runs import record_cancel
@@ -57,22 +61,10 @@ TRANSIENT_RETRIES = 1
 retried once, by the factory raising RetryRequested; every other error fails the step at once. An asset
 RetryPolicy would retry any error, and Dagster also applies it to an interrupted step, re-running what the
 operator just stopped."""
-_EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
-
-
-class _ChecksReportedPerPartition(logging.Filter):
-    """A range step reports its check results per partition (AssetCheckEvaluation events) instead of as the
-    check outputs Dagster gates steps on, and blocks failed partitions downstream itself; Dagster's notice
-    that the next step "will proceed without gating" on those outputs is expected, not a problem."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "will proceed without gating" not in record.getMessage()
-
-
-logging.getLogger("dagster._core.execution.plan.active").addFilter(_ChecksReportedPerPartition())
 
 
 def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
+    quiet_ungated_check_notice()  # a range step's checks are reported per partition, not as check outputs
     with warnings.catch_warnings():  # partitioned checks (preview) and backfill policies (beta) are used knowingly
         warnings.simplefilter("ignore", (dg.BetaWarning, dg.PreviewWarning))
         return _build_asset(spec)
@@ -297,18 +289,13 @@ def _why(result: dg.AssetCheckResult) -> str:
 
 def _materializations(
     context: dg.AssetExecutionContext, spec: TableSpec, written: list[str], refused: list[str]
-) -> dict[str, dg.AssetCheckEvaluationTargetMaterializationData]:
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     """The materialization each partition's checks evaluated: the one just recorded, or for a refused
     partition the previous version it keeps. (What Dagster looks up for a single partition's checks.)"""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-    from dagster._core.storage.event_log.base import AssetRecordsFilter
-
     targets = {}
     for partitions in ([written] if written else []) + [[p] for p in refused]:  # the written ones are the newest
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions if spec.partitioned else None),
+            dg.AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions if spec.partitioned else None),
             limit=len(partitions)).records
         for record in records:
             partition = record.event_log_entry.dagster_event.partition or UNPARTITIONED
@@ -331,7 +318,7 @@ def _range_output(spec: TableSpec) -> dg.Output:
     """The asset's (Nothing) output after a range: downstream steps run. Its metadata key is Dagster's own
     marker that asset events were already reported by the step (each partition's materialization above);
     without it Dagster would copy one DataVersion onto every partition (dagster-io/dagster#34013)."""
-    return dg.Output(None, output_name=spec.key.to_python_identifier(), metadata={_EVENTS_REPORTED: True})
+    return dg.Output(None, output_name=spec.key.to_python_identifier(), metadata={EVENTS_REPORTED: True})
 
 
 def _downstream_in_run(spec: TableSpec, context: dg.AssetExecutionContext) -> bool:
