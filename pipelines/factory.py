@@ -19,7 +19,6 @@ or a range of partitions at once (set-based), a chunk of days at a time:
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 import traceback
 import warnings
@@ -27,17 +26,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
+
+from pipelines import monitor
+from pipelines.dagster_internals import (
     CODE_VERSION_TAG,
     DATA_VERSION_IS_USER_PROVIDED_TAG,
     DATA_VERSION_TAG,
     DEFAULT_DATA_VERSION,
+    EVENTS_REPORTED,
     NULL_EVENT_POINTER,
+    AssetCheckEvaluationTargetMaterializationData,
+    extract_data_version_from_entry,
     get_input_data_version_tag,
     get_input_event_pointer_tag,
+    quiet_ungated_check_notice,
 )
-
-from pipelines import monitor
 from pipelines.derive import ALLOW_FAILED_UPSTREAM_TAG, Derived, blocked_write, derive, planned_rows, write_for
 from pipelines.lineage.model import ColumnSource
 from pipelines.lineage.runs import record_cancel
@@ -67,22 +70,10 @@ TRANSIENT_RETRIES = 1
 retried once, by the factory raising RetryRequested; every other error fails the step at once. An asset
 RetryPolicy would retry any error, and Dagster also applies it to an interrupted step, re-running what the
 operator just stopped."""
-_EVENTS_REPORTED = "__source_asset_observation__"  # dagster/_core/definitions/source_asset.py (1.13)
-
-
-class _ChecksReportedPerPartition(logging.Filter):
-    """A range step reports its check results per partition (AssetCheckEvaluation events) instead of as the
-    check outputs Dagster gates steps on, and blocks failed partitions downstream itself; Dagster's notice
-    that the next step "will proceed without gating" on those outputs is expected, not a problem."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "will proceed without gating" not in record.getMessage()
-
-
-logging.getLogger("dagster._core.execution.plan.active").addFilter(_ChecksReportedPerPartition())
 
 
 def build_asset(spec: TableSpec) -> dg.AssetsDefinition:
+    quiet_ungated_check_notice()  # a range step's checks are reported per partition, not as check outputs
     with warnings.catch_warnings():  # partitioned checks (preview) and backfill policies (beta) are used knowingly
         warnings.simplefilter("ignore", (dg.BetaWarning, dg.PreviewWarning))
         return _build_asset(spec)
@@ -298,17 +289,13 @@ def input_provenance(instance: dg.DagsterInstance, spec: TableSpec, partitions: 
     the materialization event it read (the same partition's, or an unpartitioned input's latest) and that event's
     data version. Dagster's staleness compares them with the inputs' later events; without them every input
     would be "a new dependency" and each partition of a range "Unsynced". Two queries per input."""
-    from dagster._core.definitions.data_version import extract_data_version_from_entry
-    from dagster._core.events import DagsterEventType
-    from dagster._core.storage.event_log.base import AssetRecordsFilter
-
     tags: dict[str, dict] = {partition: {} for partition in partitions}
     for upstream in spec.inputs:
         if upstream.partitioned:  # the same daily partitions (a spec's inputs are mapped one to one)
             ids = instance.get_latest_storage_id_by_partition(
-                upstream.key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+                upstream.key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
             found = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=upstream.key, storage_ids=list(ids.values())), limit=len(ids)
+                dg.AssetRecordsFilter(asset_key=upstream.key, storage_ids=list(ids.values())), limit=len(ids)
             ).records if ids else []
         else:
             found = instance.fetch_materializations(upstream.key, limit=1).records
@@ -354,18 +341,13 @@ def _why(result: dg.AssetCheckResult) -> str:
 
 def _materializations(
     context: dg.AssetExecutionContext, spec: TableSpec, written: list[str], refused: list[str]
-) -> dict[str, dg.AssetCheckEvaluationTargetMaterializationData]:
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     """The materialization each partition's checks evaluated: the one just recorded, or for a refused
     partition the previous version it keeps. (What Dagster looks up for a single partition's checks.)"""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-    from dagster._core.storage.event_log.base import AssetRecordsFilter
-
     targets = {}
     for partitions in ([written] if written else []) + [[p] for p in refused]:  # the written ones are the newest
         records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions if spec.partitioned else None),
+            dg.AssetRecordsFilter(asset_key=spec.key, asset_partitions=partitions if spec.partitioned else None),
             limit=len(partitions)).records
         for record in records:
             partition = record.event_log_entry.dagster_event.partition or UNPARTITIONED
@@ -388,7 +370,7 @@ def _range_output(spec: TableSpec) -> dg.Output:
     """The asset's (Nothing) output after a range: downstream steps run. Its metadata key is Dagster's own
     marker that asset events were already reported by the step (each partition's materialization above);
     without it Dagster would copy one DataVersion onto every partition (dagster-io/dagster#34013)."""
-    return dg.Output(None, output_name=spec.key.to_python_identifier(), metadata={_EVENTS_REPORTED: True})
+    return dg.Output(None, output_name=spec.key.to_python_identifier(), metadata={EVENTS_REPORTED: True})
 
 
 def _downstream_in_run(spec: TableSpec, context: dg.AssetExecutionContext) -> bool:

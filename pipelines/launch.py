@@ -17,16 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.job_base import InMemoryJob
-from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
-from dagster._core.execution.api import create_execution_plan, execute_run
-from dagster._core.execution.job_execution_result import JobExecutionResult
-from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.snap import snapshot_from_execution_plan
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster._core.workspace.load import location_origin_from_module_name
 
 import pipelines.definitions
+from pipelines.dagster_internals import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    SINGLETON_REPOSITORY_NAME,
+    InMemoryJob,
+    JobExecutionResult,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+    create_execution_plan,
+    execute_run,
+    location_origin_from_module_name,
+    snapshot_from_execution_plan,
+)
 from pipelines.definitions import build_definitions, domains
 from pipelines.warehouse import Warehouse
 

@@ -79,7 +79,7 @@ def test_kill_9_inside_the_write_keeps_previous_rows(home):
 KILLS = {  # where: (the table, the function of base.py that dies once it has written, and when)
     "unpartitioned replace": ("planes", "insert_rows", """args[1] == '"staging"."planes"'"""),
     "quarantine write": ("weather", "_replace_quarantine", "args[1].table == 'staging.weather'"),
-    "version-log write": ("weather", "_insert_frame",
+    "version-log write": ("weather", "insert_frame",
                           "args[1] == 'provline.version_log' and args[2]['asset'][0] == 'staging.weather'"),
 }
 

@@ -23,7 +23,7 @@ import pytest
 from pipelines.audit.schema import official_schema
 from pipelines.cli import main
 from pipelines.lineage import naming
-from pipelines.warehouse.duckdb_file import file_lock
+from pipelines.locks import file_lock
 
 from .conftest import DAY, REPO
 

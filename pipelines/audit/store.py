@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,8 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.audit.schema import EVENT_TYPES, TOP_LEVEL_FIELDS, official_schema
+from pipelines.locks import open_duckdb
 from pipelines.settings import Settings, get_settings
-from pipelines.warehouse import transaction
+from pipelines.sql import path_literal, transaction
 
 DDL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -254,7 +254,6 @@ class LineageStore:
     def connect(self, read_only: bool = False, timeout_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection; waits (bounded) while another process (e.g. the receiver) holds the file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout_s
         # The file is attached with row groups smaller than DuckDB's default (122,880 rows): a batch of
         # at least ROW_GROUP_ROWS events is then written to the file, compressed, as it is inserted, and
         # the commit only records it. With the default a 100k-event batch is less than one row group: it
@@ -262,24 +261,9 @@ class LineageStore:
         # when the connection closed (~3.5 s of ~4.5 s for the payload). The named in-memory database
         # is shared by the connections of this process, as `duckdb.connect(path)` shares its instance.
         instance = ":memory:provline-store-" + hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:16]
-        target = str(self.path).replace("'", "''")
-        while True:
-            con = duckdb.connect(instance)
-            try:
-                con.execute(f"ATTACH IF NOT EXISTS '{target}' AS lineage (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
-                con.execute("USE lineage")
-                break
-            except duckdb.IOException as error:
-                con.close()
-                if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute(DDL)
+        attach = f"ATTACH IF NOT EXISTS {path_literal(self.path)} AS lineage (ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+        with open_duckdb(instance, attach, "USE lineage", "SET TimeZone = 'UTC'", DDL, wait_s=timeout_s) as con:
             yield con
-        finally:
-            con.close()
 
     # ---- ingest -----------------------------------------------------------------------------
 

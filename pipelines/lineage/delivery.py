@@ -47,7 +47,6 @@ is at least once: receivers dedupe on (runId, eventType, eventTime), as provline
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import logging
 import math
@@ -57,8 +56,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -70,6 +69,8 @@ from openlineage.client.transport import get_default_factory
 from openlineage.client.transport.composite import CompositeTransport
 from openlineage.client.transport.transport import Config, Transport
 
+from pipelines.background import Worker, at_exit
+from pipelines.locks import try_lock
 from pipelines.settings import Settings, openlineage_environment
 
 log = logging.getLogger(__name__)
@@ -291,20 +292,9 @@ def has_pending(queue: Path) -> bool:
         return False
 
 
-@contextmanager
-def queue_lock(queue: Path) -> Iterator[bool]:
-    """flock on the queue: one drainer at a time, across processes. Yields whether we hold it."""
-    queue.mkdir(parents=True, exist_ok=True)
-    with open(queue / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def queue_lock(queue: Path) -> AbstractContextManager[bool]:
+    """One drainer at a time per queue, across processes: yields whether we hold the queue's lock."""
+    return try_lock(queue / ".lock")
 
 
 def redact(exc: BaseException, scrub: set[str]) -> str:
@@ -415,7 +405,7 @@ def drain(target: Target, deadline: Deadline, exiting: threading.Event, scrub: s
 
 
 class Drainer:
-    """The background thread of one (process, queue): runs while the queue has events.
+    """The background worker of one (process, queue): runs while the queue has events.
 
     Never blocks the emitting thread (``kick`` only starts a thread) and never keeps the process
     alive: a daemon thread, waited for at exit at most ``exit_wait_s`` (``stop``).
@@ -426,40 +416,21 @@ class Drainer:
         self.scrub = scrub
         self.exit_wait_s = exit_wait_s
         self.deadline = Deadline()
-        self.exiting = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._kicked = False
+        self.worker = Worker(f"provline-lineage-{target.name}", self._drain, self._failed)
 
     def kick(self) -> None:
-        with self._lock:
-            self._kicked = True
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"provline-lineage-{self.target.name}")
-                self._thread.daemon = True
-                self._thread.start()
+        self.worker.kick()
 
     def stop(self, at: float) -> None:
         """Send nothing new after ``at`` (monotonic); wait until then for the thread to finish."""
         self.deadline.at = at
-        self.exiting.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, at - time.monotonic()))
+        self.worker.stop(at - time.monotonic())
 
-    def _run(self) -> None:
-        again = True
-        while again:
-            with self._lock:
-                self._kicked = False
-            try:
-                drain(self.target, self.deadline, self.exiting, self.scrub)
-            except Exception as exc:  # noqa: BLE001 - e.g. an unreadable outbox folder: the next kick retries
-                log.warning("OpenLineage delivery to %s stopped: %s", self.target.name, redact(exc, self.scrub))
-            with self._lock:  # events queued during the drain: go again
-                again = self._kicked and not self.exiting.is_set()
-                if not again:
-                    self._thread = None
+    def _drain(self, exiting: threading.Event) -> None:
+        drain(self.target, self.deadline, exiting, self.scrub)  # events queued meanwhile: kicked, so again
+
+    def _failed(self, exc: Exception) -> None:  # e.g. an unreadable outbox folder: the next kick retries
+        log.warning("OpenLineage delivery to %s stopped: %s", self.target.name, redact(exc, self.scrub))
 
 
 _drainers: dict[Path, Drainer] = {}
@@ -488,13 +459,11 @@ def stop_drainers(queues: list[Path] | None = None, wait_s: float | None = None)
         drainer.stop(at)
 
 
-# threading's exit hook runs at interpreter exit and in multiprocessing children (Dagster's step
-# processes end with os._exit, so atexit would not run there).
-threading._register_atexit(stop_drainers)  # type: ignore[attr-defined]
+at_exit(stop_drainers)
 
 
 def _forget_drainers() -> None:
-    """In a forked child: no drainer threads, and the lock may have been held by a thread that is gone."""
+    """In a forked child: no drainers, and the lock may have been held by a thread that is gone."""
     global _drainers_lock
     _drainers_lock = threading.Lock()
     _drainers.clear()

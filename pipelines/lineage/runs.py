@@ -29,10 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from dagster._core.events import RunFailureReason
-from dagster._core.execution.retries import RetryMode
-from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
+from pipelines.dagster_internals import RUN_FAILURE_REASON_TAG, RetryMode, RunFailureReason
 from pipelines.lineage import naming
 from pipelines.lineage.emitter import LineageEmitter, RunTerminal
 

@@ -28,7 +28,6 @@ from pipelines.lineage.model import (
 )
 from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
-from pipelines.monitor.anomaly import MEAN
 from pipelines.rows import Rows
 from pipelines.sql import PARTITION, quote, typed_select
 
@@ -173,7 +172,7 @@ class StepLineage:
             for f in findings if f.expected is not None
         ]
         metrics = dict(stats.columns)
-        for finding in (f for f in findings if f.metric.kind == MEAN and f.metric.column in metrics):
+        for finding in (f for f in findings if f.metric.is_mean and f.metric.column in metrics):
             column = metrics[finding.metric.column]
             count = stats.rows - column.null_count  # the facet has no mean: its sum and count carry it
             metrics[finding.metric.column] = replace(column, sum=finding.actual * count if count else 0.0,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import urllib.request
 import uuid
@@ -29,10 +28,11 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from pipelines.lineage.delivery import queue_lock
+from pipelines.background import Worker, at_exit
+from pipelines.lineage.delivery import redact
+from pipelines.locks import file_lock, open_duckdb, try_lock
 from pipelines.settings import Settings, get_settings
 from pipelines.sql import interrupted
-from pipelines.warehouse.duckdb_file import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,9 @@ def _now() -> datetime:
 @contextmanager
 def connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     """The alert store, under its file lock."""
-    with file_lock(settings.home / "alerts.lock", LOCK_TIMEOUT_S):
-        con = duckdb.connect(str(settings.alerts_path))
-        try:
-            con.execute(DDL)
-            yield con
-        finally:
-            con.close()
+    with file_lock(settings.home / "alerts.lock", LOCK_TIMEOUT_S), \
+            open_duckdb(str(settings.alerts_path), DDL) as con:
+        yield con
 
 
 def notify(events: Sequence[Event]) -> None:
@@ -175,7 +171,7 @@ def post(url: str, payload: str, timeout_s: float) -> str | None:
             response.read()
         return None
     except Exception as error:  # noqa: BLE001 - any failure is a failed attempt, retried
-        return f"{type(error).__name__}: {error}".replace(url, "<webhook>")
+        return redact(error, {url})
 
 
 def deliver_due(settings: Settings, stop: threading.Event | None = None) -> float | None:
@@ -184,7 +180,7 @@ def deliver_due(settings: Settings, stop: threading.Event | None = None) -> floa
     url = settings.alert_webhook_url
     if url is None:
         return None
-    with queue_lock(settings.home / "alert-sender") as mine:  # one sender at a time: none sent twice
+    with try_lock(settings.home / "alert-sender" / ".lock") as mine:  # one sender at a time: none sent twice
         if not mine:
             return None
         with connect(settings) as con:
@@ -221,66 +217,16 @@ def _attempted(settings: Settings, alert_id: str, attempts: int, error: str | No
         )
 
 
-class Sender:
-    """This process's background sender: runs while alerts are due or being retried; never keeps the
-    process alive (a daemon thread, waited for at exit at most PROVLINE_ALERT_TIMEOUT_S)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
-        self.stopping = threading.Event()
-
-    def kick(self) -> None:
-        with self._lock:
-            self._wake.set()
-            if self._thread is None and not self.stopping.is_set():
-                self._thread = threading.Thread(target=self._run, name="provline-alerts", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                wait = deliver_due(get_settings(), self.stopping)
-            except Exception as error:  # noqa: BLE001 - e.g. the store locked too long: the next kick retries
-                log.warning("alert delivery stopped: %s", error)
-                wait = None
-            with self._lock:
-                if self.stopping.is_set() or (wait is None and not self._wake.is_set()):
-                    self._thread = None
-                    return
-            self._wake.wait(wait)  # the next retry, or a new alert
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until nothing is due or being retried in this process (a command about to exit, a test)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-        return self._thread is None
-
-    def stop(self) -> None:
-        """At exit: send nothing new; wait at most the timeout for the attempt under way."""
-        self.stopping.set()
-        self._wake.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(get_settings().alert_timeout_s)
+def _send_due(stopping: threading.Event) -> float | None:
+    return deliver_due(get_settings(), stopping)
 
 
-sender = Sender()
+def _failed(error: Exception) -> None:  # e.g. the store locked too long: the next kick retries
+    url = get_settings().alert_webhook_url
+    log.warning("alert delivery stopped: %s", redact(error, {url} if url else set()))
 
 
-def _stop_sender() -> None:
-    sender.stop()
-
-
-def _forget_sender() -> None:
-    """In a forked child: no sender thread (and its lock may have been held by a thread that is gone)."""
-    global sender
-    sender = Sender()
-
-
-# threading's exit hook also runs in multiprocessing children (Dagster's step processes end with os._exit)
-threading._register_atexit(_stop_sender)  # type: ignore[attr-defined]
-os.register_at_fork(after_in_child=_forget_sender)
+sender = Worker("provline-alerts", _send_due, _failed)
+"""This process's background sender: runs while alerts are due or being retried; never keeps the process alive
+(waited for at exit at most PROVLINE_ALERT_TIMEOUT_S)."""
+at_exit(lambda: sender.stop(get_settings().alert_timeout_s))

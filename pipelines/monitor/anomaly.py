@@ -43,8 +43,7 @@ import pandera.pandas as pa
 
 from pipelines.quality import WARN, contract_metadata
 from pipelines.sql import partition_filter, partition_label, quote
-from pipelines.warehouse.base import LATEST_FIRST
-from pipelines.warehouse.base import _insert_frame as insert_frame  # the warehouse's own frame insert
+from pipelines.warehouse import LATEST_FIRST, insert_frame
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec
@@ -113,6 +112,11 @@ class Metric:
     @property
     def check(self) -> str:
         return CHECKS[self.kind]
+
+    @property
+    def is_mean(self) -> bool:
+        """A column's mean (lineage carries it in the column's metrics, as their sum and count)."""
+        return self.kind == MEAN
 
     @property
     def label(self) -> str:
@@ -259,8 +263,7 @@ def findings(
         _store_stats(con, spec.table, fresh, hashes)
         _store_results(con, spec.table, verdicts, receipts, run_id)
 
-    warehouse.backend.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}", spec.table,
-                               written)
+    warehouse.transact(store, f"anomaly monitors of {spec.table} {written[0]}..{written[-1]}", spec.table, written)
     return verdicts
 
 

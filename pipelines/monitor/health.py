@@ -23,12 +23,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
+from pipelines.dagster_internals import TimeWindowFreshnessPolicy
 from pipelines.lineage.delivery import pending
 from pipelines.monitor import alerts
 from pipelines.settings import Settings
-from pipelines.warehouse.base import LATEST_FIRST
+from pipelines.warehouse import LATEST_FIRST
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec

@@ -19,10 +19,12 @@ environment (pipelines/settings.py), and tests build their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import duckdb
@@ -30,15 +32,17 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.settings import Settings, get_settings
-from pipelines.sql import table_exists, transaction  # noqa: F401 (the lineage store imports it from here)
+from pipelines.sql import table_exists
 from pipelines.warehouse import base
-from pipelines.warehouse.base import Receipt, VersionUnavailable, Write, quarantine_table
+from pipelines.warehouse.base import LATEST_FIRST, Receipt, VersionUnavailable, Write, insert_frame, quarantine_table
 from pipelines.warehouse.duckdb_file import DuckDBFile, WarehouseLockTimeout
 from pipelines.warehouse.ducklake import PREFIX as DUCKLAKE
 from pipelines.warehouse.ducklake import CommitConflict, DuckLake, WarehouseUnavailable
 
-__all__ = ["TRANSIENT_ERRORS", "CommitConflict", "Receipt", "VersionUnavailable", "Warehouse", "WarehouseLockTimeout",
-           "WarehouseUnavailable", "Write", "quarantine_table"]
+__all__ = ["LATEST_FIRST", "TRANSIENT_ERRORS", "CommitConflict", "Receipt", "VersionUnavailable", "Warehouse",
+           "WarehouseLockTimeout", "WarehouseUnavailable", "Write", "insert_frame", "quarantine_table"]
+
+T = TypeVar("T")
 
 TRANSIENT_ERRORS = (WarehouseLockTimeout, CommitConflict, WarehouseUnavailable, duckdb.IOException, OSError)
 """What may pass on a second try: a lock or a commit conflict that outlasted its wait, the catalog or a disk gone
@@ -72,14 +76,10 @@ class Warehouse(dg.ConfigurableResource):
 
     @property
     def backend(self) -> DuckDBFile | DuckLake:
-        if self.url == "duckdb":
-            return DuckDBFile(Path(self.home), self.name, self.lock_timeout_s, self.snapshot_retention_days,
-                              self.memory_limit)
-        if self.url.startswith(DUCKLAKE):
-            return DuckLake(self.url.removeprefix(DUCKLAKE), self.lake_data_path, self.name, self.lock_timeout_s,
-                            self.snapshot_retention_days, self.memory_limit, Path(self.home) / "spill")
-        scheme = self.url.split(":")[0]  # (never the rest: it may hold a password)
-        raise ValueError(f"unknown warehouse {scheme!r}: expected 'duckdb' or '{DUCKLAKE}<libpq conninfo>'")
+        """The backend of these settings, built once per process (Dagster makes an instance of the resource for
+        every run and sensor tick; a copy with other values gets its own backend)."""
+        return _backend(self.home, self.name, self.url, self.lake_data_path, self.lock_timeout_s,
+                        self.snapshot_retention_days, self.memory_limit)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Dagster calls this before a step runs: an unreachable catalog or a data path that takes no file
@@ -118,8 +118,15 @@ class Warehouse(dg.ConfigurableResource):
         """Check results of a write that was refused (a blocking failure): only the results and failure
         cases are committed, so the UI and later runs see why; the data stays."""
         at = datetime.now(UTC).replace(tzinfo=None)
-        self.backend.transact(lambda con: base.record_check_results(con, write, at),
-                              f"check results of {write.table} {write.partitions}", write.table, write.partitions)
+        self.transact(lambda con: base.record_check_results(con, write, at),
+                      f"check results of {write.table} {write.partitions}", write.table, write.partitions)
+
+    def transact(self, body: Callable[[duckdb.DuckDBPyConnection], T], what: str, table: str,
+                 partitions: list[str]) -> T:
+        """Any other write of some partitions of `table` (the anomaly monitors' statistics and verdicts): `body`
+        in one transaction, serialized with the partitions' other writers (DuckLake: retried whole on a commit
+        conflict); `what` names it in messages."""
+        return self.backend.transact(body, what, table, partitions)
 
     # the reads every backend shares
     read = staticmethod(base.read)
@@ -149,3 +156,15 @@ class Warehouse(dg.ConfigurableResource):
                          AS latest FROM provline.version_log)
                    GROUP BY asset ORDER BY asset"""
             ).df()
+
+
+@lru_cache(maxsize=32)
+def _backend(home: str, name: str, url: str, lake_data_path: str, lock_timeout_s: float, retention_days: int,
+             memory_limit: str) -> DuckDBFile | DuckLake:
+    if url == "duckdb":
+        return DuckDBFile(Path(home), name, lock_timeout_s, retention_days, memory_limit)
+    if url.startswith(DUCKLAKE):
+        return DuckLake(url.removeprefix(DUCKLAKE), lake_data_path, name, lock_timeout_s, retention_days, memory_limit,
+                        Path(home) / "spill")
+    scheme = url.split(":")[0]  # (never the rest: it may hold a password)
+    raise ValueError(f"unknown warehouse {scheme!r}: expected 'duckdb' or '{DUCKLAKE}<libpq conninfo>'")

@@ -29,25 +29,33 @@ from pipelines.sql import (
     typed_select,
 )
 
-# The commit that wrote a version. DuckLake gives every row a virtual `snapshot_id` column (the snapshot that
-# inserted it) which a real column of that name would hide: the lake's version log leaves this one out.
-SNAPSHOT_COLUMN = ",\n    snapshot_id BIGINT"
-META_DDL = """
+VERSION_LOG_COLUMNS = {  # provline.version_log: one row per committed version of a partition
+    "asset": "VARCHAR NOT NULL",
+    "partition": "VARCHAR NOT NULL",  # '' for unpartitioned assets
+    "content_hash": "VARCHAR NOT NULL",
+    "code_version": "VARCHAR NOT NULL",
+    "input_versions": "JSON NOT NULL",  # {"<input table>": "<content hash read>"}
+    "run_id": "VARCHAR NOT NULL",
+    "row_count": "BIGINT NOT NULL",
+    "input_row_count": "BIGINT NOT NULL",  # rows the transform produced = written + quarantined
+    "quarantined_count": "BIGINT NOT NULL",
+    "columns": "JSON NOT NULL",  # [[name, type], ...] as written
+    "written_at": "TIMESTAMP NOT NULL",  # UTC
+    "snapshot_id": "BIGINT",  # the commit that wrote the version: NULL in the file; the lake's own (meta_ddl)
+}
+
+
+def meta_ddl(snapshot_column: bool) -> str:
+    """The metadata tables. DuckLake gives every row a virtual `snapshot_id` column (the snapshot that inserted
+    it), which a real column of that name would hide: the lake's version log is made without one."""
+    version_log = ",\n    ".join(f"{quote(name)} {sql_type}" for name, sql_type in VERSION_LOG_COLUMNS.items()
+                                  if snapshot_column or name != "snapshot_id")
+    return f"""
 CREATE SCHEMA IF NOT EXISTS provline;
 CREATE SCHEMA IF NOT EXISTS quality;
 CREATE SCHEMA IF NOT EXISTS quarantine;
 CREATE TABLE IF NOT EXISTS provline.version_log (
-    asset VARCHAR NOT NULL,
-    partition VARCHAR NOT NULL,          -- '' for unpartitioned assets
-    content_hash VARCHAR NOT NULL,
-    code_version VARCHAR NOT NULL,
-    input_versions JSON NOT NULL,        -- {"<input table>": "<content hash read>"}
-    run_id VARCHAR NOT NULL,
-    row_count BIGINT NOT NULL,
-    input_row_count BIGINT NOT NULL,     -- rows the transform produced = written + quarantined
-    quarantined_count BIGINT NOT NULL,
-    columns JSON NOT NULL,               -- [[name, type], ...] as written
-    written_at TIMESTAMP NOT NULL""" + SNAPSHOT_COLUMN + """  -- written_at: UTC; snapshot_id: NULL in the file
+    {version_log}
 );
 CREATE TABLE IF NOT EXISTS quality.failures (
     run_id VARCHAR, asset VARCHAR, partition VARCHAR, check_name VARCHAR, severity VARCHAR,
@@ -62,6 +70,9 @@ ALTER TABLE quality.check_results ADD COLUMN IF NOT EXISTS message VARCHAR;  -- 
 -- the contract version each version was checked against (Config.metadata["version"]); NULL before it was kept
 ALTER TABLE provline.version_log ADD COLUMN IF NOT EXISTS contract_version VARCHAR;
 """
+
+
+META_DDL = meta_ddl(snapshot_column=True)
 LATEST_FIRST = "snapshot_id DESC NULLS LAST, written_at DESC"
 """The order of a partition's versions, newest first: by commit (DuckLake's snapshot), else by time (the file
 backend records no snapshot). Every "latest version" query uses it, so they all agree."""
@@ -213,7 +224,7 @@ def write_partitions(con: duckdb.DuckDBPyConnection, write: Write) -> dict[str, 
         "columns": json.dumps(list(write.columns.items())), "written_at": written_at,
         "contract_version": write.contract_version,
     })
-    _insert_frame(con, "provline.version_log", log)
+    insert_frame(con, "provline.version_log", log)
     return {p: Receipt(hashes[p], rows[p], quarantined[p], written_at) for p in write.partitions}
 
 
@@ -228,13 +239,13 @@ def record_check_results(con: duckdb.DuckDBPyConnection, write: Write, at: datet
             **{c: failures[c].to_numpy() for c in ("check_name", "severity", "column", "failing_value", "row_key")},
             "recorded_at": at,
         })
-        _insert_frame(con, "quality.failures", cases)
+        insert_frame(con, "quality.failures", cases)
     results = [
         {"run_id": write.run_id, "asset": write.table, "partition": partition, **result, "recorded_at": at}
         for partition, stored in write.check_results.items() for result in stored
     ]
     if results:
-        _insert_frame(con, "quality.check_results", pd.DataFrame(results))
+        insert_frame(con, "quality.check_results", pd.DataFrame(results))
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, str],
@@ -247,10 +258,11 @@ def insert_rows(con: duckdb.DuckDBPyConnection, target: str, columns: dict[str, 
         con.unregister("incoming_rows")
 
 
-def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Append a frame's rows to `table`, matching columns by name (the metadata tables' small writes)."""
     con.register("incoming_frame", frame)
     try:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming_frame")
+        con.execute(f"INSERT INTO {quote(table)} BY NAME SELECT * FROM incoming_frame")
     finally:
         con.unregister("incoming_frame")
 

@@ -14,7 +14,6 @@ so `provline verify` can re-derive downstream versions from their inputs as they
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import TypeVar
 import duckdb
 import pyarrow as pa
 
+from pipelines.locks import LockTimeout, file_lock, open_duckdb
 from pipelines.sql import (
     PARTITION,
     UNPARTITIONED,
@@ -46,30 +46,8 @@ T = TypeVar("T")
 _session: ContextVar[tuple[Path, duckdb.DuckDBPyConnection] | None] = ContextVar("warehouse_session", default=None)
 
 
-class WarehouseLockTimeout(RuntimeError):
+class WarehouseLockTimeout(LockTimeout):
     pass
-
-
-@contextmanager
-def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise WarehouseLockTimeout(
-                        f"waited {timeout_s:.0f}s for the warehouse lock {path}; another step holds it "
-                        "(raise PROVLINE_LOCK_TIMEOUT_S for long backfills)"
-                    ) from None
-                time.sleep(0.05)  # interruptible: Ctrl-C and run cancellation end the wait
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class DuckDBFile:
@@ -106,14 +84,13 @@ class DuckDBFile:
             yield held[1]
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock_path, self.lock_timeout_s):
-            con = duckdb.connect(str(self.path), config=self.config)
-            try:
-                con.execute("SET TimeZone = 'UTC'")  # hashes must not depend on the machine's zone
-                con.execute(META_DDL)
-                yield con
-            finally:
-                con.close()
+        timeout = WarehouseLockTimeout(
+            f"waited {self.lock_timeout_s:.0f}s for the warehouse lock {self.lock_path}; another step holds it "
+            "(raise PROVLINE_LOCK_TIMEOUT_S for long backfills)")
+        # (the time zone: hashes must not depend on the machine's)
+        with file_lock(self.lock_path, self.lock_timeout_s, timeout), \
+                open_duckdb(str(self.path), "SET TimeZone = 'UTC'", META_DDL, config=self.config) as con:
+            yield con
 
     @contextmanager
     def session(self) -> Iterator[None]:

@@ -50,19 +50,21 @@ from typing import TypeVar
 import duckdb
 import psycopg
 import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipelines.sql import engine_config, partition_filter, path_literal, quote, transaction
-from pipelines.warehouse.base import META_DDL, SNAPSHOT_COLUMN, Receipt, VersionUnavailable, Write, write_partitions
+from pipelines.warehouse.base import Receipt, VersionUnavailable, Write, meta_ddl, write_partitions
 
 log = logging.getLogger("provline.warehouse")
 
 PREFIX = "ducklake:postgres:"
 OFFLINE = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 """DuckDB never downloads an extension here: they are loaded from their PyPI packages (`_prepare`)."""
-LAKE_META_DDL = META_DDL.replace(SNAPSHOT_COLUMN, "")  # the version log's snapshot_id is the lake's own
+LAKE_META_DDL = meta_ddl(snapshot_column=False)  # the version log's snapshot_id is the lake's own
 CONFLICT_MARKERS = ("Transaction conflict", "ducklake_max_retry_count")
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
 DELETE_OLDER_THAN = "1 day"
+LIBPQ_OPTIONS = "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS"
 PROBE = ".provline-write-probe"  # unreferenced files younger than this may belong to a commit in flight
 T = TypeVar("T")
 
@@ -77,28 +79,26 @@ class CommitConflict(RuntimeError):
 
 # --- the conninfo ----------------------------------------------------------------------------------
 
-_PAIR = re.compile(r"\s*(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
-
-
 def parse_conninfo(conninfo: str) -> dict[str, str]:
-    """libpq `key=value key='quoted value'` pairs."""
-    fields, pos = {}, 0
-    while conninfo[pos:].strip():
-        match = _PAIR.match(conninfo, pos)
-        if match is None:
-            raise ValueError(f"PROVLINE_WAREHOUSE: not a libpq conninfo (key=value ...) after {conninfo[:pos]!r}")
-        key, value = match.groups()
-        if value.startswith("'"):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        fields[key], pos = value, match.end()
-    return fields
+    """The fields of a libpq conninfo (`key=value ...`, or a postgresql:// URI), parsed by libpq itself. An unknown
+    key is named; no other part of the text is ever shown (it may be a password)."""
+    try:
+        return conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as error:
+        problem = str(error).strip()
+        unknown = re.match(r'(?:invalid connection option|invalid URI query parameter:) "(\w+)"', problem)
+        if unknown:
+            raise ValueError(f"PROVLINE_WAREHOUSE: unknown libpq connection option {unknown[1]!r} (the options: "
+                             f"{LIBPQ_OPTIONS})") from None
+        # libpq quotes the text it stopped at, which may be part of the password: only a quoted "=" stays
+        problem = re.sub(r'"([^"]*)"', lambda quoted: quoted[0] if quoted[1] == "=" else '"…"', problem)
+        raise ValueError(f"PROVLINE_WAREHOUSE: not a libpq conninfo (key=value ... or postgresql://...): "
+                         f"{problem}") from None
 
 
 def format_conninfo(fields: dict[str, str]) -> str:
-    def value(v: str) -> str:
-        return v if v and not re.search(r"[\s'\\]", v) else "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    return " ".join(f"{k}={value(v)}" for k, v in fields.items())
+    """`key=value ...`, each value quoted as libpq needs."""
+    return make_conninfo("", **fields)
 
 
 def extension_path(name: str) -> Path:
@@ -129,14 +129,17 @@ def _last_line(error: BaseException) -> str:
 # One attached DuckDB instance per (process, lake): forked step processes open their own.
 _instances: dict[tuple, duckdb.DuckDBPyConnection] = {}
 _instances_lock = threading.Lock()
+_probed: set[tuple] = set()  # the lakes whose object-store data path this process wrote its probe to
 
 
 def close_all() -> None:
-    """Close this process's lake connections (tests; the next connect() attaches again)."""
+    """Close this process's lake connections (tests; the next connect() attaches again, the next preflight
+    probes again)."""
     with _instances_lock:
         for con in _instances.values():
             con.close()
         _instances.clear()
+        _probed.clear()
 
 
 class DuckLake:
@@ -276,15 +279,18 @@ class DuckLake:
             con.close()
 
     def preflight(self) -> None:
-        """Before a step writes anything: the data path takes a file, and the catalog answers."""
+        """Before a step writes anything: the data path takes a file, and the catalog answers. Once per process
+        and lake: Dagster sets the resource up for every step and every sensor tick (`provline_monitor`, each
+        minute): the object-store write is paid once, not every minute."""
         self._instance()
-        if self.remote:  # (a local path was probed before the first ATTACH, see _open)
+        if self.remote and self._instance_key not in _probed:  # (a local path is probed before the first ATTACH)
             try:
                 with self.connect() as con:
                     con.execute(f"COPY (SELECT 1 AS probe) TO {path_literal(self.data_path + PROBE + '.parquet')} "
                                 "(FORMAT parquet)")
             except (duckdb.Error, WarehouseUnavailable) as error:
                 raise WarehouseUnavailable(f"the lake's data path {self.data_path} is not writable: {error}") from None
+            _probed.add(self._instance_key)
 
     def _probe_local_path(self) -> None:
         """The first ATTACH stores DATA_PATH in the catalog for good: check it before."""

@@ -101,3 +101,62 @@ def test_verify_reads_versions_by_time_travel_until_they_expire(lake: Lake, tmp_
     gone = check("marts.flight_facts", first[("marts.flight_facts", DAY)])
     assert gone.verdict == CANNOT and "expired" in " ".join(gone.reasons), gone.text()
     assert check("marts.carrier_daily_performance").verdict == REPRODUCED  # the latest versions stay
+
+
+# --- the backend's own parts, without a server ------------------------------------------------------------
+
+
+def test_the_backend_is_built_once_and_a_copy_with_other_values_gets_its_own(home: Path):
+    warehouse = Warehouse(home=str(home))
+    assert warehouse.backend is warehouse.backend is Warehouse(home=str(home)).backend
+    other = warehouse.model_copy(update={"lock_timeout_s": 2.0})
+    assert other.backend is not warehouse.backend and other.backend.lock_timeout_s == 2.0
+
+
+def test_the_lakes_version_log_is_the_files_without_the_snapshot_column():
+    import duckdb
+
+    from pipelines.warehouse.base import META_DDL
+    from pipelines.warehouse.ducklake import LAKE_META_DDL
+
+    def version_log(ddl: str) -> list[tuple]:
+        with duckdb.connect() as con:
+            con.execute(ddl)
+            return con.execute("SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                               "WHERE table_name = 'version_log' ORDER BY ordinal_position").fetchall()
+
+    file, lake = version_log(META_DDL), version_log(LAKE_META_DDL)
+    assert ("snapshot_id", "BIGINT", "YES") in file
+    assert lake == [column for column in file if column[0] != "snapshot_id"]
+    assert [c for c, *_ in lake][-2:] == ["written_at", "contract_version"]
+
+
+def test_conninfo_goes_through_libpqs_parser_and_the_password_stays_out_of_it(tmp_path: Path):
+    from pipelines.warehouse.ducklake import DuckLake, format_conninfo, parse_conninfo
+
+    fields = parse_conninfo("dbname=lake host=db.internal port=5433 user='pro vline' password='it\\'s s3cr3t'")
+    assert fields == {"dbname": "lake", "host": "db.internal", "port": "5433", "user": "pro vline",
+                      "password": "it's s3cr3t"}
+    assert parse_conninfo(format_conninfo(fields)) == fields  # quoting round-trips
+    assert parse_conninfo("postgresql://provline:s3cr3t@db.internal:5433/lake?sslmode=require") == {
+        "user": "provline", "password": "s3cr3t", "host": "db.internal", "port": "5433", "dbname": "lake",
+        "sslmode": "require"}
+    lake = DuckLake("postgresql://provline:s3cr3t@db.internal/lake", str(tmp_path), "warehouse", 1, 1, "1GB",
+                    tmp_path / "spill")
+    assert lake.password == "s3cr3t" and "s3cr3t" not in lake.conninfo
+    assert parse_conninfo(lake.conninfo) == {"user": "provline", "host": "db.internal", "dbname": "lake",
+                                             "connect_timeout": "10"}
+
+
+@pytest.mark.parametrize(("conninfo", "message"), [
+    ("dbname=lake pasword=s3cr3t", "unknown libpq connection option 'pasword'"),
+    ("postgresql://u:s3cr3t@h/lake?sslmod=require", "unknown libpq connection option 'sslmod'"),
+    ("dbname=lake password=s3cr3t and more", 'not a libpq conninfo .*missing "=" after "…"'),
+    ("dbname=lake password='s3cr3t", "not a libpq conninfo .*unterminated quoted string"),
+    ("postgresql://u:s3cr3t%zz@h/lake", 'not a libpq conninfo .*invalid percent-encoded token: "…"'),
+])
+def test_a_bad_conninfo_is_a_clear_error_that_never_shows_the_password(home: Path, conninfo: str, message: str):
+    warehouse = Warehouse(home=str(home), url="ducklake:postgres:" + conninfo, lake_data_path=str(home / "lake"))
+    with pytest.raises(ValueError, match=f"^PROVLINE_WAREHOUSE: {message}") as raised:
+        print(warehouse.location)  # (building the backend parses the conninfo)
+    assert "s3cr3t" not in str(raised.value) and "more" not in str(raised.value)

@@ -70,3 +70,29 @@ def test_data_files_on_s3_compatible_storage(lake: Lake, s3_bucket: str, monkeyp
     monkeypatch.setenv("PROVLINE_LAKE_DATA_PATH", "s3://lake/elsewhere/")  # the catalog keeps its first path
     with pytest.raises(WarehouseUnavailable, match="does not match existing data path"):
         Warehouse.from_settings().setup_for_execution(None)
+
+
+@pytest.mark.slow
+def test_the_monitor_sensor_probes_the_object_store_once_per_process(lake: Lake, s3_bucket: str, monkeypatch):
+    """Every `provline_monitor` tick sets the warehouse resource up (Dagster calls setup_for_execution): the write
+    probe goes to the bucket on the first tick only, whatever new resource instance the next ticks get."""
+    import dagster as dg
+
+    from pipelines.monitor.sensors import monitor_sensor
+
+    monkeypatch.setenv("PROVLINE_LAKE_DATA_PATH", "s3://lake/warehouse/")
+    client = boto3.client("s3", endpoint_url=s3_bucket, aws_access_key_id="k", aws_secret_access_key="s",
+                          region_name="us-east-1")
+    probe = f"warehouse/{ducklake.PROBE}.parquet"
+    sensor, instance = monitor_sensor([]), dg.DagsterInstance.ephemeral()
+
+    def tick() -> list[str]:
+        sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
+                                                     resources={"warehouse": Warehouse.from_settings()}))
+        return [o["Key"] for o in client.list_objects_v2(Bucket="lake").get("Contents", [])]
+
+    assert probe in tick()
+    client.delete_object(Bucket="lake", Key=probe)
+    assert probe not in tick() and probe not in tick()
+    ducklake.close_all()  # as a new process would
+    assert probe in tick()
