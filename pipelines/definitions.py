@@ -62,7 +62,7 @@ def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = N
         schedules=[schedule for domain in domains for schedule in domain.schedules],
         sensors=[*lineage_sensors, *monitor_sensors(list(catalog)),
                  *(sensor for domain in domains for sensor in domain.sensors)],
-        resources={"warehouse": warehouse or Warehouse.from_settings()},
+        resources={"warehouse": warehouse or Warehouse.from_environment()},
         executor=executor,
     )
 

@@ -141,6 +141,12 @@ def get_settings() -> Settings:
     )
 
 
+def is_set(name: str) -> bool:
+    """Whether the environment sets the variable `name` (not empty): resources name it (Dagster's EnvVar), so the UI
+    shows which variable a value comes from, never the value."""
+    return bool(os.environ.get(name, "").strip())
+
+
 def openlineage_environment() -> dict[str, str]:
     """The OPENLINEAGE_* variables, for the OpenLineage client's own config loader."""
     return {k: v for k, v in os.environ.items() if k.startswith("OPENLINEAGE")}
