@@ -74,18 +74,18 @@ def literal(value: object) -> str:
 def server_block(warehouse: Warehouse, schema: str) -> dict:
     """Where the table lives, as ODCS says it: the DuckDB file, or the DuckLake catalog (host, port and database of
     its PostgreSQL catalog, and the data path). Never a user or a password: those stay in the environment."""
-    backend = warehouse.backend
-    if warehouse.url == "duckdb":
-        return {"server": "warehouse", "type": "duckdb", "environment": "provline", "database": backend.location,
+    where = warehouse.where
+    if where["backend"] == "duckdb":
+        return {"server": "warehouse", "type": "duckdb", "environment": "provline", "database": where["path"],
                 "schema": schema}
-    host, _, port = backend.server.rpartition(":")
+    host, _, port = where["server"].rpartition(":")
     return {"server": "warehouse", "type": "custom", "environment": "provline",
             "description": "DuckLake: a PostgreSQL catalog, Parquet data files (credentials from the environment)",
             "customProperties": [
                 {"property": "format", "value": "ducklake"}, {"property": "catalogType", "value": "postgres"},
                 {"property": "host", "value": host}, {"property": "port", "value": port},
-                {"property": "database", "value": backend.database},
-                {"property": "dataPath", "value": backend.data_path}, {"property": "schema", "value": schema}]}
+                {"property": "database", "value": where["database"]},
+                {"property": "dataPath", "value": where["data_path"]}, {"property": "schema", "value": schema}]}
 
 
 def export_contract(spec: TableSpec, domain: Domain, warehouse: Warehouse | None = None) -> dict:

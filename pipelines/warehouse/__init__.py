@@ -104,6 +104,15 @@ class Warehouse(dg.ConfigurableResource):
         return self.backend.location
 
     @property
+    def where(self) -> dict[str, str]:
+        """Where the tables are, without credentials: the DuckDB file's path, or the lake's catalog (PostgreSQL
+        host:port and database) and data path (for an exported data contract's server block)."""
+        if self.url == "duckdb":
+            return {"backend": "duckdb", "path": self.backend.location}
+        lake = self.backend
+        return {"backend": "ducklake", "server": lake.server, "database": lake.database, "data_path": lake.data_path}
+
+    @property
     def lineage_namespace(self) -> str:
         """The OpenLineage namespace of the warehouse's tables (see pipelines/lineage/naming.py)."""
         return self.backend.lineage_namespace
