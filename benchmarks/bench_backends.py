@@ -44,7 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from pipelines.definitions import defs
-    from pipelines.warehouse import Warehouse
+    from pipelines.factory import resources
 
     conflicts = []
     handler = logging.Handler()
@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     while not go.exists():  # every writer starts together, after its imports
         time.sleep(0.01)
     start = time.time()
-    resources = {"warehouse": Warehouse.from_settings()}
+    resources = resources()
     runs = [("reference", None, {})] if args.reference else []
     if args.range and args.days:  # one run for all the days, as `provline run --start --end`
         runs.append(("flights", None, {ASSET_PARTITION_RANGE_START_TAG: args.days[0],

@@ -36,10 +36,10 @@ def _build(home: Path) -> float:
     import dagster as dg
 
     from pipelines.definitions import defs
-    from pipelines.warehouse import Warehouse
+    from pipelines.factory import resources
 
     started = time.perf_counter()
-    run = dict(resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False)
+    run = dict(resources=resources(), raise_on_error=False)
     assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("reference"), **run).success
     tags = {"dagster/asset_partition_range_start": FIRST, "dagster/asset_partition_range_end": LAST}
     assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights"), tags=tags, **run).success

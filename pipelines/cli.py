@@ -34,11 +34,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.settings import get_settings
+from pipelines.settings import dagster_home, get_settings
 
 
 def _instance() -> dg.DagsterInstance:
-    if get_settings().dagster_home is None:
+    if dagster_home() is None:
         return dg.DagsterInstance.ephemeral()
     return dg.DagsterInstance.get()
 
@@ -305,7 +305,7 @@ def cmd_landing_seed(args: argparse.Namespace) -> int:
     from pipelines.definitions import catalog
     from pipelines.monitor.landing import landing_sources, seed
 
-    folder = Path(args.to) if args.to else get_settings().landing_dir
+    folder = Path(args.to) if args.to else get_settings().landing_folder
     if folder is None:
         raise SystemExit("provline landing seed: set PROVLINE_LANDING_DIR or pass --to DIR")
     sources = landing_sources(list(catalog))

@@ -13,7 +13,7 @@ import dagster as dg
 
 import assets
 from pipelines.domain import Domain, domains_in
-from pipelines.factory import build_asset
+from pipelines.factory import build_asset, resources
 from pipelines.lineage.runs import with_run_lineage
 from pipelines.lineage.sensors import lineage_sensors
 from pipelines.monitor.sensors import monitor_sensors
@@ -62,7 +62,7 @@ def build_definitions(domains: Sequence[Domain], warehouse: Warehouse | None = N
         schedules=[schedule for domain in domains for schedule in domain.schedules],
         sensors=[*lineage_sensors, *monitor_sensors(list(catalog)),
                  *(sensor for domain in domains for sensor in domain.sensors)],
-        resources={"warehouse": warehouse or Warehouse.from_environment()},
+        resources=resources(warehouse),
         executor=executor,
     )
 

@@ -29,7 +29,7 @@ from pipelines.quality import (
     validate,
 )
 from pipelines.rows import BATCH_ROWS, Rows
-from pipelines.settings import get_settings
+from pipelines.settings import Settings, get_settings
 from pipelines.sources import SOURCE_LINE, SourceTable, describe_outside, read_landed, read_source
 from pipelines.spec import TableSpec
 from pipelines.sql import PARTITION, UNPARTITIONED, arrow_table, columns_named, partition_label, quote
@@ -100,10 +100,12 @@ class Derived:
 
 def derive(
     spec: TableSpec, warehouse: Warehouse, partitions: list[str], *, allow_failed_upstream: bool = False,
-    log=None, on_inputs: Callable[[Inputs], None] | None = None,
+    log=None, on_inputs: Callable[[Inputs], None] | None = None, settings: Settings | None = None,
 ) -> Derived:
     """Read the inputs, run the pure transform, validate: for one partition or a range. Used by
-    materialize and by `provline verify` (on a scratch warehouse holding the recorded input versions)."""
+    materialize (with the run's settings) and by `provline verify` (on a scratch warehouse holding the recorded
+    input versions)."""
+    settings = settings or get_settings()
     rows = None
     with warehouse.connect() as con:
         inputs = _read_inputs(spec, warehouse, con, partitions, allow_failed_upstream, log)
@@ -113,8 +115,9 @@ def derive(
     problems: dict[str, dict[str, str]] = {}
     outside, source = None, None
     if spec.source and built:
-        landed = read_landed(spec.source, spec.contract, spec.daily_on, built) if spec.partitioned else None
-        source = landed or read_source(spec.source, spec.contract)
+        landed = read_landed(spec.source, spec.contract, spec.daily_on, built, settings.landing_folder) \
+            if spec.partitioned else None
+        source = landed or read_source(spec.source, spec.contract, settings)
         if spec.partitioned:
             strays = source.outside(spec.daily_on, spec.partitions)
             if len(strays):  # kept out at the source, blocking nothing
@@ -145,12 +148,12 @@ def derive(
     return Derived(spec, partitions, inputs, validation)
 
 
-def planned_rows(spec: TableSpec, warehouse: Warehouse, partitions: list[str]) -> dict[str, int]:
+def planned_rows(spec: TableSpec, warehouse: Warehouse, partitions: list[str], settings: Settings) -> dict[str, int]:
     """About how many rows each partition will hold, to cut a range into chunks before reading it: a source's rows
     per day, or the rows of the partitioned inputs' latest versions. (Nothing for days from the landing zone: those
     files are read one by one.)"""
     if spec.source is not None:
-        return {} if get_settings().landing_dir else read_source(spec.source, spec.contract).counts(spec.daily_on)
+        return {} if settings.landing_dir else read_source(spec.source, spec.contract, settings).counts(spec.daily_on)
     rows: dict[str, int] = dict.fromkeys(partitions, 0)
     with warehouse.connect() as con:
         for upstream in (i for i in spec.inputs if i.partitioned):

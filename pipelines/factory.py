@@ -54,13 +54,22 @@ from pipelines.quality import (
     describe_failures,
     group_by_check,
 )
-from pipelines.settings import get_settings
+from pipelines.settings import Settings
 from pipelines.sources import SourceError
 from pipelines.spec import TableSpec
-from pipelines.sql import UNPARTITIONED, interrupted
+from pipelines.sql import UNPARTITIONED, configure_scratch, interrupted
 from pipelines.warehouse import TRANSIENT_ERRORS, Receipt, Warehouse, quarantine_table
 
-__all__ = ["CHECKS_PER_RUN_TAG", "build_asset", "materialize"]
+__all__ = ["CHECKS_PER_RUN_TAG", "RESOURCE_KEYS", "build_asset", "materialize", "resources"]
+
+RESOURCE_KEYS = ("warehouse", "settings")
+"""The resources an asset of the factory requires: where it writes, and every other setting its step uses."""
+
+
+def resources(warehouse: Warehouse | None = None, settings: Settings | None = None) -> dict:
+    """The factory's resources, for Definitions (and dg.materialize): not given, each comes from the environment,
+    every variable set named as Dagster's EnvVar."""
+    return {"warehouse": warehouse or Warehouse.from_environment(), "settings": settings or Settings.from_environment()}
 
 CHECKS_PER_RUN_TAG = "provline/checks_per_run"
 """Run tag (or PROVLINE_CHECKS_PER_RUN=true): a range reports each Dagster check once for the run, not once per
@@ -110,10 +119,10 @@ def _build_asset(spec: TableSpec) -> dg.AssetsDefinition:
         partitions_def=spec.partitions,
         backfill_policy=dg.BackfillPolicy.single_run() if spec.partitioned else None,
         can_subset=True,
-        required_resource_keys={"warehouse"},
+        required_resource_keys=set(RESOURCE_KEYS),
     )
     def _asset(context):  # (no annotation: Dagster inspects it, and annotations here are strings)
-        return (yield from materialize(spec, context, context.resources.warehouse))
+        return (yield from materialize(spec, context, context.resources.warehouse, context.resources.settings))
 
     return _asset
 
@@ -148,11 +157,12 @@ def _definition_metadata(spec: TableSpec) -> dict:
 # --- one materialization: commit and report ------------------------------------------------
 
 
-def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse):
+def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, settings: Settings):
     partitions = list(context.partition_keys) if spec.partitioned else [UNPARTITIONED]
-    lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace)
+    configure_scratch(settings.memory_limit, settings.spill_dir)  # where the step's rows are held, and spill
+    lineage = StepLineage(spec, context, partitions, warehouse.lineage_namespace, settings)
     try:
-        return (yield from _materialize(spec, context, warehouse, partitions, lineage))
+        return (yield from _materialize(spec, context, warehouse, settings, partitions, lineage))
     except BaseException as error:
         if not interrupted(error):
             raise
@@ -165,20 +175,20 @@ def materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: W
         raise dg.DagsterExecutionInterruptedError() from error
 
 
-def _materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str],
-                 lineage: StepLineage):
+def _materialize(spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, settings: Settings,
+                 partitions: list[str], lineage: StepLineage):
     single = len(partitions) == 1
     lineage.started()
-    allow = get_settings().allow_failed_upstream or (
+    allow = settings.allow_failed_upstream or (
         context.run.tags.get(ALLOW_FAILED_UPSTREAM_TAG, "").lower() == "true"
     )
     column_lineage = _column_lineage_metadata(lineage.column_lineage[0])
     built: list[tuple[Derived, dict[str, Receipt]]] = []
-    per_run: dict[str, list] | None = {} if not single and _checks_per_run(context) else None
+    per_run: dict[str, list] | None = {} if not single and _checks_per_run(context, settings) else None
     # a long range is built a chunk of days at a time: memory stays bounded, results are the same
-    rows = {} if single else planned_rows(spec, warehouse, partitions)
-    for chunk in _chunks(partitions, rows, get_settings().range_chunk_rows):
-        derived, receipts, monitors = _build(spec, context, warehouse, chunk, allow, lineage, single)
+    rows = {} if single else planned_rows(spec, warehouse, partitions, settings)
+    for chunk in _chunks(partitions, rows, settings.range_chunk_rows):
+        derived, receipts, monitors = _build(spec, context, warehouse, settings, chunk, allow, lineage, single)
         lineage.finished(derived, receipts, monitors)
         yield from _report(spec, context, derived, receipts, single, column_lineage, monitors, per_run)
         built.append((derived, receipts))
@@ -210,15 +220,16 @@ def _chunks(partitions: list[str], rows: dict[str, int], budget: int) -> list[li
 
 
 def _build(
-    spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, partitions: list[str], allow: bool,
-    lineage: StepLineage, single: bool,
+    spec: TableSpec, context: dg.AssetExecutionContext, warehouse: Warehouse, settings: Settings,
+    partitions: list[str], allow: bool, lineage: StepLineage, single: bool,
 ) -> tuple[Derived, dict[str, Receipt], monitor.Monitors]:
     """Derive and commit some partitions: the valid ones written, the refused and blocked ones recorded; then
     the monitors' verdicts on what was written."""
     derived = None
     try:
         derived = derive(spec, warehouse, partitions, allow_failed_upstream=allow, log=context.log,
-                         on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source))
+                         on_inputs=lambda inputs: lineage.inputs_known(inputs.versions, inputs.source),
+                         settings=settings)
         with warehouse.session():  # the writes and the monitors that read them: one connection
             if derived.inputs.blocked:
                 warehouse.record_failures(blocked_write(spec, derived, context.run_id))
@@ -228,8 +239,8 @@ def _build(
                 warehouse.record_failures(write_for(spec, derived, context.run_id, derived.refused))
             written = derived.written
             receipts = warehouse.commit(write_for(spec, derived, context.run_id, written)) if written else {}
-            return derived, receipts, monitor.evaluate(spec, warehouse, derived.validation.results, receipts,
-                                                       context.run_id)
+            return derived, receipts, monitor.evaluate(spec, warehouse, settings, derived.validation.results,
+                                                       receipts, context.run_id)
     except Exception as error:
         if interrupted(error):
             raise  # (materialize ends the step's lineage: ABORT)
@@ -310,9 +321,9 @@ def input_provenance(instance: dg.DagsterInstance, spec: TableSpec, partitions: 
     return tags
 
 
-def _checks_per_run(context: dg.AssetExecutionContext) -> bool:
+def _checks_per_run(context: dg.AssetExecutionContext, settings: Settings) -> bool:
     """Whether a range reports each check once for the run instead of once per partition (opt-in)."""
-    return get_settings().checks_per_run or context.run.tags.get(CHECKS_PER_RUN_TAG, "").lower() == "true"
+    return settings.checks_per_run or context.run.tags.get(CHECKS_PER_RUN_TAG, "").lower() == "true"
 
 
 def _run_check_evaluations(spec: TableSpec, per_run: dict[str, list]) -> Iterator[dg.AssetCheckEvaluation]:

@@ -31,7 +31,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow
 
-from pipelines.settings import get_settings
+from pipelines.settings import Settings, get_settings
 from pipelines.sql import DUCKDB_TYPES, UNPARTITIONED, columns_named, partition_filter, partition_label, quote, scratch
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,11 @@ def _outside(table: SourceTable, partition_expr: str, first: str, end: str | Non
                         {"first": first} | ({"end": end} if end else {}), lambda result: result.df())
 
 
-def source_path(source: Source) -> Path:
-    settings = get_settings()
-    folder = settings.source_dir or source.default_dir
-    where = f"PROVLINE_SOURCE_DIR={settings.source_dir}" if settings.source_dir else f"{source.default_dir}"
+def source_path(source: Source, settings: Settings | None = None) -> Path:
+    """The file of a source table: in PROVLINE_SOURCE_DIR when set, else in the domain's own data."""
+    chosen = (settings or get_settings()).source_folder
+    folder = chosen or source.default_dir
+    where = f"PROVLINE_SOURCE_DIR={chosen}" if chosen else f"{source.default_dir}"
     for suffix in SUFFIXES:
         candidate = folder / f"{source.name}{suffix}" if folder else None
         if candidate is not None and candidate.is_file():
@@ -144,16 +145,17 @@ def source_path(source: Source) -> Path:
     raise SourceError(f"source table {source.name!r}: no {source.name}.csv or {source.name}.parquet in {where}")
 
 
-def read_source(source: Source, contract: type[pa.DataFrameModel]) -> SourceTable:
+def read_source(source: Source, contract: type[pa.DataFrameModel], settings: Settings | None = None) -> SourceTable:
     """Read one source table, typed by its contract. Cached per file version within a process, and as a
     parsed copy across processes (see `_parsed_copy`)."""
-    return read_file(source_path(source), contract, keep_parsed=True)
+    settings = settings or get_settings()
+    return read_file(source_path(source, settings), contract, copies=settings.source_cache_dir)
 
 
-def read_file(path: Path, contract: type[pa.DataFrameModel], keep_parsed: bool = False) -> SourceTable:
-    """Read one file of a source table (the whole table, or one day of it), typed by its contract."""
+def read_file(path: Path, contract: type[pa.DataFrameModel], copies: Path | None = None) -> SourceTable:
+    """Read one file of a source table (the whole table, or one day of it), typed by its contract; a CSV's parsed
+    copy is kept in `copies` when given."""
     stat = path.stat()
-    copies = get_settings().home / "cache" / "sources" if keep_parsed else None
     table = _read(path, stat.st_mtime_ns, stat.st_size, contract, copies)
     if isinstance(table.typed, Path) and not table.typed.is_file():  # its parsed copy was removed since
         _read.cache_clear()
@@ -327,11 +329,10 @@ def read_day(path: Path, contract: type[pa.DataFrameModel], daily_on: str, day: 
     return table
 
 
-def read_landed(source: Source, contract: type[pa.DataFrameModel], daily_on: str,
-                partitions: list[str]) -> SourceTable | None:
-    """The rows of `partitions` from their landing files; None when there is no landing zone: the whole source
+def read_landed(source: Source, contract: type[pa.DataFrameModel], daily_on: str, partitions: list[str],
+                landing: Path | None) -> SourceTable | None:
+    """The rows of `partitions` from their files in the `landing` zone; None when there is none: the whole source
     file is read instead. A range's version is the hash of its days'."""
-    landing = get_settings().landing_dir
     if landing is None:
         return None
     folder = landing / source.name

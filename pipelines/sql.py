@@ -62,17 +62,29 @@ def engine_config(memory_limit: str, spill_dir: Path) -> dict[str, str]:
 
 
 _scratch_database: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_scratch_config: dict[str, str] | None = None
+
+
+def configure_scratch(memory_limit: str, spill_dir: Path) -> None:
+    """How the process's scratch database is held (each step says so, from its settings resource): a scratch database
+    opened with other limits is reopened at its next use."""
+    global _scratch_config, _scratch_database
+    config = engine_config(memory_limit, spill_dir)
+    if config != _scratch_config:
+        _scratch_config, _scratch_database = config, None
 
 
 def scratch_database() -> duckdb.DuckDBPyConnection:
     """The process's scratch DuckDB database: in memory, held to PROVLINE_MEMORY_LIMIT, spilling to
-    PROVLINE_HOME/spill. Work on rows happens in its cursors (`scratch()`); opening a new in-memory database costs
-    ~17 ms and a cursor ~0.01 ms."""
+    PROVLINE_HOME/spill (as the step's settings configured it; outside a run, as the environment says).
+    Work on rows happens in its cursors (`scratch()`); opening a new in-memory database costs ~17 ms and a cursor
+    ~0.01 ms."""
     global _scratch_database
-    if _scratch_database is None or _scratch_database[0] != os.getpid():  # never a parent's, after a fork
+    if _scratch_config is None:
         settings = get_settings()
-        _scratch_database = (os.getpid(), duckdb.connect(config=engine_config(settings.memory_limit,
-                                                                              settings.spill_dir)))
+        configure_scratch(settings.memory_limit, settings.spill_dir)
+    if _scratch_database is None or _scratch_database[0] != os.getpid():  # never a parent's, after a fork
+        _scratch_database = (os.getpid(), duckdb.connect(config=_scratch_config))
     return _scratch_database[1]
 
 

@@ -11,8 +11,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from pipelines.factory import resources
 from pipelines.sources import Source, read_source, source_path
-from pipelines.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = "2013-01-15"
@@ -85,7 +85,7 @@ def materialize(group: str | dg.AssetSelection, partition: str | None = None, **
 
     selection = dg.AssetSelection.groups(group) if isinstance(group, str) else group
     return dg.materialize(list(defs.assets), selection=selection, partition_key=partition,
-                          resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False, **kwargs)
+                          resources=resources(), raise_on_error=False, **kwargs)
 
 
 def query(home: Path, sql: str, params: list | None = None) -> list[tuple]:

@@ -13,9 +13,8 @@ import pytest
 from checks.flights import StagingPlanes
 from pipelines.cli import main
 from pipelines.definitions import catalog, defs
-from pipelines.factory import build_asset
+from pipelines.factory import build_asset, resources
 from pipelines.quality import acknowledge, rules_of
-from pipelines.warehouse import Warehouse
 
 from .conftest import DAY, _isolate, local_day, materialize, write_sources
 
@@ -91,7 +90,7 @@ def test_an_expired_acknowledgement_fails_the_check_again_and_health_says_so(hom
     expired = replace(catalog["staging.planes"], acknowledged=(
         acknowledge("year_not_null", "70 planes have no year", expires="2020-01-31"),))
     raw = next(a for a in defs.assets if a.key == dg.AssetKey(["raw", "planes"]))
-    result = dg.materialize([raw, build_asset(expired)], resources={"warehouse": Warehouse.from_settings()})
+    result = dg.materialize([raw, build_asset(expired)], resources=resources())
     evaluation = _evaluations(result)[("staging/planes", "warnings")]
     assert not evaluation.passed
     assert evaluation.metadata["acknowledgement_expired"].value == {"year_not_null": "2020-01-31"}

@@ -28,6 +28,7 @@ from pipelines.warehouse import Warehouse, quarantine_table
 from tests.conftest import REPO, _isolate, materialize
 
 FLIGHTS_TABLES = 13
+DATACONTRACT = str(Path(sys.executable).parent / "datacontract")  # the CLI installed beside this Python (the dev extra)
 WIND_DAY, GAP_DAY = "2013-02-12", "2013-02-20"  # the 1048 mph reading (quarantined); 20 flights with no weather
 
 
@@ -95,7 +96,7 @@ def test_every_flights_table_exports_to_odcs_that_the_schema_and_datacontract_li
         assert lint.result.value == "passed", (table, [c.reason for c in lint.checks])
     # the real CLI, once
     weather_file = tmp_path / "contracts" / "staging.weather.odcs.yaml"
-    cli = subprocess.run([shutil.which("datacontract"), "lint", str(weather_file)], capture_output=True, text=True,
+    cli = subprocess.run([DATACONTRACT, "lint", str(weather_file)], capture_output=True, text=True,
                          timeout=120)
     assert cli.returncode == 0 and "valid" in cli.stdout, cli.stdout + cli.stderr
 
@@ -149,7 +150,7 @@ def test_datacontract_test_names_the_known_defects(defects, tmp_path):
     # the datacontract CLI itself: its JSON report names the rule; warnings leave its exit status 0
     report = tmp_path / "weather.json"
     weather_file = tmp_path / "contracts" / "staging.weather.odcs.yaml"
-    cli = subprocess.run([shutil.which("datacontract"), "test", str(weather_file), "--output-format", "json",
+    cli = subprocess.run([DATACONTRACT, "test", str(weather_file), "--output-format", "json",
                           "--output", str(report)], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     checks = json.loads(report.read_text())["checks"]

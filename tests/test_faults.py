@@ -197,7 +197,7 @@ def test_a_transform_error_fails_the_step_once_naming_it(home: Path, tmp_path: P
     """Only what may pass on a second try is retried (a lock, I/O, a commit conflict): a transform's TypeError
     fails the step at once, saying what it was, and writes nothing."""
     from pipelines.domain import production_asset
-    from pipelines.factory import build_asset
+    from pipelines.factory import build_asset, resources
     from pipelines.sources import Source
     from tests.test_domains import Readings
 
@@ -207,7 +207,7 @@ def test_a_transform_error_fails_the_step_once_naming_it(home: Path, tmp_path: P
     def raw_readings(readings: pd.DataFrame) -> pd.DataFrame:
         return readings.assign(value=readings["value"].to_numpy().tolist() + "a bug")
 
-    result = dg.materialize([build_asset(raw_readings)], resources={"warehouse": Warehouse(home=str(home))},
+    result = dg.materialize([build_asset(raw_readings)], resources=resources(Warehouse(home=str(home))),
                             raise_on_error=False)
     kinds = [e.event_type_value for e in result.all_events]
     assert kinds.count("STEP_FAILURE") == 1 and "STEP_UP_FOR_RETRY" not in kinds

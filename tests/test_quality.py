@@ -216,10 +216,10 @@ def test_extra_column_is_dropped_with_the_rest_written(source_dir, home):
 
 def materialize_selection(selection: dg.AssetSelection, **kwargs) -> dg.ExecuteInProcessResult:
     from pipelines.definitions import defs
-    from pipelines.warehouse import Warehouse
+    from pipelines.factory import resources
 
     return dg.materialize(list(defs.assets), selection=selection, partition_key=DAY, raise_on_error=False,
-                          resources={"warehouse": Warehouse.from_settings()}, **kwargs)
+                          resources=resources(), **kwargs)
 
 
 @pytest.mark.slow

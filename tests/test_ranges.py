@@ -10,8 +10,9 @@ import pytest
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pipelines.definitions import catalog, defs
-from pipelines.factory import CHECKS_PER_RUN_TAG
+from pipelines.factory import CHECKS_PER_RUN_TAG, resources
 from pipelines.monitor.anomaly import ANOMALY_CHECK, MIN_HISTORY
+from pipelines.settings import get_settings
 from pipelines.verify import REPRODUCED, verify
 from pipelines.warehouse import Warehouse
 
@@ -30,7 +31,7 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 def materialize_range(first: str, last: str, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights"),
-                          resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False,
+                          resources=resources(), raise_on_error=False,
                           tags=range_tags(first, last), **kwargs)
 
 
@@ -200,12 +201,20 @@ def test_a_range_with_one_corrupt_day_writes_every_other_day_and_names_it(home, 
     _written_and_blocked(home)
 
 
-def test_checks_per_run_record_one_evaluation_per_check_and_run_and_still_block(home, corrupt_day):
+@pytest.mark.parametrize("opted_in_by", ["run tag", "settings resource"])
+def test_checks_per_run_record_one_evaluation_per_check_and_run_and_still_block(home, corrupt_day, opted_in_by):
     """The opt-in for big backfills: Dagster plans no check per partition and gets one evaluation per check and
-    run, naming the partition that failed; materializations stay per partition, and so does blocking."""
+    run, naming the partition that failed; materializations stay per partition, and so does blocking. Opted in by
+    the run's tag, or by the run's settings resource (which a step reads, not the environment: none is set here)."""
+    tags = range_tags(corrupt_day[0], corrupt_day[-1])
+    settings = get_settings()
+    assert not settings.checks_per_run
+    if opted_in_by == "run tag":
+        tags[CHECKS_PER_RUN_TAG] = "true"
+    else:
+        settings = get_settings(checks_per_run=True)
     result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights").without_checks(),
-                            resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False,
-                            tags={**range_tags(corrupt_day[0], corrupt_day[-1]), CHECKS_PER_RUN_TAG: "true"})
+                            resources=resources(settings=settings), raise_on_error=False, tags=tags)
     assert not result.success
     evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     # (the anomaly monitors have no verdict yet on 3 days: no evaluation, per run as per partition)

@@ -20,11 +20,10 @@ from pipelines.sql import PARTITION, scratch
 def small_scratch(tmp_path, monkeypatch):
     """A scratch database of this process held to 64MB, spilling under a PROVLINE_HOME of its own."""
     (tmp_path / "home").mkdir()
-    monkeypatch.setenv("PROVLINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PROVLINE_MEMORY_LIMIT", "64MB")
-    monkeypatch.setattr(sql, "_scratch_database", None)
+    monkeypatch.setattr(sql, "_scratch_database", None)  # (the process's own comes back after the test)
+    monkeypatch.setattr(sql, "_scratch_config", None)
+    sql.configure_scratch("64MB", tmp_path / "home" / "spill")  # as a step does, from its settings
     yield tmp_path / "home" / "spill"
-    sql._scratch_database = None  # the next test opens one with the defaults
 
 
 def _tables() -> set[str]:

@@ -14,7 +14,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from pipelines.definitions import catalog, defs
-from pipelines.warehouse import Warehouse
+from pipelines.factory import resources
 
 from .conftest import _isolate, local_day, materialize
 
@@ -35,7 +35,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dg.D
         _isolate(mp, tmp / "provline")
         assert materialize("reference", instance=instance).success
         assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.groups("flights"), instance=instance,
-                              resources={"warehouse": Warehouse.from_settings()},
+                              resources=resources(),
                               tags={"dagster/asset_partition_range_start": DAYS[0],
                                     "dagster/asset_partition_range_end": DAYS[-1]}).success
         yield tmp, instance

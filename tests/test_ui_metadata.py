@@ -14,7 +14,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from assets.flights.partitions import DAILY, LAST_DAY
 from pipelines.definitions import catalog, defs
-from pipelines.warehouse import Warehouse
+from pipelines.factory import resources
 
 from .conftest import _isolate, materialize, query
 
@@ -121,7 +121,7 @@ def test_each_partition_of_a_range_carries_the_column_lineage(tmp_path, monkeypa
     days = ["2013-01-16", "2013-01-17"]
     result = dg.materialize(
         list(defs.assets), selection=dg.AssetSelection.assets(["raw", "weather"], WEATHER),
-        resources={"warehouse": Warehouse.from_settings()},
+        resources=resources(),
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
     staging = [m for m in _materializations([result]) if m.asset_key == WEATHER]
     assert sorted(m.partition for m in staging) == days

@@ -128,9 +128,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _dagster_status():
     """A Dagster run's status by id, from the instance at DAGSTER_HOME (None when it is not set)."""
-    from pipelines.settings import get_settings
+    from pipelines.settings import dagster_home
 
-    if get_settings().dagster_home is None:
+    if dagster_home() is None:
         return None
     import dagster as dg
 

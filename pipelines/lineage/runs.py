@@ -33,6 +33,7 @@ import dagster as dg
 from pipelines.dagster_internals import RUN_FAILURE_REASON_TAG, RetryMode, RunFailureReason
 from pipelines.lineage import naming
 from pipelines.lineage.emitter import LineageEmitter, RunTerminal
+from pipelines.settings import Settings
 
 MATERIALIZE = "materialize:"
 SHOWN_PARTS = 3
@@ -79,10 +80,11 @@ def ended_as(run: dg.DagsterRun) -> dg.DagsterRunStatus:
     return run.status
 
 
-def finish_run(run: dg.DagsterRun, error: str | None = None, job_name: str | None = None) -> None:
+def finish_run(run: dg.DagsterRun, error: str | None = None, job_name: str | None = None,
+               settings: Settings | None = None) -> None:
     """The terminal event of a finished Dagster run (named as its START was)."""
     if (state := RUN_TERMINAL.get(ended_as(run))) is not None:
-        LineageEmitter().run_finished(run.run_id, job_name or run.job_name, state, error)
+        LineageEmitter(settings).run_finished(run.run_id, job_name or run.job_name, state, error)
 
 
 def record_cancel(instance: dg.DagsterInstance, run_id: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.lineage.runs import RUN_TERMINAL, finish_run, run_job_name
+from pipelines.settings import Settings
 
 __all__ = ["finish_run", "lineage_sensors"]
 
@@ -26,14 +27,14 @@ def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=True,
         description=f"Emits the OpenLineage {RUN_TERMINAL[status]} event of each Dagster run that ends so.",
     )
-    def _emit(context: dg.RunStatusSensorContext):
+    def _emit(context: dg.RunStatusSensorContext, settings: Settings):
         run, repository = context.dagster_run, context.repository_def
         job = repository.get_job(run.job_name) if repository.has_job(run.job_name) else None
         if job is None and run.remote_job_origin is not None:
             return  # another code location's job
         event = context.dagster_event  # for a failure: why (a step error, or run monitoring's verdict)
         finish_run(run, event.message if run.status == dg.DagsterRunStatus.FAILURE and event is not None else None,
-                   job_name=run_job_name(run, job))
+                   job_name=run_job_name(run, job), settings=settings)
 
     return _emit
 

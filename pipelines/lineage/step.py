@@ -29,6 +29,7 @@ from pipelines.lineage.model import (
 from pipelines.lineage.runs import run_job_name
 from pipelines.lineage.sql_lineage import sql_lineage
 from pipelines.rows import Rows
+from pipelines.settings import Settings
 from pipelines.sql import PARTITION, quote, typed_select
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def partition_stats(valid: Rows, columns: dict[str, str], unique: Collection[str
 
 
 class StepLineage:
-    def __init__(self, spec, context: dg.AssetExecutionContext, partitions: list[str], dataset_namespace: str):
+    def __init__(self, spec, context: dg.AssetExecutionContext, partitions: list[str], dataset_namespace: str,
+                 settings: Settings):
         self.spec = spec
         self.dagster_run_id = context.run_id
         self.dagster_job_name = run_job_name(context.run, context.job_def)
@@ -94,7 +96,7 @@ class StepLineage:
             for partition in partitions
         }
         self.open: set[str] = set()  # the partitions whose OpenLineage run started and has no terminal event yet
-        self.emitter = LineageEmitter(dataset_namespace=dataset_namespace)
+        self.emitter = LineageEmitter(settings, dataset_namespace=dataset_namespace)
 
     def started(self) -> None:
         self.emitter.run_started(self.dagster_run_id, self.dagster_job_name)

@@ -19,6 +19,7 @@ from pipelines.quality import BLOCKING, RuleResult, group_by_check
 from pipelines.sql import interrupted
 
 if TYPE_CHECKING:
+    from pipelines.settings import Settings
     from pipelines.spec import TableSpec
     from pipelines.warehouse import Receipt, Warehouse
 
@@ -40,7 +41,7 @@ class Monitors:
         return [result] if result is not None else []
 
 
-def evaluate(spec: TableSpec, warehouse: Warehouse, results: dict[str, list[RuleResult]],
+def evaluate(spec: TableSpec, warehouse: Warehouse, settings: Settings, results: dict[str, list[RuleResult]],
              receipts: dict[str, Receipt], run_id: str) -> Monitors:
     """After the commit: the anomaly verdicts of the written partitions, and the alerts this materialization
     raises or resolves (blocking failures, anomalies); `results` are the rule results of each partition validated.
@@ -53,7 +54,7 @@ def evaluate(spec: TableSpec, warehouse: Warehouse, results: dict[str, list[Rule
         if interrupted(error):  # (DuckDB's form of Ctrl-C: the step must end, not carry on)
             raise
         log.exception("anomaly monitors of %s could not run", spec.table)
-    alerts.notify(_blocking_events(spec, results) + _anomaly_events(spec, monitors))
+    alerts.notify(_blocking_events(spec, results) + _anomaly_events(spec, monitors), settings)
     return monitors
 
 

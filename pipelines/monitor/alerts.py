@@ -31,7 +31,7 @@ import duckdb
 from pipelines.background import Worker, at_exit
 from pipelines.lineage.delivery import redact
 from pipelines.locks import file_lock, open_duckdb, try_lock
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings
 from pipelines.sql import interrupted
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,9 @@ def connect(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
 
 
-def notify(events: Sequence[Event]) -> None:
+def notify(events: Sequence[Event], settings: Settings) -> None:
     """Record the alerts these events call for and start sending them. Never raises: an alert that
     cannot even be recorded is logged."""
-    settings = get_settings()
     if not events or settings.alert_webhook_url is None:
         return
     try:
@@ -106,7 +105,7 @@ def notify(events: Sequence[Event]) -> None:
         log.warning("%d alert(s) not recorded: %s", len(events), error)
         return
     if recorded:
-        sender.kick()
+        kick(settings)
 
 
 def _record(con: duckdb.DuckDBPyConnection, events: Sequence[Event], settings: Settings) -> int:
@@ -217,16 +216,25 @@ def _attempted(settings: Settings, alert_id: str, attempts: int, error: str | No
         )
 
 
+def kick(settings: Settings) -> None:
+    """Have this process's sender send what is due in the alert store of `settings`, to its webhook."""
+    global _sending
+    _sending = settings
+    sender.kick()
+
+
 def _send_due(stopping: threading.Event) -> float | None:
-    return deliver_due(get_settings(), stopping)
+    return deliver_due(_sending, stopping) if _sending is not None else None
 
 
 def _failed(error: Exception) -> None:  # e.g. the store locked too long: the next kick retries
-    url = get_settings().alert_webhook_url
+    url = _sending.alert_webhook_url if _sending is not None else None
     log.warning("alert delivery stopped: %s", redact(error, {url} if url else set()))
 
 
+_sending: Settings | None = None
+"""The settings of the latest kick: the sender's store and webhook (a process serves one PROVLINE_HOME)."""
 sender = Worker("provline-alerts", _send_due, _failed)
 """This process's background sender: runs while alerts are due or being retried; never keeps the process alive
 (waited for at exit at most PROVLINE_ALERT_TIMEOUT_S)."""
-at_exit(lambda: sender.stop(get_settings().alert_timeout_s))
+at_exit(lambda: sender.stop(_sending.alert_timeout_s if _sending is not None else 0.0))

@@ -45,7 +45,7 @@ import dagster as dg
 import pandas as pd
 
 from pipelines.monitor import alerts
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings
 from pipelines.sources import (
     DAY_FILE_SUFFIXES,
     SourceError,
@@ -110,14 +110,15 @@ def landing_zone_sensor(
         raise ValueError(f"{name}: needs source tables that share one daily partitions definition")
 
     @dg.sensor(name=name, job=job, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
+               required_resource_keys={"settings"},
                description=f"Runs {job.name} for each day whose files ({', '.join(s.source.name for s in sources)}) "
                            "have arrived in PROVLINE_LANDING_DIR.")
     def _sensor(context: dg.SensorEvaluationContext):
-        settings = get_settings()
-        if settings.landing_dir is None:
+        settings = context.resources.settings
+        if settings.landing_folder is None:
             return dg.SkipReason("PROVLINE_LANDING_DIR is not set: no landing zone to watch")
         cursor = Cursor.load(context.cursor)
-        tick = scan(settings.landing_dir, sources, cursor, settings)
+        tick = scan(settings.landing_folder, sources, cursor, settings)
         for line in tick.rejected:
             context.log.warning(line)
         skip = None if tick.requests else "; ".join(tick.waiting + tick.rejected) or "no new landing files"
@@ -152,7 +153,7 @@ def scan(landing: Path, sources: list[TableSpec], cursor: Cursor, settings: Sett
             if checked is None or checked[:2] != seen[key]:
                 problem = _problem(spec, path, partitions)
                 if problem is not None:
-                    tick.rejected.append(reject(landing, spec.source.name, path, problem))
+                    tick.rejected.append(reject(landing, spec.source.name, path, problem, settings))
                     seen.pop(key)
                     continue
                 checked = cursor.checked[key] = [*seen[key], read_file(path, spec.contract).content_hash]
@@ -196,7 +197,7 @@ def _problem(spec: TableSpec, path: Path, partitions: dg.DailyPartitionsDefiniti
     return None
 
 
-def reject(landing: Path, source: str, path: Path, reason: str) -> str:
+def reject(landing: Path, source: str, path: Path, reason: str, settings: Settings) -> str:
     """Move a landing file to `<landing>/rejected/<source>/` (never over an earlier one) with `<name>.reason`,
     and alert. Returns the line that says so."""
     folder = landing / REJECTED / source
@@ -212,7 +213,7 @@ def reject(landing: Path, source: str, path: Path, reason: str) -> str:
     line = f"rejected {source}/{path.name}: {reason} (moved to {target})"
     match = DAY_FILE.match(path.name)
     alerts.notify([alerts.Event(alerts.LANDING_REJECTED, f"landing/{source}", match.group(1) if match else path.name,
-                                "landing_file", True, reason, f"moved to {target}")])
+                                "landing_file", True, reason, f"moved to {target}")], settings)
     return line
 
 

@@ -20,7 +20,7 @@ import dagster as dg
 from pipelines.dagster_internals import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pipelines.monitor import alerts
 from pipelines.monitor.health import FAIL, Health, summarize
-from pipelines.settings import get_settings
+from pipelines.settings import Settings
 
 if TYPE_CHECKING:
     from pipelines.spec import TableSpec
@@ -43,14 +43,14 @@ def health_events(health: Health, threshold: int) -> list[alerts.Event]:
 
 def monitor_sensor(specs: Sequence[TableSpec]) -> dg.SensorDefinition:
     @dg.sensor(name="provline_monitor", minimum_interval_seconds=MONITOR_INTERVAL_S,
-               default_status=dg.DefaultSensorStatus.RUNNING, required_resource_keys={"warehouse"},
+               default_status=dg.DefaultSensorStatus.RUNNING, required_resource_keys={"warehouse", "settings"},
                description="Freshness and lineage-backlog alerts, alert retries, and each asset's health summary "
                            "(recorded as an asset observation when it changes).")
     def _monitor(context: dg.SensorEvaluationContext):
-        settings = get_settings()
+        settings = context.resources.settings
         health = summarize(specs, context.resources.warehouse, settings)
-        alerts.notify(health_events(health, settings.outbox_alert_threshold))
-        alerts.sender.kick()  # retries of alerts still pending, from any process
+        alerts.notify(health_events(health, settings.outbox_alert_threshold), settings)
+        alerts.kick(settings)  # retries of alerts still pending, from any process
         seen = json.loads(context.cursor) if context.cursor else {}
         observations = []
         for row in health.assets:
@@ -76,19 +76,20 @@ def _where(run: dg.DagsterRun) -> str:
 
 @dg.run_failure_sensor(name="provline_run_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING,
                        description="Alerts on each failed run (PROVLINE_ALERT_WEBHOOK_URL).")
-def run_failure_alert(context: dg.RunFailureSensorContext):
+def run_failure_alert(context: dg.RunFailureSensorContext, settings: Settings):
     run = context.dagster_run
     error = context.failure_event.message if context.failure_event else "failed"
     alerts.notify([alerts.Event(alerts.RUN_FAILURE, run.job_name, _where(run), "run", True, error,
-                                f"run {run.run_id}")])
+                                f"run {run.run_id}")], settings)
 
 
 @dg.run_status_sensor(name="provline_run_success_resolve", run_status=dg.DagsterRunStatus.SUCCESS,
                       default_status=dg.DefaultSensorStatus.RUNNING,
                       description="Resolves the run-failure alert of a job and partition when a run of them succeeds.")
-def run_success_resolve(context: dg.RunStatusSensorContext):
+def run_success_resolve(context: dg.RunStatusSensorContext, settings: Settings):
     run = context.dagster_run
-    alerts.notify([alerts.Event(alerts.RUN_FAILURE, run.job_name, _where(run), "run", False, f"run {run.run_id}")])
+    alerts.notify([alerts.Event(alerts.RUN_FAILURE, run.job_name, _where(run), "run", False, f"run {run.run_id}")],
+                  settings)
 
 
 def monitor_sensors(specs: Sequence[TableSpec]) -> list[dg.SensorDefinition]:

@@ -31,7 +31,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.settings import Settings, get_settings, is_set
+from pipelines.settings import Settings, get_settings, named
 from pipelines.sql import table_exists
 from pipelines.warehouse import base
 from pipelines.warehouse.base import LATEST_FIRST, Receipt, VersionUnavailable, Write, insert_frame, quarantine_table
@@ -79,12 +79,12 @@ class Warehouse(dg.ConfigurableResource):
         """The resource of the code location's Definitions: each field whose variable the environment sets is
         Dagster's EnvVar of it, which the UI shows by name (a conninfo may carry a password) and a step reads when it
         runs; the others are their defaults, as `from_settings` gives them."""
-        named = {"home": "PROVLINE_HOME", "name": "PROVLINE_WAREHOUSE_NAME", "url": "PROVLINE_WAREHOUSE",
-                 "lake_data_path": "PROVLINE_LAKE_DATA_PATH", "memory_limit": "PROVLINE_MEMORY_LIMIT"}
+        variables = {"home": "PROVLINE_HOME", "name": "PROVLINE_WAREHOUSE_NAME", "url": "PROVLINE_WAREHOUSE",
+                     "lake_data_path": "PROVLINE_LAKE_DATA_PATH", "lock_timeout_s": "PROVLINE_LOCK_TIMEOUT_S",
+                     "snapshot_retention_days": "PROVLINE_SNAPSHOT_RETENTION_DAYS",
+                     "memory_limit": "PROVLINE_MEMORY_LIMIT"}
         defaults = cls.from_settings()
-        return cls(**{field: dg.EnvVar(variable) if is_set(variable) else getattr(defaults, field)
-                      for field, variable in named.items()},
-                   lock_timeout_s=defaults.lock_timeout_s, snapshot_retention_days=defaults.snapshot_retention_days)
+        return cls(**{field: named(variable, getattr(defaults, field)) for field, variable in variables.items()})
 
     @property
     def backend(self) -> DuckDBFile | DuckLake:

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from pipelines.factory import resources
 from pipelines.rows import Rows
 from pipelines.sql import PARTITION
 from pipelines.warehouse import Warehouse, WarehouseUnavailable, Write, ducklake
@@ -88,7 +89,7 @@ def test_the_monitor_sensor_probes_the_object_store_once_per_process(lake: Lake,
 
     def tick() -> list[str]:
         sensor.evaluate_tick(dg.build_sensor_context(instance=instance,
-                                                     resources={"warehouse": Warehouse.from_settings()}))
+                                                     resources=resources()))
         return [o["Key"] for o in client.list_objects_v2(Bucket="lake").get("Contents", [])]
 
     assert probe in tick()

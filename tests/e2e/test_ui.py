@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pipelines.cli import main
 from pipelines.definitions import defs
-from pipelines.warehouse import Warehouse
+from pipelines.factory import resources
 
 from ..conftest import REPO, _isolate, require
 
@@ -86,7 +86,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 for day in (WINDY_DAY, LATER_DAY):
                     assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(*WEATHER),
                                           partition_key=day, instance=instance,
-                                          resources={"warehouse": Warehouse.from_settings()}).success
+                                          resources=resources()).success
             # then as a user runs a range from the CLI: the reference tables and RANGE, through the domain's jobs
             run = subprocess.run([str(Path(sys.executable).with_name("provline")), "run", "--start", RANGE[0],
                                   "--end", RANGE[-1]], cwd=REPO, capture_output=True, text=True, timeout=900)

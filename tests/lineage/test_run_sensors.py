@@ -10,6 +10,7 @@ import pytest
 from lineage_support import read_jsonl, validate
 
 from pipelines.definitions import defs
+from pipelines.factory import resources
 from pipelines.lineage import naming
 from pipelines.lineage.sensors import lineage_sensors
 from tests.conftest import materialize
@@ -22,7 +23,7 @@ def tick_all(instance: dg.DagsterInstance, cursors: dict[str, str | None]) -> di
     new = {}
     for sensor in lineage_sensors:
         context = dg.build_sensor_context(instance=instance, cursor=cursors.get(sensor.name),
-                                          repository_def=defs.get_repository_def())
+                                          repository_def=defs.get_repository_def(), resources=resources())
         tick = sensor.evaluate_tick(context)
         assert [r.error for r in tick.dagster_run_reactions if r.error] == [], sensor.name
         new[sensor.name] = tick.cursor

@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from pipelines.factory import resources
 from pipelines.monitor import alerts
 from pipelines.monitor.health import summarize
 from pipelines.monitor.sensors import run_failure_alert, run_success_resolve
@@ -39,7 +40,7 @@ def corrupt_day(folder: Path) -> Path:
 
 
 def test_an_alert_is_a_slack_message(home: Path, webhook: Webhook):
-    alerts.notify([EVENT])
+    alerts.notify([EVENT], get_settings())
     (message,) = eventually(lambda: list(webhook.received), what="the message")
     assert message == {
         "text": f"[provline] Anomaly: marts.route_daily [{DAY}] anomaly_volume: row_count 17 is outside the "
@@ -58,15 +59,15 @@ def test_an_alert_is_a_slack_message(home: Path, webhook: Webhook):
 
 def test_a_repeat_is_sent_once_within_the_window_and_the_recovery_once(home: Path, webhook: Webhook,
                                                                         monkeypatch: pytest.MonkeyPatch):
-    alerts.notify([EVENT])
-    alerts.notify([EVENT])
+    alerts.notify([EVENT], get_settings())
+    alerts.notify([EVENT], get_settings())
     recovered = alerts.Event(EVENT.kind, EVENT.asset, EVENT.partition, EVENT.check, False)
     assert alerts.sender.wait_idle(10)
     assert len(webhook.received) == 1
     monkeypatch.setenv("PROVLINE_ALERT_WINDOW_S", "0")  # the window has passed: said again
-    alerts.notify([EVENT])
-    alerts.notify([recovered])
-    alerts.notify([recovered])  # already resolved: nothing more
+    alerts.notify([EVENT], get_settings())
+    alerts.notify([recovered], get_settings())
+    alerts.notify([recovered], get_settings())  # already resolved: nothing more
     assert alerts.sender.wait_idle(10)
     assert [m["text"].split(":")[0] for m in webhook.received] == \
         ["[provline] Anomaly", "[provline] Anomaly", "[provline] Resolved"]
@@ -80,7 +81,7 @@ def test_a_webhook_that_is_down_is_retried_then_recorded_undelivered(home: Path,
     url = closed_port_url()
     monkeypatch.setenv("PROVLINE_ALERT_WEBHOOK_URL", url)
     monkeypatch.setenv("PROVLINE_ALERT_MAX_ATTEMPTS", "3")
-    alerts.notify([EVENT])
+    alerts.notify([EVENT], get_settings())
     rows = eventually(lambda: [r for r in stored(home) if r[2] == "undelivered"], what="undelivered")
     (_, _, _, attempts, error), = rows
     assert attempts == 3 and "Connection refused" in error and url not in error
@@ -118,7 +119,7 @@ def test_a_failed_run_alerts_and_the_next_success_resolves_it(home: Path, tmp_pa
     assert not failed.success
     context = dg.build_run_status_sensor_context(
         sensor_name="provline_run_failure_alert", dagster_event=failed.get_run_failure_event(),
-        dagster_instance=instance, dagster_run=failed.dagster_run).for_run_failure()
+        dagster_instance=instance, dagster_run=failed.dagster_run, resources=resources()).for_run_failure()
     run_failure_alert(context)
     flights_source(tmp_path / "sources", [DAY])
     fixed = run_raw_flights(DAY, DAY, instance)
@@ -126,7 +127,7 @@ def test_a_failed_run_alerts_and_the_next_success_resolves_it(home: Path, tmp_pa
     success = next(e for e in fixed.all_events if e.event_type_value == "PIPELINE_SUCCESS")
     run_success_resolve(dg.build_run_status_sensor_context(
         sensor_name="provline_run_success_resolve", dagster_event=success, dagster_instance=instance,
-        dagster_run=fixed.dagster_run))
+        dagster_run=fixed.dagster_run, resources=resources()))
     assert alerts.sender.wait_idle(10)
     texts = webhook.texts()
     assert len(texts) == 4
@@ -148,19 +149,18 @@ def test_no_secret_setting_shows_in_a_repr_a_log_or_an_event(home: Path, tmp_pat
     log record, Dagster event or lineage event of a run that sends an alert to a webhook that is down."""
     import logging
 
-    from pipelines.settings import Settings
 
     monkeypatch.setenv("PROVLINE_ALERT_WEBHOOK_URL", f"{closed_port_url()}/services/{SECRET}")
     monkeypatch.setenv("PROVLINE_ALERT_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("PROVLINE_SOURCE_DIR", str(corrupt_day(tmp_path / "sources")))
-    lake = Settings(**{**vars(get_settings()), "warehouse_url": f"ducklake:postgres:host=h password={SECRET}"})
+    lake = get_settings(warehouse_url=f"ducklake:postgres:host=h password={SECRET}")
     assert SECRET not in repr(get_settings()) and SECRET not in str(lake) and "services" not in repr(get_settings())
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("provline.test").info("settings: %s; %r", get_settings(), lake)
         result = run_raw_flights(DAY, DAY)
         rows = eventually(lambda: [r for r in stored(home) if r[2] == "undelivered"], what="undelivered")
     assert not result.success and rows  # the alert was attempted (and failed): its error is stored
-    assert "settings: Settings(" in caplog.text
+    assert "settings: provline_home=" in caplog.text  # (the log has the settings: their text, then repr)
     events = "\n".join(repr(event) for event in result.all_events)
     lineage = "\n".join(path.read_text() for path in (home / "lineage").glob("*.jsonl"))
     for where, text in [("logs", caplog.text), ("Dagster events", events), ("lineage", lineage),

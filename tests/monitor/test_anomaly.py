@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from pipelines.definitions import catalog, defs
+from pipelines.factory import resources
 from pipelines.monitor import alerts
 from pipelines.monitor.anomaly import NO_VERDICT, MonitorConfig, _earlier_versions, expected
-from pipelines.warehouse import Warehouse
 from tests.conftest import DAY, _isolate, query
 from tests.lineage.lineage_support import read_events, validate
 
@@ -29,13 +29,13 @@ RAW_FLIGHTS = catalog["raw.flights"]
 def run_raw_flights(first: str, last: str, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     """raw.flights for a day or a range (after raw.airlines, which its carrier reference reads)."""
     airlines = dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(dg.AssetKey(["raw", "airlines"])),
-                              resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False)
+                              resources=resources(), raise_on_error=False)
     assert airlines.success
     tags = {} if first == last else {"dagster/asset_partition_range_start": first,
                                      "dagster/asset_partition_range_end": last}
     return dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets(RAW_FLIGHTS.key),
                           partition_key=first if first == last else None, tags=tags, instance=instance,
-                          resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False)
+                          resources=resources(), raise_on_error=False)
 
 
 def volume_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:

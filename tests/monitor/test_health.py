@@ -19,11 +19,12 @@ from dagster._core.definitions.freshness import TimeWindowFreshnessPolicy
 
 from pipelines.definitions import catalog, defs
 from pipelines.domain import daily_partitions
+from pipelines.factory import resources
 from pipelines.lineage.delivery import enqueue
 from pipelines.monitor import alerts
 from pipelines.monitor.health import AssetHealth, Health, freshness
 from pipelines.monitor.sensors import health_events, monitor_sensor
-from pipelines.warehouse import Warehouse
+from pipelines.settings import get_settings
 from tests.conftest import REPO, _isolate
 
 from .conftest import Webhook, closed_port_url, eventually, flights_source
@@ -54,11 +55,12 @@ def unwell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.delenv("PROVLINE_SOURCE_DIR")
         weather = dg.AssetSelection.assets(catalog["raw.weather"].key, catalog["staging.weather"].key)
         assert dg.materialize(list(defs.assets), selection=weather, partition_key=WINDY_DAY,
-                              resources={"warehouse": Warehouse.from_settings()}).success
+                              resources=resources()).success
         enqueue(home / "outbox" / "default", json.dumps({"eventType": "COMPLETE", "job": {"name": "raw.flights"}}))
         mp.setenv("PROVLINE_ALERT_WEBHOOK_URL", closed_port_url())
         mp.setenv("PROVLINE_ALERT_MAX_ATTEMPTS", "1")
-        alerts.notify([alerts.Event(alerts.ANOMALY, "raw.flights", CUT, "anomaly_volume", True, "too few")])
+        alerts.notify([alerts.Event(alerts.ANOMALY, "raw.flights", CUT, "anomaly_volume", True, "too few")],
+                      get_settings())
         assert alerts.sender.wait_idle(10)
         yield home
 
@@ -112,7 +114,7 @@ def test_the_monitor_sensor_puts_the_summary_in_each_assets_metadata_when_it_cha
 
     def tick(cursor: str | None = None):
         return sensor.evaluate_tick(dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"warehouse": Warehouse.from_settings()}))
+            instance=instance, cursor=cursor, resources=resources()))
 
     first = tick()
     observed = {e.asset_key.to_user_string(): e.metadata for e in first.asset_events}
@@ -157,9 +159,9 @@ def test_freshness_is_the_time_since_the_last_materialization_until_the_source_e
 def test_a_freshness_violation_and_an_outbox_backlog_alert_and_resolve(home: Path, webhook: Webhook):
     late = AssetHealth("marts.flight_facts", "2013-03-31", "2013-12-31", None, 30.0, "FAIL",
                        "last materialized 30.0 h ago, over the 27.0 h allowed")
-    alerts.notify(health_events(Health([late], lineage_outbox=1500, alerts={}), threshold=1000))
+    alerts.notify(health_events(Health([late], lineage_outbox=1500, alerts={}), threshold=1000), get_settings())
     fresh = dataclasses.replace(late, freshness="PASS", freshness_reason="last materialized 0.5 h ago")
-    alerts.notify(health_events(Health([fresh], lineage_outbox=10, alerts={}), threshold=1000))
+    alerts.notify(health_events(Health([fresh], lineage_outbox=10, alerts={}), threshold=1000), get_settings())
     assert alerts.sender.wait_idle(10)
     assert webhook.texts() == [
         "[provline] Not fresh: marts.flight_facts freshness: last materialized 30.0 h ago, over the 27.0 h allowed",

@@ -20,8 +20,8 @@ import pytest
 
 import assets.flights as flights
 from pipelines.definitions import defs
+from pipelines.factory import resources
 from pipelines.monitor import alerts
-from pipelines.warehouse import Warehouse
 from tests.conftest import REPO, _isolate, materialize, query
 
 from .conftest import Webhook, eventually
@@ -40,7 +40,8 @@ class Landing:
 
     def tick(self, cursor: str | None = None):
         """One evaluation of the sensor, as the daemon does it."""
-        return SENSOR.evaluate_tick(dg.build_sensor_context(cursor=cursor, instance=self.instance, definitions=defs))
+        return SENSOR.evaluate_tick(dg.build_sensor_context(cursor=cursor, instance=self.instance, definitions=defs,
+                                                            resources=resources()))
 
     def settle(self, cursor: str | None = None):
         """Two ticks: the first sees the files, the second (nothing changed since) acts on them."""
@@ -96,7 +97,7 @@ def test_the_sensor_runs_each_day_once_its_files_have_settled(landing: Landing):
     # the request, run for real: the day is read from its landing files
     result = defs.get_job_def("flights_daily").execute_in_process(
         partition_key=request.partition_key, tags=request.tags, instance=landing.instance,
-        resources={"warehouse": Warehouse.from_settings()}, raise_on_error=False)
+        resources=resources(), raise_on_error=False)
     assert result.success
     assert query(landing.home, "SELECT count(*) FROM marts.flight_facts") == [(894,)]
     (inputs,) = query(landing.home, "SELECT input_versions FROM provline.version_log WHERE asset = 'raw.flights'")
