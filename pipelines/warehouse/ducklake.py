@@ -48,9 +48,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
-import psycopg
 import pyarrow as pa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipelines.sql import engine_config, partition_filter, path_literal, quote, transaction
 from pipelines.warehouse.base import Receipt, VersionUnavailable, Write, meta_ddl, write_partitions
@@ -82,8 +80,10 @@ class CommitConflict(RuntimeError):
 def parse_conninfo(conninfo: str) -> dict[str, str]:
     """The fields of a libpq conninfo (`key=value ...`, or a postgresql:// URI), parsed by libpq itself. An unknown
     key is named; no other part of the text is ever shown (it may be a password)."""
+    import psycopg  # (here, not at the top: only a DuckLake warehouse needs it, and it costs every process ~0.1 s)
+
     try:
-        return conninfo_to_dict(conninfo)
+        return psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as error:
         problem = str(error).strip()
         unknown = re.match(r'(?:invalid connection option|invalid URI query parameter:) "(\w+)"', problem)
@@ -98,7 +98,9 @@ def parse_conninfo(conninfo: str) -> dict[str, str]:
 
 def format_conninfo(fields: dict[str, str]) -> str:
     """`key=value ...`, each value quoted as libpq needs."""
-    return make_conninfo("", **fields)
+    import psycopg
+
+    return psycopg.conninfo.make_conninfo("", **fields)
 
 
 def extension_path(name: str) -> Path:
@@ -310,6 +312,8 @@ class DuckLake:
         database, taken in one order (no deadlock between overlapping ranges) on a connection of our own and
         held by its open transaction. Enter it before the DuckDB transaction begins, so that transaction reads
         what the previous holder committed."""
+        import psycopg
+
         try:
             con = psycopg.connect(self.conninfo, password=self.password, application_name="provline-writer")
         except psycopg.Error as error:
