@@ -31,7 +31,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.settings import Settings, get_settings, named
+from pipelines.settings import VARIABLES, Settings, get_settings, named
 from pipelines.sql import table_exists
 from pipelines.warehouse import base
 from pipelines.warehouse.base import LATEST_FIRST, Receipt, VersionUnavailable, Write, insert_frame, quarantine_table
@@ -47,6 +47,12 @@ T = TypeVar("T")
 TRANSIENT_ERRORS = (WarehouseLockTimeout, CommitConflict, WarehouseUnavailable, duckdb.IOException, OSError)
 """What may pass on a second try: a lock or a commit conflict that outlasted its wait, the catalog or a disk gone
 for a moment. Anything else (a parse, a decode, a contract, a type error) fails the same way again."""
+
+
+SETTINGS_OF = {"home": "provline_home", "name": "warehouse_name", "url": "warehouse_url",
+               "lake_data_path": "lake_data_path", "lock_timeout_s": "lock_timeout_s",
+               "snapshot_retention_days": "snapshot_retention_days", "memory_limit": "memory_limit"}
+"""Each field of the resource, and the setting (pipelines/settings.py) it comes from."""
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -70,21 +76,17 @@ class Warehouse(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Warehouse:
         settings = settings or get_settings()
-        return cls(home=str(settings.home), name=settings.warehouse_name, url=settings.warehouse_url,
-                   lake_data_path=settings.lake_data_path, lock_timeout_s=settings.lock_timeout_s,
-                   snapshot_retention_days=settings.snapshot_retention_days, memory_limit=settings.memory_limit)
+        return cls(**{field: getattr(settings, setting) for field, setting in SETTINGS_OF.items()}
+                   | {"home": str(settings.home)})  # (resolved where the settings are read)
 
     @classmethod
     def from_environment(cls) -> Warehouse:
         """The resource of the code location's Definitions: each field whose variable the environment sets is
         Dagster's EnvVar of it, which the UI shows by name (a conninfo may carry a password) and a step reads when it
         runs; the others are their defaults, as `from_settings` gives them."""
-        variables = {"home": "PROVLINE_HOME", "name": "PROVLINE_WAREHOUSE_NAME", "url": "PROVLINE_WAREHOUSE",
-                     "lake_data_path": "PROVLINE_LAKE_DATA_PATH", "lock_timeout_s": "PROVLINE_LOCK_TIMEOUT_S",
-                     "snapshot_retention_days": "PROVLINE_SNAPSHOT_RETENTION_DAYS",
-                     "memory_limit": "PROVLINE_MEMORY_LIMIT"}
         defaults = cls.from_settings()
-        return cls(**{field: named(variable, getattr(defaults, field)) for field, variable in variables.items()})
+        return cls(**{field: named(VARIABLES[setting], getattr(defaults, field))
+                      for field, setting in SETTINGS_OF.items()})
 
     @property
     def backend(self) -> DuckDBFile | DuckLake:
