@@ -110,11 +110,9 @@ class Validation:
     def unique_columns(self) -> list[str]:
         """The columns whose uniqueness rule passed in every partition: each one's distinct count is its non-null
         count (a key's, computed again, would be the most expensive statistic)."""
-        rules = [r.rule for results in self.results.values() for r in results]
-        unique = {rule.column for rule in rules if rule.column and rule.name == f"{rule.column}_unique"}
-        failed = {r.rule.column for results in self.results.values() for r in results
-                  if r.rule.column in unique and r.rule.name == f"{r.rule.column}_unique" and r.found}
-        return sorted(unique - failed)
+        uniqueness = [r for results in self.results.values() for r in results
+                      if r.rule.column and r.rule.name == f"{r.rule.column}_unique"]
+        return sorted({r.rule.column for r in uniqueness} - {r.rule.column for r in uniqueness if r.found})
 
     @cached_property
     def quarantined_counts(self) -> dict[str, int]:
